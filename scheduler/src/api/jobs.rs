@@ -1,0 +1,238 @@
+//! `/v1/jobs`: submit, status, result (with long-poll), cancel, list.
+
+use std::time::Duration;
+
+use actix_web::http::header::CONTENT_LENGTH;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use muster_shared::ids::JobId;
+use muster_shared::job::RawJob;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{mailbox, AppState};
+use crate::auth::{require, Role};
+use crate::coordinator::{CancelJob, GetJob, GetResult, JobResult, ListJobs, Submit};
+use crate::error::ApiError;
+
+/// Longest `?wait=` honoured, seconds.
+pub const MAX_WAIT_SECONDS: f64 = 300.0;
+/// Largest page of `GET /v1/jobs`.
+pub const MAX_PAGE: usize = 1000;
+const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::JobNotFound { id: raw.to_owned() })
+}
+
+/// Reads the body, refusing it as soon as it passes the limit.
+async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<BytesMut, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("cannot read body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::TooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+pub(super) async fn submit(
+    req: HttpRequest,
+    payload: web::Payload,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let body = read_body(&req, payload, app.max_body_bytes).await?;
+    let raw: RawJob = serde_json::from_slice(&body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    })?;
+    let idempotency = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::Invalid(
+                        "`Idempotency-Key` must be 1 to 255 visible ascii characters".into(),
+                    )
+                })?;
+            Some((key.to_owned(), Sha256::digest(&body).into()))
+        }
+    };
+    let spec = raw.validate().map_err(|e| ApiError::Invalid(e.0))?;
+    let (submitted, view) = app
+        .coordinator
+        .send(Submit { spec, idempotency })
+        .await
+        .map_err(mailbox)??;
+    let mut response = if submitted.created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    };
+    Ok(response
+        .insert_header(("Location", format!("/v1/jobs/{}", submitted.id)))
+        .json(view))
+}
+
+pub(super) async fn status(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let view = app.coordinator.send(GetJob(id)).await.map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub(super) async fn cancel(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let view = app
+        .coordinator
+        .send(CancelJob(id))
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ResultQuery {
+    wait: Option<f64>,
+}
+
+pub(super) async fn result(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let query = web::Query::<ResultQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?;
+    let wait = match query.wait {
+        None => None,
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Some(Duration::from_secs_f64(s.min(MAX_WAIT_SECONDS)))
+        }
+        Some(s) => {
+            return Err(ApiError::Invalid(format!(
+                "`wait` must be a number of seconds, got {s}"
+            )))
+        }
+    };
+    let mut answer = app
+        .coordinator
+        .send(GetResult {
+            id,
+            watch: wait.is_some(),
+        })
+        .await
+        .map_err(mailbox)??;
+    if let (
+        Some(wait),
+        JobResult::Missing {
+            finished: Some(rx), ..
+        },
+    ) = (wait, &mut answer)
+    {
+        // Finished, timed out, or the coordinator is stopping: in every case answer what is known now.
+        let _ = tokio::time::timeout(wait, rx).await;
+        answer = app
+            .coordinator
+            .send(GetResult { id, watch: false })
+            .await
+            .map_err(mailbox)??;
+    }
+    match answer {
+        JobResult::Ready(result) => Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(format!("{{\"id\":\"{id}\",\"result\":{result}}}"))),
+        JobResult::Missing { status, error, .. } => Err(ApiError::NotFinished {
+            detail: match (status, error) {
+                ("failed", Some(error)) => format!("job {id} failed: {error}"),
+                ("cancelled", _) => format!("job {id} was cancelled"),
+                (status, _) => format!("job {id} is {status}: no result yet"),
+            },
+            status,
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    status: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn list(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let query = web::Query::<ListQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?
+        .into_inner();
+    if let Some(s) = &query.status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::Invalid(format!(
+                "unknown status `{s}`: expected one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let after = query
+        .after
+        .as_deref()
+        .map(|a| {
+            a.parse::<JobId>()
+                .map_err(|_| ApiError::Invalid(format!("`after` is not a job id: {a}")))
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::Invalid(format!(
+            "`limit` must be from 1 to {MAX_PAGE}"
+        )));
+    }
+    let jobs = app
+        .coordinator
+        .send(ListJobs {
+            status: query.status,
+            after,
+            limit,
+        })
+        .await
+        .map_err(mailbox)?;
+    let next = (jobs.len() == limit)
+        .then(|| jobs.last().map(|j| j.id))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"jobs": jobs, "next": next})))
+}

@@ -1,0 +1,360 @@
+//! The HTTP client behind the client commands, and `status`, `result`, `cancel`, `jobs`, `workers`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use clap::Args;
+use serde_json::Value;
+
+use super::CliError;
+use crate::auth::CLIENT_TOKEN_FILE;
+use crate::config::DEFAULT_DATA_DIR;
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Coordinator URL; repeat or separate with commas to give several.
+    #[arg(
+        long = "scheduler",
+        env = "MUSTER_SCHEDULER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub schedulers: Vec<String>,
+    /// File with the client token (else MUSTER_TOKEN, else ./muster-data/client.token).
+    #[arg(long, global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Machine-readable JSON output.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Just the common flags.
+#[derive(Debug, Args)]
+pub struct ClientOnly {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// A job id plus the common flags.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Job id.
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `muster result`.
+#[derive(Debug, Args)]
+pub struct ResultArgs {
+    /// Job id.
+    pub id: String,
+    /// Wait up to this many seconds for the job to finish.
+    #[arg(long)]
+    pub wait: Option<f64>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `muster jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// An answer from the coordinator.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Parsed body (problem+json for errors).
+    pub body: Value,
+}
+
+impl Reply {
+    /// The problem's `detail` with the status, for a one-line error.
+    pub fn problem(&self) -> String {
+        let detail = self
+            .body
+            .get("detail")
+            .and_then(Value::as_str)
+            .map_or_else(|| self.body.to_string(), str::to_owned);
+        format!("{detail} (http {})", self.status.as_u16())
+    }
+}
+
+/// A client for the REST API that tries each coordinator address in turn.
+pub struct Client {
+    bases: Vec<String>,
+    token: Option<String>,
+    http: awc::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("bases", &self.bases)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A client from the common flags; must be used inside an actix system.
+    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
+        let bases: Vec<String> = args
+            .schedulers
+            .iter()
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(CliError::Usage(
+                "no coordinator address (--scheduler URL)".into(),
+            ));
+        }
+        let token = match (&args.token_file, std::env::var("MUSTER_TOKEN")) {
+            (Some(path), _) => Some(muster_worker::cli::read_token(path)?),
+            (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
+            _ => {
+                let default = Path::new(DEFAULT_DATA_DIR).join(CLIENT_TOKEN_FILE);
+                default
+                    .exists()
+                    .then(|| muster_worker::cli::read_token(&default))
+                    .transpose()?
+            }
+        };
+        let http = awc::Client::builder()
+            .timeout(Duration::from_secs(600))
+            .finish();
+        Ok(Self { bases, token, http })
+    }
+
+    /// Sends a request to the first coordinator that answers.
+    pub async fn call(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<(bytes::Bytes, Option<&str>)>,
+    ) -> Result<Reply, CliError> {
+        let mut last_error = String::new();
+        for base in &self.bases {
+            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
+            if let Some(token) = &self.token {
+                req = req.bearer_auth(token);
+            }
+            let sent = match &body {
+                Some((bytes, key)) => {
+                    req = req.content_type("application/json");
+                    if let Some(key) = key {
+                        req = req.insert_header(("Idempotency-Key", *key));
+                    }
+                    req.send_body(bytes.clone()).await
+                }
+                None => req.send().await,
+            };
+            let mut response = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = format!("cannot reach {base}: {e}");
+                    continue;
+                }
+            };
+            let bytes =
+                response.body().limit(1 << 30).await.map_err(|e| {
+                    CliError::Failed(format!("cannot read the answer of {base}: {e}"))
+                })?;
+            let body = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    CliError::Failed(format!("{base} answered something that is not json: {e}"))
+                })?
+            };
+            return Ok(Reply {
+                status: response.status(),
+                body,
+            });
+        }
+        Err(CliError::Failed(last_error))
+    }
+
+    /// GET that must succeed.
+    pub async fn get_ok(&self, path: &str) -> Result<Value, CliError> {
+        let reply = self.call(awc::http::Method::GET, path, None).await?;
+        if !reply.status.is_success() {
+            return Err(CliError::Failed(reply.problem()));
+        }
+        Ok(reply.body)
+    }
+}
+
+/// Runs a client command in an actix system.
+pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
+    f: F,
+) -> Result<(), CliError> {
+    actix_rt::System::new().block_on(f)
+}
+
+/// Prints JSON, pretty on a terminal.
+pub fn print_json(v: &Value) {
+    let text = if std::io::stdout().is_terminal() {
+        serde_json::to_string_pretty(v)
+    } else {
+        serde_json::to_string(v)
+    };
+    println!("{}", text.unwrap_or_default());
+}
+
+/// One-line human summary of a job status.
+pub fn summary(job: &Value) -> String {
+    let s = |k: &str| job.get(k).and_then(Value::as_str).unwrap_or("-").to_owned();
+    let c = |k: &str| job["chunks"].get(k).and_then(Value::as_u64).unwrap_or(0);
+    let name = job
+        .get("kind")
+        .or_else(|| job.get("task"))
+        .and_then(Value::as_str)
+        .unwrap_or("-");
+    let mut line = format!(
+        "{}  {:<9}  {:<10}  chunks {}/{} done, {} running, {} pending, {} failed  attempts {}",
+        s("id"),
+        s("status"),
+        name,
+        c("succeeded"),
+        c("total"),
+        c("running"),
+        c("pending"),
+        c("failed"),
+        job.get("attempts").and_then(Value::as_u64).unwrap_or(0),
+    );
+    if let Some(error) = job.get("error").and_then(Value::as_str) {
+        line.push_str(&format!("\n  error: {error}"));
+    }
+    line
+}
+
+/// `muster status ID`.
+pub fn status(args: IdArgs) -> Result<(), CliError> {
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        let job = client.get_ok(&format!("/v1/jobs/{}", args.id)).await?;
+        if args.client.json {
+            print_json(&job);
+        } else {
+            println!("{}", summary(&job));
+        }
+        Ok(())
+    })
+}
+
+/// Fetches a result (optionally long-polling); prints it, or fails with the job's error.
+pub async fn fetch_result(
+    client: &Client,
+    id: &str,
+    wait: Option<f64>,
+    json: bool,
+) -> Result<(), CliError> {
+    let path = match wait {
+        Some(w) => format!("/v1/jobs/{id}/result?wait={w}"),
+        None => format!("/v1/jobs/{id}/result"),
+    };
+    let reply = client.call(awc::http::Method::GET, &path, None).await?;
+    if !reply.status.is_success() {
+        return Err(CliError::Failed(reply.problem()));
+    }
+    if json {
+        print_json(&reply.body);
+    } else {
+        print_json(&reply.body["result"]);
+    }
+    Ok(())
+}
+
+/// `muster result ID`.
+pub fn result(args: ResultArgs) -> Result<(), CliError> {
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        fetch_result(&client, &args.id, args.wait, args.client.json).await
+    })
+}
+
+/// `muster cancel ID`.
+pub fn cancel(args: IdArgs) -> Result<(), CliError> {
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        let reply = client
+            .call(
+                awc::http::Method::DELETE,
+                &format!("/v1/jobs/{}", args.id),
+                None,
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(CliError::Failed(reply.problem()));
+        }
+        if args.client.json {
+            print_json(&reply.body);
+        } else {
+            println!("{}", summary(&reply.body));
+        }
+        Ok(())
+    })
+}
+
+/// `muster jobs`.
+pub fn jobs(args: JobsArgs) -> Result<(), CliError> {
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        let mut path = format!("/v1/jobs?limit={}", args.limit);
+        if let Some(s) = &args.status {
+            path.push_str(&format!("&status={s}"));
+        }
+        let page = client.get_ok(&path).await?;
+        if args.client.json {
+            print_json(&page);
+        } else {
+            for job in page["jobs"].as_array().into_iter().flatten() {
+                println!("{}", summary(job));
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `muster workers`.
+pub fn workers(args: ClientOnly) -> Result<(), CliError> {
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        let page = client.get_ok("/v1/workers").await?;
+        if args.client.json {
+            print_json(&page);
+        } else {
+            for w in page["workers"].as_array().into_iter().flatten() {
+                println!(
+                    "{}  {:<20}  {:<21}  running {}/{}  tasks {}",
+                    w["id"].as_str().unwrap_or("-"),
+                    w["name"].as_str().unwrap_or("-"),
+                    w["address"].as_str().unwrap_or("-"),
+                    w["running"],
+                    w["slots"],
+                    w["tasks"].as_array().map_or(String::new(), |t| t
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")),
+                );
+            }
+        }
+        Ok(())
+    })
+}

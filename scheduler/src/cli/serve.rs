@@ -1,0 +1,163 @@
+//! `muster serve` and `muster up`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::thread;
+
+use clap::Args;
+use muster_worker::cli::termination;
+use muster_worker::{Tasks, WorkerConfig};
+use tokio::sync::watch;
+
+use super::CliError;
+use crate::config::{Config, RawConfig};
+
+/// Coordinator flags; each falls back to a `MUSTER_*` variable, then the `--config` file, then the
+/// default.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7070].
+    #[arg(long, env = "MUSTER_BIND")]
+    bind: Option<String>,
+    /// Data directory: tokens, and state with a durable store [default: ./muster-data].
+    #[arg(long, env = "MUSTER_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// File with the client token (else MUSTER_CLIENT_TOKEN, else generated in the data dir).
+    #[arg(long)]
+    client_token_file: Option<PathBuf>,
+    /// File with the worker token (else MUSTER_WORKER_TOKEN, else generated in the data dir).
+    #[arg(long)]
+    worker_token_file: Option<PathBuf>,
+    /// Seconds of worker silence before its chunks are re-queued [default: 5].
+    #[arg(long, env = "MUSTER_HEARTBEAT_TIMEOUT")]
+    heartbeat_timeout: Option<f64>,
+    /// Largest request body in bytes [default: 67108864].
+    #[arg(long, env = "MUSTER_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+    /// Seconds before a failed chunk's first retry; doubles per failure [default: 0.1].
+    #[arg(long, env = "MUSTER_RETRY_BACKOFF")]
+    retry_backoff: Option<f64>,
+    /// Run without authentication (refused on a non-loopback address).
+    #[arg(long)]
+    insecure: bool,
+    /// State store: `memory` [default: memory].
+    #[arg(long, env = "MUSTER_STORE")]
+    store: Option<String>,
+    /// HTTP worker threads [default: one per CPU].
+    #[arg(long, env = "MUSTER_HTTP_WORKERS")]
+    http_workers: Option<usize>,
+    /// TOML file with any of the settings above (kebab-case keys).
+    #[arg(long, env = "MUSTER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let file = match &self.config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        let flags = RawConfig {
+            bind: self.bind,
+            data_dir: self.data_dir,
+            client_token_file: self.client_token_file,
+            worker_token_file: self.worker_token_file,
+            heartbeat_timeout: self.heartbeat_timeout,
+            max_body_bytes: self.max_body_bytes,
+            retry_backoff: self.retry_backoff,
+            insecure: self.insecure.then_some(true),
+            store: self.store,
+            http_workers: self.http_workers,
+        };
+        flags.over(file).validate()
+    }
+}
+
+fn bind(config: &Config) -> Result<TcpListener, CliError> {
+    TcpListener::bind(config.bind)
+        .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.bind)))
+}
+
+fn announce(listener: &TcpListener, config: &Config) -> Result<String, CliError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| CliError::Failed(format!("cannot read the bound address: {e}")))?;
+    let url = format!("http://{addr}");
+    println!("muster listening on {url}");
+    if let Some(tokens) = config.tokens()? {
+        if let Some(path) = &tokens.client_file {
+            println!("client token: {}", path.display());
+        }
+        if let Some(path) = &tokens.worker_file {
+            println!("worker token: {}", path.display());
+        }
+    }
+    Ok(url)
+}
+
+/// `muster serve`.
+pub fn serve(args: ServeArgs) -> Result<(), CliError> {
+    let config = args.into_config()?;
+    let listener = bind(&config)?;
+    announce(&listener, &config)?;
+    actix_rt::System::new()
+        .block_on(crate::run(listener, config, termination()))
+        .map_err(|e| CliError::Failed(format!("{e:#}")))
+}
+
+/// `muster up` flags.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Local workers to start.
+    #[arg(long, default_value_t = 2)]
+    workers: u32,
+    /// Slots per local worker.
+    #[arg(long, default_value_t = 1)]
+    slots: u32,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+/// `muster up`: a coordinator and local workers in this process, each worker with its own runtime
+/// and its own WebSocket connection, exactly as remote workers would connect.
+pub fn up(args: UpArgs) -> Result<(), CliError> {
+    if args.workers == 0 || args.slots == 0 {
+        return Err(CliError::Usage(
+            "--workers and --slots must be at least 1".into(),
+        ));
+    }
+    let config = args.serve.into_config()?;
+    let listener = bind(&config)?;
+    let url = announce(&listener, &config)?;
+    let worker_token = config.tokens()?.map(|t| t.worker_token().to_owned());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut threads = Vec::new();
+    for i in 0..args.workers {
+        let mut wc = WorkerConfig::new(vec![url.clone()]);
+        wc.token = worker_token.clone();
+        wc.slots = args.slots;
+        wc.name = format!("local-{}", i + 1);
+        let mut stop = stop_rx.clone();
+        threads.push(thread::spawn(move || {
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            actix_rt::System::new().block_on(muster_worker::run(wc, Tasks::builtin(), shutdown))
+        }));
+    }
+    println!(
+        "started {} local workers with {} slot(s) each; press Ctrl-C to stop",
+        args.workers, args.slots
+    );
+    let coordinator_stop = async move {
+        termination().await;
+        let _ = stop_tx.send(true);
+    };
+    let served = actix_rt::System::new().block_on(crate::run(listener, config, coordinator_stop));
+    for t in threads {
+        if let Ok(Err(e)) = t.join() {
+            eprintln!("muster: local worker: {e}");
+        }
+    }
+    served.map_err(|e| CliError::Failed(format!("{e:#}")))
+}

@@ -1,0 +1,255 @@
+//! `muster submit`: builds a job body from flags and files, submits it, and with `--wait` shows
+//! progress on a terminal and prints the result.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Map, Value};
+
+use super::client::{block_on, fetch_result, print_json, summary, Client, ClientArgs};
+use super::CliError;
+
+/// Seconds each long-poll waits before the progress bar is refreshed.
+const POLL_SECONDS: f64 = 0.5;
+
+/// `muster submit` flags.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Built-in kind: sum, sort or wordcount (omit with --task or --body-file).
+    pub kind: Option<String>,
+    /// Items given inline (numbers or strings; for wordcount, words of the text).
+    #[arg(long, num_args = 1.., conflicts_with = "input_file")]
+    pub items: Vec<String>,
+    /// Input file: a JSON array, or whitespace-separated items; for wordcount, the text itself.
+    #[arg(long)]
+    pub input_file: Option<PathBuf>,
+    /// Custom task name (with --chunks-file).
+    #[arg(long, conflicts_with = "kind")]
+    pub task: Option<String>,
+    /// JSON file holding the array of chunk inputs of a custom task.
+    #[arg(long, requires = "task")]
+    pub chunks_file: Option<PathBuf>,
+    /// Reducer of a custom task: concat, sum, merge_sorted, count_map or none.
+    #[arg(long, requires = "task")]
+    pub reduce: Option<String>,
+    /// A complete JSON job body (other job flags are refused with it).
+    #[arg(long, conflicts_with_all = ["kind", "task", "items", "input_file"])]
+    pub body_file: Option<PathBuf>,
+    /// Number of chunks.
+    #[arg(long)]
+    pub chunks: Option<u64>,
+    /// Items per chunk (bytes of text for wordcount).
+    #[arg(long, conflicts_with = "chunks")]
+    pub chunk_size: Option<u64>,
+    /// sort: largest first.
+    #[arg(long)]
+    pub descending: bool,
+    /// wordcount: keep the N most frequent words.
+    #[arg(long)]
+    pub top: Option<u64>,
+    /// Runs a chunk gets before the job fails.
+    #[arg(long)]
+    pub max_attempts: Option<u32>,
+    /// Seconds one chunk attempt may run.
+    #[arg(long)]
+    pub chunk_timeout: Option<f64>,
+    /// Higher runs first.
+    #[arg(long)]
+    pub priority: Option<i64>,
+    /// A label workers must carry, key=value; repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Resubmitting with the same key returns the same job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the result and print it (progress on a terminal).
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+fn read(path: &PathBuf) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Parses whitespace-separated items: all numbers, or else all strings.
+fn items_from_words<'a>(words: impl Iterator<Item = &'a str>) -> Value {
+    let words: Vec<&str> = words.collect();
+    let numbers: Option<Vec<Value>> = words
+        .iter()
+        .map(|w| {
+            serde_json::from_str::<serde_json::Number>(w)
+                .ok()
+                .map(Value::Number)
+        })
+        .collect();
+    match numbers {
+        Some(n) => Value::Array(n),
+        None => Value::Array(
+            words
+                .iter()
+                .map(|w| Value::String((*w).to_owned()))
+                .collect(),
+        ),
+    }
+}
+
+impl SubmitArgs {
+    fn body(&self) -> Result<Value, CliError> {
+        if let Some(path) = &self.body_file {
+            return serde_json::from_str(&read(path)?)
+                .map_err(|e| CliError::Usage(format!("{} is not json: {e}", path.display())));
+        }
+        let mut body = Map::new();
+        match (&self.kind, &self.task) {
+            (Some(kind), None) => {
+                body.insert("kind".into(), json!(kind));
+                let input = match (&self.input_file, kind.as_str()) {
+                    (Some(path), "wordcount") => Value::String(read(path)?),
+                    (Some(path), _) => {
+                        let text = read(path)?;
+                        if text.trim_start().starts_with('[') {
+                            serde_json::from_str(&text).map_err(|e| {
+                                CliError::Usage(format!(
+                                    "{} is not a json array: {e}",
+                                    path.display()
+                                ))
+                            })?
+                        } else {
+                            items_from_words(text.split_whitespace())
+                        }
+                    }
+                    (None, "wordcount") => Value::String(self.items.join(" ")),
+                    (None, _) => items_from_words(self.items.iter().map(String::as_str)),
+                };
+                body.insert("input".into(), input);
+            }
+            (None, Some(task)) => {
+                body.insert("task".into(), json!(task));
+                let path = self
+                    .chunks_file
+                    .as_ref()
+                    .ok_or_else(|| CliError::Usage("--task needs --chunks-file".into()))?;
+                let chunks: Value = serde_json::from_str(&read(path)?)
+                    .map_err(|e| CliError::Usage(format!("{} is not json: {e}", path.display())))?;
+                body.insert("chunks".into(), chunks);
+                if let Some(r) = &self.reduce {
+                    body.insert("reduce".into(), json!(r));
+                }
+            }
+            _ => {
+                return Err(CliError::Usage(
+                    "give a kind (sum, sort, wordcount), --task NAME or --body-file F".into(),
+                ))
+            }
+        }
+        if let Some(n) = self.chunks {
+            body.insert("chunks".into(), json!(n));
+        }
+        if let Some(n) = self.chunk_size {
+            body.insert("chunk_size".into(), json!(n));
+        }
+        if self.descending {
+            body.insert("descending".into(), json!(true));
+        }
+        if let Some(n) = self.top {
+            body.insert("top".into(), json!(n));
+        }
+        if let Some(n) = self.max_attempts {
+            body.insert("max_attempts".into(), json!(n));
+        }
+        if let Some(s) = self.chunk_timeout {
+            body.insert("chunk_timeout".into(), json!(s));
+        }
+        if let Some(p) = self.priority {
+            body.insert("priority".into(), json!(p));
+        }
+        if !self.labels.is_empty() {
+            let mut labels = Map::new();
+            for l in &self.labels {
+                let (k, v) = l.split_once('=').ok_or_else(|| {
+                    CliError::Usage(format!("label `{l}` must look like key=value"))
+                })?;
+                labels.insert(k.to_owned(), json!(v));
+            }
+            body.insert("labels".into(), Value::Object(labels));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// `muster submit`.
+pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
+    let body = args.body()?;
+    block_on(async move {
+        let client = Client::new(&args.client)?;
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let reply = client
+            .call(
+                awc::http::Method::POST,
+                "/v1/jobs",
+                Some((bytes, args.idempotency_key.as_deref())),
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(CliError::Failed(reply.problem()));
+        }
+        let id = reply.body["id"].as_str().unwrap_or_default().to_owned();
+        if !args.wait {
+            if args.client.json {
+                print_json(&reply.body);
+            } else {
+                println!("{id}");
+            }
+            return Ok(());
+        }
+        wait_with_progress(&client, &id).await?;
+        fetch_result(&client, &id, None, args.client.json).await
+    })
+}
+
+/// Long-polls until the job ends, drawing a progress bar when stderr is a terminal.
+async fn wait_with_progress(client: &Client, id: &str) -> Result<(), CliError> {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    });
+    loop {
+        let reply = client
+            .call(
+                awc::http::Method::GET,
+                &format!("/v1/jobs/{id}/result?wait={POLL_SECONDS}"),
+                None,
+            )
+            .await?;
+        let job_status = reply.body.get("job_status").and_then(Value::as_str);
+        let done = reply.status.is_success() || matches!(job_status, Some("failed" | "cancelled"));
+        if let Some(bar) = &bar {
+            let job = client.get_ok(&format!("/v1/jobs/{id}")).await?;
+            bar.set_length(job["chunks"]["total"].as_u64().unwrap_or(0));
+            bar.set_position(job["chunks"]["succeeded"].as_u64().unwrap_or(0));
+            bar.set_message(job["status"].as_str().unwrap_or("").to_owned());
+            if done {
+                bar.finish_and_clear();
+                if !reply.status.is_success() {
+                    eprintln!("{}", summary(&job));
+                }
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Coordinator configuration in two stages: a raw layer (every field optional, unknown keys refused)
+//! from flags, `MUSTER_*` environment variables and a TOML file, merged in that order of precedence,
+//! then validated into [`Config`] with every default applied.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::auth::Tokens;
+
+/// Default bind address.
+pub const DEFAULT_BIND: &str = "127.0.0.1:7070";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "muster-data";
+/// Default heartbeat timeout, seconds.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: f64 = 5.0;
+/// Default request body limit: 64 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Default delay before a chunk's first retry, seconds (doubles per failure).
+pub const DEFAULT_RETRY_BACKOFF: f64 = 0.1;
+
+/// One configuration layer, as read from a TOML file or assembled from flags and environment.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    /// Address to listen on.
+    pub bind: Option<String>,
+    /// Where tokens (and, with a durable store, state) live.
+    pub data_dir: Option<PathBuf>,
+    /// File with the client token.
+    pub client_token_file: Option<PathBuf>,
+    /// File with the worker token.
+    pub worker_token_file: Option<PathBuf>,
+    /// Seconds of worker silence before its chunks are re-queued.
+    pub heartbeat_timeout: Option<f64>,
+    /// Largest request body.
+    pub max_body_bytes: Option<usize>,
+    /// Seconds before a chunk's first retry.
+    pub retry_backoff: Option<f64>,
+    /// Run without authentication (loopback only).
+    pub insecure: Option<bool>,
+    /// `memory` (the only store in this version).
+    pub store: Option<String>,
+    /// HTTP worker threads.
+    pub http_workers: Option<usize>,
+}
+
+impl RawConfig {
+    /// Reads a TOML file layer.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("invalid config file {}: {e}", path.display()))
+    }
+
+    /// This layer, with gaps filled from `under`.
+    pub fn over(self, under: RawConfig) -> RawConfig {
+        RawConfig {
+            bind: self.bind.or(under.bind),
+            data_dir: self.data_dir.or(under.data_dir),
+            client_token_file: self.client_token_file.or(under.client_token_file),
+            worker_token_file: self.worker_token_file.or(under.worker_token_file),
+            heartbeat_timeout: self.heartbeat_timeout.or(under.heartbeat_timeout),
+            max_body_bytes: self.max_body_bytes.or(under.max_body_bytes),
+            retry_backoff: self.retry_backoff.or(under.retry_backoff),
+            insecure: self.insecure.or(under.insecure),
+            store: self.store.or(under.store),
+            http_workers: self.http_workers.or(under.http_workers),
+        }
+    }
+
+    /// Applies defaults and checks every value.
+    pub fn validate(self) -> anyhow::Result<Config> {
+        let bind_text = self.bind.unwrap_or_else(|| DEFAULT_BIND.to_owned());
+        let bind: SocketAddr = bind_text.parse().map_err(|e| {
+            anyhow::anyhow!("--bind `{bind_text}` is not an address like 127.0.0.1:7070: {e}")
+        })?;
+        let insecure = self.insecure.unwrap_or(false);
+        if insecure && !bind.ip().is_loopback() {
+            anyhow::bail!("--insecure is refused on the non-loopback address {bind}: configure tokens instead");
+        }
+        let heartbeat_timeout = seconds(
+            "heartbeat-timeout",
+            self.heartbeat_timeout.unwrap_or(DEFAULT_HEARTBEAT_TIMEOUT),
+        )?;
+        if heartbeat_timeout < Duration::from_millis(100) {
+            anyhow::bail!("--heartbeat-timeout must be at least 0.1 seconds");
+        }
+        let retry_backoff = seconds(
+            "retry-backoff",
+            self.retry_backoff.unwrap_or(DEFAULT_RETRY_BACKOFF),
+        )?;
+        let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes < 1024 {
+            anyhow::bail!("--max-body-bytes must be at least 1024, got {max_body_bytes}");
+        }
+        let store = match self.store.as_deref().unwrap_or("memory") {
+            "memory" => StoreChoice::Memory,
+            other => {
+                anyhow::bail!("--store `{other}` is not available in this version: use `memory`")
+            }
+        };
+        let http_workers = self
+            .http_workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if http_workers == 0 {
+            anyhow::bail!("--http-workers must be at least 1");
+        }
+        Ok(Config {
+            bind,
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            client_token_file: self.client_token_file,
+            worker_token_file: self.worker_token_file,
+            insecure,
+            heartbeat_timeout,
+            max_body_bytes,
+            retry_backoff,
+            store,
+            http_workers,
+        })
+    }
+}
+
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(0.0..1e9).contains(&v) {
+        anyhow::bail!("--{flag} must be a number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Which store keeps coordinator state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In this process only.
+    Memory,
+}
+
+/// Validated coordinator settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on (used by the binary; `run` takes a bound listener).
+    pub bind: SocketAddr,
+    /// Tokens and state live here.
+    pub data_dir: PathBuf,
+    /// Client token file, if given.
+    pub client_token_file: Option<PathBuf>,
+    /// Worker token file, if given.
+    pub worker_token_file: Option<PathBuf>,
+    /// No authentication at all.
+    pub insecure: bool,
+    /// Worker silence after which its chunks are re-queued.
+    pub heartbeat_timeout: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Delay before a chunk's first retry.
+    pub retry_backoff: Duration,
+    /// Store.
+    pub store: StoreChoice,
+    /// HTTP worker threads.
+    pub http_workers: usize,
+}
+
+impl Config {
+    /// How often each side sends a heartbeat: a quarter of the timeout, so three may be lost.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_timeout / 4
+    }
+
+    /// Resolves tokens: environment, then token files, then the data dir (generated on first start).
+    pub fn tokens(&self) -> anyhow::Result<Option<Tokens>> {
+        if self.insecure {
+            return Ok(None);
+        }
+        Tokens::resolve(
+            &self.data_dir,
+            self.client_token_file.as_deref(),
+            self.worker_token_file.as_deref(),
+        )
+        .map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file() {
+        let file: RawConfig =
+            toml::from_str("bind = \"127.0.0.1:1\"\nheartbeat-timeout = 2.0").unwrap();
+        let flags = RawConfig {
+            bind: Some("127.0.0.1:2".into()),
+            ..RawConfig::default()
+        };
+        let config = flags.over(file).validate().unwrap();
+        assert_eq!(config.bind.port(), 2);
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        assert!(toml::from_str::<RawConfig>("heartbeat = 2").is_err());
+    }
+
+    #[test]
+    fn insecure_needs_loopback() {
+        let raw = RawConfig {
+            bind: Some("0.0.0.0:7070".into()),
+            insecure: Some(true),
+            ..RawConfig::default()
+        };
+        assert!(raw
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("non-loopback"));
+    }
+}

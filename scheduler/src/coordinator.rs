@@ -1,0 +1,396 @@
+//! The coordinator actor: owns the cluster state (jobs, chunk queue, placement, retries) and the
+//! addresses of the worker sessions.
+//!
+//! Every message that changes state ends in `Coordinator::settle`, which dispatches ready chunks,
+//! sends the resulting assignments and cancels (batched per worker), wakes long-pollers of finished
+//! jobs, and arms a timer for the next retry backoff or chunk timeout.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use muster_shared::ids::{JobId, WorkerId};
+use muster_shared::job::JobSpec;
+use muster_shared::protocol::{CoordinatorMessage, Hello, WorkerMessage};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::error::ApiError;
+use crate::state::job::{FailReason, JobState};
+use crate::state::views::JobView;
+use crate::state::workers::WorkerView;
+use crate::state::{ClusterState, Effect, Submitted};
+use crate::worker_session::{Deliver, Evict, WorkerSession};
+
+/// The coordinator actor.
+pub struct Coordinator {
+    state: ClusterState,
+    /// Registered sessions, with the serial of the connection that registered.
+    sessions: HashMap<WorkerId, (u64, Addr<WorkerSession>)>,
+    /// Long-pollers waiting for jobs to finish.
+    waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    heartbeat_interval: Duration,
+    /// The armed wake-up timer, if any.
+    wake: Option<(Instant, SpawnHandle)>,
+    shutting_down: bool,
+}
+
+impl Coordinator {
+    /// A coordinator over this state.
+    pub fn new(state: ClusterState, heartbeat_interval: Duration) -> Self {
+        Self {
+            state,
+            sessions: HashMap::new(),
+            waiters: HashMap::new(),
+            heartbeat_interval,
+            wake: None,
+            shutting_down: false,
+        }
+    }
+
+    fn settle(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        self.state.check_timeouts(now);
+        self.state.dispatch();
+        let mut outgoing: HashMap<WorkerId, Vec<CoordinatorMessage>> = HashMap::new();
+        for effect in self.state.take_effects() {
+            match effect {
+                Effect::Assign { worker, assignment } => outgoing
+                    .entry(worker)
+                    .or_default()
+                    .push(CoordinatorMessage::Assign(assignment)),
+                Effect::Cancel { worker, chunk } => outgoing
+                    .entry(worker)
+                    .or_default()
+                    .push(CoordinatorMessage::Cancel(chunk)),
+                Effect::JobDone(id) => {
+                    for waiter in self.waiters.remove(&id).unwrap_or_default() {
+                        let _ = waiter.send(());
+                    }
+                }
+            }
+        }
+        for (worker, messages) in outgoing {
+            if let Some((_, session)) = self.sessions.get(&worker) {
+                session.do_send(Deliver(messages));
+            }
+        }
+        self.arm_timer(ctx, now);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>, now: Instant) {
+        let Some(at) = self.state.next_wakeup() else {
+            return;
+        };
+        if let Some((armed, handle)) = self.wake {
+            if armed <= at && armed > now {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(at.saturating_duration_since(now), |act, ctx| {
+            act.wake = None;
+            act.settle(ctx);
+        });
+        self.wake = Some((at, handle));
+    }
+}
+
+impl Actor for Coordinator {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        info!(store = self.state.store_kind(), "coordinator started");
+    }
+}
+
+/// Submit a job.
+#[derive(Message)]
+#[rtype(result = "Result<(Submitted, JobView), ApiError>")]
+pub struct Submit {
+    /// The validated job.
+    pub spec: JobSpec,
+    /// Idempotency key with the body digest.
+    pub idempotency: Option<(String, [u8; 32])>,
+}
+
+impl Handler<Submit> for Coordinator {
+    type Result = Result<(Submitted, JobView), ApiError>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Err(ApiError::Unavailable(
+                "the coordinator is shutting down".into(),
+            ));
+        }
+        let submitted = self.state.submit(msg.spec, msg.idempotency)?;
+        self.settle(ctx);
+        let view = self
+            .state
+            .job(submitted.id)
+            .map(JobView::of)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: submitted.id.to_string(),
+            })?;
+        Ok((submitted, view))
+    }
+}
+
+/// Read a job's status.
+#[derive(Message)]
+#[rtype(result = "Result<JobView, ApiError>")]
+pub struct GetJob(pub JobId);
+
+impl Handler<GetJob> for Coordinator {
+    type Result = Result<JobView, ApiError>;
+
+    fn handle(&mut self, msg: GetJob, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state
+            .job(msg.0)
+            .map(JobView::of)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.0.to_string(),
+            })
+    }
+}
+
+/// A job's result, or why there is none.
+#[derive(Debug)]
+pub enum JobResult {
+    /// Succeeded with this JSON.
+    Ready(Arc<str>),
+    /// Not succeeded: the status and, when terminal, the error.
+    Missing {
+        /// Job status.
+        status: &'static str,
+        /// Error when failed.
+        error: Option<String>,
+        /// A receiver that fires when the job finishes, for a non-terminal job.
+        finished: Option<oneshot::Receiver<()>>,
+    },
+}
+
+/// Read a job's result; `watch` registers a long-poll waiter when it is not finished.
+#[derive(Message)]
+#[rtype(result = "Result<JobResult, ApiError>")]
+pub struct GetResult {
+    /// The job.
+    pub id: JobId,
+    /// Register a waiter.
+    pub watch: bool,
+}
+
+impl Handler<GetResult> for Coordinator {
+    type Result = Result<JobResult, ApiError>;
+
+    fn handle(&mut self, msg: GetResult, _ctx: &mut Context<Self>) -> Self::Result {
+        let job = self
+            .state
+            .job(msg.id)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.id.to_string(),
+            })?;
+        Ok(match &job.state {
+            JobState::Succeeded { result } => JobResult::Ready(result.clone()),
+            other => {
+                let finished =
+                    (msg.watch && !other.is_terminal() && !self.shutting_down).then(|| {
+                        let (tx, rx) = oneshot::channel();
+                        self.waiters.entry(msg.id).or_default().push(tx);
+                        rx
+                    });
+                JobResult::Missing {
+                    status: other.name(),
+                    error: match other {
+                        JobState::Failed { error } => Some(error.clone()),
+                        _ => None,
+                    },
+                    finished,
+                }
+            }
+        })
+    }
+}
+
+/// Cancel a job.
+#[derive(Message)]
+#[rtype(result = "Result<JobView, ApiError>")]
+pub struct CancelJob(pub JobId);
+
+impl Handler<CancelJob> for Coordinator {
+    type Result = Result<JobView, ApiError>;
+
+    fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
+        self.state.cancel(msg.0)?;
+        self.settle(ctx);
+        self.state
+            .job(msg.0)
+            .map(JobView::of)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.0.to_string(),
+            })
+    }
+}
+
+/// List jobs, newest first.
+#[derive(Message)]
+#[rtype(result = "Vec<JobView>")]
+pub struct ListJobs {
+    /// Only this status.
+    pub status: Option<String>,
+    /// Only jobs older than this one (the previous page's last id).
+    pub after: Option<JobId>,
+    /// Page size.
+    pub limit: usize,
+}
+
+impl Handler<ListJobs> for Coordinator {
+    type Result = MessageResult<ListJobs>;
+
+    fn handle(&mut self, msg: ListJobs, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(
+            self.state
+                .jobs_page(msg.status.as_deref(), msg.after, msg.limit)
+                .into_iter()
+                .map(JobView::of)
+                .collect(),
+        )
+    }
+}
+
+/// List connected workers.
+#[derive(Message)]
+#[rtype(result = "Vec<WorkerView>")]
+pub struct ListWorkers;
+
+impl Handler<ListWorkers> for Coordinator {
+    type Result = MessageResult<ListWorkers>;
+
+    fn handle(&mut self, _msg: ListWorkers, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut views: Vec<WorkerView> = self.state.workers().iter().map(|w| w.view()).collect();
+        views.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        MessageResult(views)
+    }
+}
+
+/// A worker session received a valid hello.
+#[derive(Message)]
+#[rtype(result = "Result<Duration, String>")]
+pub struct RegisterWorker {
+    /// Worker id from the frame.
+    pub id: WorkerId,
+    /// Connection serial, to tell a reconnect from the connection it replaces.
+    pub serial: u64,
+    /// The hello.
+    pub hello: Hello,
+    /// Peer address.
+    pub address: String,
+    /// The session.
+    pub session: Addr<WorkerSession>,
+}
+
+impl Handler<RegisterWorker> for Coordinator {
+    type Result = Result<Duration, String>;
+
+    fn handle(&mut self, msg: RegisterWorker, ctx: &mut Context<Self>) -> Self::Result {
+        if self.shutting_down {
+            return Err("the coordinator is shutting down".into());
+        }
+        if let Some((old_serial, old)) = self.sessions.remove(&msg.id) {
+            // The worker reconnected before its old connection was noticed dead: the old one is over.
+            warn!(worker = %msg.id, old_serial, "worker reconnected; dropping its previous connection");
+            old.do_send(Evict);
+            self.state.worker_gone(msg.id, FailReason::WorkerLost);
+        }
+        self.state.add_worker(msg.id, msg.hello, msg.address)?;
+        self.sessions.insert(msg.id, (msg.serial, msg.session));
+        self.settle(ctx);
+        Ok(self.heartbeat_interval)
+    }
+}
+
+/// Messages a registered worker sent, in order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FromWorker {
+    /// The worker.
+    pub id: WorkerId,
+    /// Its connection serial.
+    pub serial: u64,
+    /// The batch.
+    pub messages: Vec<WorkerMessage>,
+}
+
+impl Handler<FromWorker> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromWorker, ctx: &mut Context<Self>) {
+        if self.sessions.get(&msg.id).map(|(s, _)| *s) != Some(msg.serial) {
+            return;
+        }
+        let mut changed = false;
+        for message in msg.messages {
+            match message {
+                WorkerMessage::Heartbeat => self.state.worker_heartbeat(msg.id),
+                WorkerMessage::Outcome(outcome) => {
+                    self.state.outcome(msg.id, outcome);
+                    changed = true;
+                }
+                WorkerMessage::Draining => {
+                    self.state.worker_draining(msg.id);
+                    changed = true;
+                }
+                WorkerMessage::Hello(_) => warn!(worker = %msg.id, "ignored a second hello"),
+            }
+        }
+        if changed {
+            self.settle(ctx);
+        }
+    }
+}
+
+/// A worker session ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerDisconnected {
+    /// The worker.
+    pub id: WorkerId,
+    /// Its connection serial.
+    pub serial: u64,
+    /// Why: connection lost or heartbeat timeout.
+    pub reason: FailReason,
+}
+
+impl Handler<WorkerDisconnected> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerDisconnected, ctx: &mut Context<Self>) {
+        if self.sessions.get(&msg.id).map(|(s, _)| *s) != Some(msg.serial) {
+            return;
+        }
+        self.sessions.remove(&msg.id);
+        self.state.worker_gone(msg.id, msg.reason);
+        self.settle(ctx);
+    }
+}
+
+/// Stop taking work: refuse submissions, close worker sessions, flush the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) {
+        info!(workers = self.sessions.len(), "coordinator shutting down");
+        self.shutting_down = true;
+        for (_, (_, session)) in self.sessions.drain() {
+            session.do_send(Evict);
+        }
+        // Dropping the senders wakes every long-poller with the job's current state.
+        self.waiters.clear();
+        self.state.flush();
+    }
+}

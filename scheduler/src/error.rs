@@ -1,0 +1,124 @@
+//! The coordinator's error type; each error knows its HTTP status and becomes RFC 9457
+//! `application/problem+json` in one place.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+/// Everything an API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("malformed json: {0}")]
+    MalformedJson(String),
+    /// The request is well-formed but cannot be accepted.
+    #[error("{0}")]
+    Invalid(String),
+    /// The body is over the configured limit.
+    #[error("request body is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No or a wrong bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token of the wrong role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No job with that id.
+    #[error("no job with id `{id}`")]
+    JobNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// No such route.
+    #[error("no endpoint {method} {path}")]
+    RouteNotFound {
+        /// HTTP method.
+        method: String,
+        /// Path.
+        path: String,
+    },
+    /// The same idempotency key came with another body.
+    #[error("idempotency key `{key}` was already used with a different request body")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// The job has no result (yet, or ever).
+    #[error("{detail}")]
+    NotFinished {
+        /// Why.
+        detail: String,
+        /// The job's status.
+        status: &'static str,
+    },
+    /// The coordinator cannot serve this now (store failure, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn title(&self) -> &'static str {
+        match self {
+            ApiError::MalformedJson(_) => "malformed json",
+            ApiError::Invalid(_) => "invalid request",
+            ApiError::TooLarge { .. } => "body too large",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => "not found",
+            ApiError::IdempotencyConflict { .. } => "idempotency key reused",
+            ApiError::NotFinished { .. } => "job not succeeded",
+            ApiError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// RFC 9457 problem details.
+#[derive(Debug, Serialize)]
+struct Problem<'a> {
+    r#type: &'static str,
+    title: &'static str,
+    status: u16,
+    detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_status: Option<&'a str>,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Invalid(_) | ApiError::IdempotencyConflict { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::NotFinished { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let problem = Problem {
+            r#type: "about:blank",
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            job_status: match self {
+                ApiError::NotFinished { status, .. } => Some(status),
+                _ => None,
+            },
+        };
+        let mut response = HttpResponse::build(status);
+        response.content_type("application/problem+json");
+        if matches!(self, ApiError::Unauthorized(_)) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.body(serde_json::to_string(&problem).unwrap_or_default())
+    }
+}

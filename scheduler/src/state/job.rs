@@ -1,0 +1,526 @@
+//! One job and its chunks: the per-chunk state machine and the attempt history.
+//!
+//! ```text
+//!            assign                 success
+//! Pending ───────────▶ Running ─────────────▶ Succeeded
+//!    ▲                   │
+//!    └── retryable ──────┤ failure, attempts left
+//!        (backoff)       └──────────────────▶ Failed   (permanent, or attempts used up)
+//! ```
+//! A job is `Queued` until its first chunk runs, `Running` until every chunk succeeded (then it is
+//! reduced) or one chunk failed for good, and it can be `Cancelled` from any non-terminal state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
+use muster_shared::reduce::Reducer;
+use serde::Serialize;
+
+/// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "class", content = "message", rename_all = "snake_case")]
+pub enum FailReason {
+    /// The worker's connection dropped.
+    WorkerLost,
+    /// The worker stopped sending heartbeats.
+    HeartbeatTimeout,
+    /// The attempt ran past the job's `chunk_timeout`.
+    ChunkTimeout,
+    /// The task returned a retryable error.
+    TaskError(String),
+    /// The task said the input can never succeed.
+    Permanent(String),
+    /// The worker did not know the task.
+    UnknownTask(String),
+    /// The worker gave the chunk back unfinished while shutting down; not counted as an attempt.
+    HandedBack,
+}
+
+impl FailReason {
+    /// True when the job must fail at once, without retries.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, FailReason::Permanent(_))
+    }
+
+    /// True when this failure uses up one of the chunk's `max_attempts`.
+    pub fn counts_as_attempt(&self) -> bool {
+        !matches!(self, FailReason::HandedBack)
+    }
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailReason::WorkerLost => f.write_str("worker lost"),
+            FailReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            FailReason::ChunkTimeout => f.write_str("chunk timeout"),
+            FailReason::TaskError(m) => write!(f, "task error: {m}"),
+            FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
+            FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
+            FailReason::HandedBack => f.write_str("handed back by a draining worker"),
+        }
+    }
+}
+
+/// One run of one chunk, as shown in job status.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// Attempt number, from 1.
+    pub attempt: Attempt,
+    /// The worker it ran on.
+    pub worker: WorkerId,
+    /// That worker's name.
+    pub worker_name: String,
+    /// When it was assigned.
+    pub started_at: DateTime<Utc>,
+    /// When it ended, if it has.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailReason>,
+}
+
+/// Where one chunk stands.
+#[derive(Debug, Clone)]
+pub enum ChunkState {
+    /// Waiting for a worker; not before `ready_at` (retry backoff).
+    Pending {
+        /// Earliest time it may be placed.
+        ready_at: Instant,
+    },
+    /// Assigned to a worker.
+    Running {
+        /// The worker running it.
+        worker: WorkerId,
+        /// The attempt it runs.
+        attempt: Attempt,
+        /// After this the attempt is abandoned (`chunk_timeout`).
+        deadline: Option<Instant>,
+    },
+    /// Done; its partial result counts.
+    Succeeded {
+        /// The partial result, JSON.
+        result: Bytes,
+    },
+    /// Failed for good (the job failed with it).
+    Failed,
+}
+
+/// One chunk: its payload, state and attempts.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The payload, JSON.
+    pub input: Bytes,
+    /// Where it stands.
+    pub state: ChunkState,
+    /// Every attempt so far.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+impl Chunk {
+    /// A fresh chunk, ready now.
+    pub fn new(input: Bytes) -> Self {
+        Self {
+            input,
+            state: ChunkState::Pending {
+                ready_at: Instant::now(),
+            },
+            attempts: Vec::new(),
+        }
+    }
+
+    /// Failures that used up an attempt.
+    pub fn counted_failures(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.error.as_ref().is_some_and(FailReason::counts_as_attempt))
+            .count() as u32
+    }
+
+    /// Workers whose attempts at this chunk failed; a retry avoids them when it can.
+    pub fn failed_on(&self) -> impl Iterator<Item = WorkerId> + '_ {
+        self.attempts
+            .iter()
+            .filter(|a| a.error.is_some())
+            .map(|a| a.worker)
+    }
+
+    /// The attempt number the next run gets.
+    pub fn next_attempt(&self) -> Attempt {
+        Attempt(self.attempts.len() as u32 + 1)
+    }
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone)]
+pub enum JobState {
+    /// Accepted; no chunk has run yet.
+    Queued,
+    /// At least one chunk has been assigned.
+    Running,
+    /// Reduced; the result is JSON text.
+    Succeeded {
+        /// The merged result.
+        result: Arc<str>,
+    },
+    /// Failed; the error says why (for chunk failures, every attempt).
+    Failed {
+        /// Human-readable error.
+        error: String,
+    },
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl JobState {
+    /// The status word used by the API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded { .. } => "succeeded",
+            JobState::Failed { .. } => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// True for `succeeded`, `failed` and `cancelled`.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded { .. } | JobState::Failed { .. } | JobState::Cancelled
+        )
+    }
+}
+
+/// Counts of chunks by state, kept up to date on every transition.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ChunkCounts {
+    /// Chunks in the job.
+    pub total: u32,
+    /// Waiting for a worker.
+    pub pending: u32,
+    /// Running now.
+    pub running: u32,
+    /// Done.
+    pub succeeded: u32,
+    /// Failed for good.
+    pub failed: u32,
+}
+
+/// What a job runs, independent of its progress.
+#[derive(Debug, Clone)]
+pub struct JobMeta {
+    /// `kind` (built-in) or `task` (custom) name.
+    pub name: String,
+    /// True for a built-in kind.
+    pub builtin: bool,
+    /// Task workers must advertise.
+    pub task: String,
+    /// How partial results merge.
+    pub reducer: Reducer,
+    /// Runs per chunk before the job fails.
+    pub max_attempts: u32,
+    /// Longest a single attempt may run.
+    pub chunk_timeout: Option<Duration>,
+    /// Labels workers must carry.
+    pub labels: BTreeMap<String, String>,
+    /// Higher first.
+    pub priority: i64,
+}
+
+/// A job with its chunks.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// What it runs.
+    pub meta: JobMeta,
+    /// Where it stands.
+    pub state: JobState,
+    /// Chunk table, in reduce order.
+    pub chunks: Vec<Chunk>,
+    /// Chunk counts by state.
+    pub counts: ChunkCounts,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// When its first chunk was assigned.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    /// A queued job over these chunk payloads.
+    pub fn new(id: JobId, meta: JobMeta, inputs: Vec<Bytes>) -> Self {
+        let chunks: Vec<Chunk> = inputs.into_iter().map(Chunk::new).collect();
+        let n = chunks.len() as u32;
+        Self {
+            id,
+            meta,
+            state: JobState::Queued,
+            counts: ChunkCounts {
+                total: n,
+                pending: n,
+                ..ChunkCounts::default()
+            },
+            chunks,
+            attempts: 0,
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
+    /// The chunk at `index`, if the job has one there.
+    pub fn chunk(&self, index: ChunkIndex) -> Option<&Chunk> {
+        self.chunks.get(index.get())
+    }
+
+    /// Pending → Running. Returns the attempt number, or `None` if the chunk was not pending.
+    pub fn start_chunk(
+        &mut self,
+        index: ChunkIndex,
+        worker: WorkerId,
+        worker_name: &str,
+    ) -> Option<Attempt> {
+        let deadline = self.meta.chunk_timeout.map(|t| Instant::now() + t);
+        let chunk = self.chunks.get_mut(index.get())?;
+        if !matches!(chunk.state, ChunkState::Pending { .. }) || self.state.is_terminal() {
+            return None;
+        }
+        let attempt = chunk.next_attempt();
+        chunk.state = ChunkState::Running {
+            worker,
+            attempt,
+            deadline,
+        };
+        chunk.attempts.push(AttemptRecord {
+            attempt,
+            worker,
+            worker_name: worker_name.to_owned(),
+            started_at: Utc::now(),
+            finished_at: None,
+            error: None,
+        });
+        self.counts.pending -= 1;
+        self.counts.running += 1;
+        self.attempts += 1;
+        if matches!(self.state, JobState::Queued) {
+            self.state = JobState::Running;
+            self.started_at = Some(Utc::now());
+        }
+        Some(attempt)
+    }
+
+    /// True when `index` is running `attempt` on `worker`: only then does an outcome count.
+    pub fn is_current(&self, index: ChunkIndex, worker: WorkerId, attempt: Attempt) -> bool {
+        matches!(
+            self.chunk(index).map(|c| &c.state),
+            Some(ChunkState::Running { worker: w, attempt: a, .. }) if *w == worker && *a == attempt
+        ) && !self.state.is_terminal()
+    }
+
+    fn end_attempt(&mut self, index: ChunkIndex, error: Option<FailReason>) {
+        let chunk = &mut self.chunks[index.get()];
+        if let Some(record) = chunk.attempts.last_mut() {
+            record.finished_at = Some(Utc::now());
+            record.error = error;
+        }
+        self.counts.running -= 1;
+    }
+
+    /// Running → Succeeded. The caller has checked [`Job::is_current`].
+    /// Returns true when every chunk has now succeeded.
+    pub fn chunk_succeeded(&mut self, index: ChunkIndex, result: Bytes) -> bool {
+        self.end_attempt(index, None);
+        self.chunks[index.get()].state = ChunkState::Succeeded { result };
+        self.counts.succeeded += 1;
+        self.counts.succeeded == self.counts.total
+    }
+
+    /// Running → Pending (retry at `ready_at`) or → Failed, by the retry policy: permanent errors and
+    /// exhausted attempts fail the chunk (and so the job). The caller has checked [`Job::is_current`].
+    /// Returns true when the chunk will be retried.
+    pub fn chunk_failed(
+        &mut self,
+        index: ChunkIndex,
+        reason: FailReason,
+        backoff: Duration,
+    ) -> bool {
+        let permanent = reason.is_permanent();
+        self.end_attempt(index, Some(reason));
+        let chunk = &mut self.chunks[index.get()];
+        if permanent || chunk.counted_failures() >= self.meta.max_attempts {
+            chunk.state = ChunkState::Failed;
+            self.counts.failed += 1;
+            return false;
+        }
+        let delay = if chunk
+            .attempts
+            .last()
+            .is_some_and(|a| a.error.as_ref().is_some_and(|e| !e.counts_as_attempt()))
+        {
+            Duration::ZERO
+        } else {
+            // Exponential backoff: base, 2×base, 4×base ... capped at 64×base.
+            backoff * (1 << chunk.counted_failures().saturating_sub(1).min(6))
+        };
+        chunk.state = ChunkState::Pending {
+            ready_at: Instant::now() + delay,
+        };
+        self.counts.pending += 1;
+        true
+    }
+
+    /// The error text for a job that failed on chunk `index`: every attempt with worker, reason, time.
+    pub fn failure_report(&self, index: ChunkIndex) -> String {
+        let chunk = &self.chunks[index.get()];
+        let permanent = chunk
+            .attempts
+            .last()
+            .and_then(|a| a.error.as_ref())
+            .is_some_and(FailReason::is_permanent);
+        let mut out = if permanent {
+            format!("chunk {index} failed permanently (not retried)")
+        } else {
+            format!(
+                "chunk {index} failed after {} attempts",
+                chunk.attempts.len()
+            )
+        };
+        for a in &chunk.attempts {
+            let reason = a
+                .error
+                .as_ref()
+                .map_or("no error".to_owned(), |e| e.to_string());
+            out.push_str(&format!(
+                "; attempt {} on worker {} ({}) at {}: {}",
+                a.attempt,
+                a.worker_name,
+                a.worker,
+                a.finished_at.unwrap_or(a.started_at).to_rfc3339(),
+                reason
+            ));
+        }
+        out
+    }
+
+    /// Moves to a terminal state; chunks still pending or running stop counting as such.
+    pub fn finish(&mut self, state: JobState) {
+        debug_assert!(state.is_terminal());
+        self.state = state;
+        self.finished_at = Some(Utc::now());
+    }
+
+    /// Partial results in chunk order (all chunks succeeded).
+    pub fn partials(&self) -> Vec<Bytes> {
+        self.chunks
+            .iter()
+            .filter_map(|c| match &c.state {
+                ChunkState::Succeeded { result } => Some(result.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(max_attempts: u32) -> Job {
+        let meta = JobMeta {
+            name: "sum".into(),
+            builtin: true,
+            task: "sum".into(),
+            reducer: Reducer::Sum,
+            max_attempts,
+            chunk_timeout: None,
+            labels: BTreeMap::new(),
+            priority: 0,
+        };
+        Job::new(
+            JobId::new(),
+            meta,
+            vec![Bytes::from_static(b"[1]"), Bytes::from_static(b"[2]")],
+        )
+    }
+
+    #[test]
+    fn a_chunk_cannot_start_twice() {
+        let mut j = job(3);
+        let w = WorkerId::new();
+        assert_eq!(j.start_chunk(ChunkIndex(0), w, "w"), Some(Attempt(1)));
+        assert_eq!(j.start_chunk(ChunkIndex(0), w, "w"), None);
+        assert_eq!(j.counts.running, 1);
+        assert!(matches!(j.state, JobState::Running));
+    }
+
+    #[test]
+    fn stale_attempts_are_not_current() {
+        let mut j = job(3);
+        let (a, b) = (WorkerId::new(), WorkerId::new());
+        j.start_chunk(ChunkIndex(0), a, "a");
+        assert!(j.chunk_failed(ChunkIndex(0), FailReason::WorkerLost, Duration::ZERO));
+        j.start_chunk(ChunkIndex(0), b, "b");
+        assert!(!j.is_current(ChunkIndex(0), a, Attempt(1)));
+        assert!(j.is_current(ChunkIndex(0), b, Attempt(2)));
+    }
+
+    #[test]
+    fn attempts_run_out() {
+        let mut j = job(2);
+        let w = WorkerId::new();
+        j.start_chunk(ChunkIndex(1), w, "w");
+        assert!(j.chunk_failed(
+            ChunkIndex(1),
+            FailReason::TaskError("x".into()),
+            Duration::ZERO
+        ));
+        j.start_chunk(ChunkIndex(1), w, "w");
+        assert!(!j.chunk_failed(
+            ChunkIndex(1),
+            FailReason::TaskError("y".into()),
+            Duration::ZERO
+        ));
+        let report = j.failure_report(ChunkIndex(1));
+        assert!(
+            report.contains("attempt 1 on worker w") && report.contains("task error: y"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn handed_back_chunks_do_not_use_attempts() {
+        let mut j = job(1);
+        let w = WorkerId::new();
+        j.start_chunk(ChunkIndex(0), w, "w");
+        assert!(j.chunk_failed(
+            ChunkIndex(0),
+            FailReason::HandedBack,
+            Duration::from_secs(9)
+        ));
+        assert!(
+            matches!(j.chunks[0].state, ChunkState::Pending { ready_at } if ready_at <= Instant::now())
+        );
+    }
+
+    #[test]
+    fn permanent_errors_fail_at_once() {
+        let mut j = job(3);
+        j.start_chunk(ChunkIndex(0), WorkerId::new(), "w");
+        assert!(!j.chunk_failed(
+            ChunkIndex(0),
+            FailReason::Permanent("bad".into()),
+            Duration::ZERO
+        ));
+        assert!(j.failure_report(ChunkIndex(0)).contains("permanently"));
+    }
+}

@@ -1,0 +1,560 @@
+//! The coordinator's plain state: the job table, the chunk queue, placement and the retry policy.
+//!
+//! [`ClusterState`] is synchronous and knows nothing of actors or sockets: the coordinator actor
+//! calls it for every event (job submitted, worker joined or lost, outcome received, timer) and then
+//! carries out the [`Effect`]s it queued (send assignments and cancels, wake long-pollers). Unit
+//! tests drive it directly.
+
+pub mod job;
+pub mod queue;
+pub mod views;
+pub mod workers;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
+use muster_shared::job::{JobSpec, Work};
+use muster_shared::protocol::{Assignment, ChunkOutcome, ChunkRef, FailureClass, Hello, Outcome};
+use muster_shared::split::split;
+use tracing::{debug, error, info, warn};
+
+use crate::error::ApiError;
+use crate::store::{NewJob, Store, StoredEnd};
+use job::{ChunkState, FailReason, Job, JobMeta, JobState};
+use queue::{job_key, ChunkQueue, JobKey};
+use workers::{WorkerEntry, Workers};
+
+/// Something the coordinator actor must do after a state change.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    /// Send this assignment to this worker.
+    Assign {
+        /// The worker.
+        worker: WorkerId,
+        /// What to run.
+        assignment: Assignment,
+    },
+    /// Tell this worker to stop this attempt.
+    Cancel {
+        /// The worker.
+        worker: WorkerId,
+        /// The attempt.
+        chunk: ChunkRef,
+    },
+    /// This job reached a terminal state.
+    JobDone(JobId),
+}
+
+/// Retry policy settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Delay before the first retry of a chunk; doubles with each further failure.
+    pub retry_backoff: Duration,
+}
+
+/// A submission's answer: the job and whether it was created now or found by idempotency key.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitted {
+    /// The job.
+    pub id: JobId,
+    /// False when an earlier submission with the same idempotency key made it.
+    pub created: bool,
+}
+
+/// Jobs, queue and workers.
+pub struct ClusterState {
+    jobs: BTreeMap<JobId, Job>,
+    idempotency: HashMap<String, (JobId, [u8; 32])>,
+    queue: ChunkQueue,
+    deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
+    workers: Workers,
+    store: Box<dyn Store>,
+    policy: Policy,
+    effects: Vec<Effect>,
+    /// Outcomes ignored because they were late or duplicates (for logs and metrics).
+    pub ignored_outcomes: u64,
+}
+
+impl ClusterState {
+    /// Empty state over a store.
+    pub fn new(store: Box<dyn Store>, policy: Policy) -> Self {
+        Self {
+            jobs: BTreeMap::new(),
+            idempotency: HashMap::new(),
+            queue: ChunkQueue::default(),
+            deadlines: BinaryHeap::new(),
+            workers: Workers::default(),
+            store,
+            policy,
+            effects: Vec::new(),
+            ignored_outcomes: 0,
+        }
+    }
+
+    /// Effects queued since the last call.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The store's kind.
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind()
+    }
+
+    /// Makes all writes durable.
+    pub fn flush(&mut self) {
+        if let Err(e) = self.store.flush() {
+            error!(error = %e, "store flush failed");
+        }
+    }
+
+    /// Accepts a job: splits it, stores it, queues its chunks.
+    pub fn submit(
+        &mut self,
+        spec: JobSpec,
+        idempotency: Option<(String, [u8; 32])>,
+    ) -> Result<Submitted, ApiError> {
+        if let Some((key, digest)) = &idempotency {
+            if let Some((id, known)) = self.idempotency.get(key) {
+                if known != digest {
+                    return Err(ApiError::IdempotencyConflict { key: key.clone() });
+                }
+                return Ok(Submitted {
+                    id: *id,
+                    created: false,
+                });
+            }
+        }
+        if !spec.is_builtin()
+            && self.workers.iter().next().is_some()
+            && !self.workers.knows_task(spec.task())
+        {
+            let mut known: Vec<String> = self
+                .workers
+                .iter()
+                .flat_map(|w| w.tasks.iter().cloned())
+                .collect();
+            known.sort();
+            known.dedup();
+            return Err(ApiError::Invalid(format!(
+                "unknown task `{}`: no connected worker runs it (connected workers run: {})",
+                spec.task(),
+                known.join(", ")
+            )));
+        }
+        let meta = JobMeta {
+            name: spec.name().to_owned(),
+            builtin: spec.is_builtin(),
+            task: spec.task().to_owned(),
+            reducer: match &spec.work {
+                Work::Builtin { kind, .. } => kind.reducer(),
+                Work::Custom { reduce, .. } => *reduce,
+            },
+            max_attempts: spec.max_attempts,
+            chunk_timeout: spec.chunk_timeout,
+            labels: spec.labels,
+            priority: spec.priority,
+        };
+        let inputs: Vec<Bytes> = match &spec.work {
+            Work::Builtin {
+                kind,
+                input,
+                chunking,
+            } => split(kind, input, *chunking, self.workers.capacity()),
+            Work::Custom { chunks, .. } => chunks
+                .iter()
+                .map(|c| Bytes::from(serde_json::to_vec(c).unwrap_or_default()))
+                .collect(),
+        };
+        let id = JobId::new();
+        self.store
+            .insert_job(NewJob {
+                id,
+                meta: &meta,
+                inputs: &inputs,
+                idempotency: idempotency.as_ref().map(|(k, d)| (k.as_str(), d)),
+            })
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let n = inputs.len() as u32;
+        let key = job_key(meta.priority, id);
+        info!(job_id = %id, name = %meta.name, chunks = n, "job accepted");
+        self.jobs.insert(id, Job::new(id, meta, inputs));
+        self.queue.push_job(key, (0..n).map(ChunkIndex));
+        if let Some((k, digest)) = idempotency {
+            self.idempotency.insert(k, (id, digest));
+        }
+        Ok(Submitted { id, created: true })
+    }
+
+    /// Adds a connected worker.
+    pub fn add_worker(
+        &mut self,
+        id: WorkerId,
+        hello: Hello,
+        address: String,
+    ) -> Result<(), String> {
+        if hello.slots == 0 {
+            return Err("a worker needs at least one slot".into());
+        }
+        info!(worker = %id, name = %hello.name, slots = hello.slots, tasks = ?hello.tasks, "worker registered");
+        self.workers.add(WorkerEntry::new(id, hello, address))
+    }
+
+    /// Notes that a worker is alive.
+    pub fn worker_heartbeat(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.last_heartbeat = chrono::Utc::now();
+        }
+    }
+
+    /// A worker announced shutdown: it gets no new chunks.
+    pub fn worker_draining(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(id) {
+            info!(worker = %id, running = w.running.len(), "worker draining");
+            w.draining = true;
+        }
+    }
+
+    /// A worker is gone: every attempt it was running fails with `reason` and is retried.
+    pub fn worker_gone(&mut self, id: WorkerId, reason: FailReason) {
+        let Some(entry) = self.workers.remove(id) else {
+            return;
+        };
+        warn!(worker = %id, name = %entry.name, %reason, running = entry.running.len(), "worker lost");
+        for chunk in entry.running {
+            if self.is_current(chunk, id) {
+                self.fail_attempt(chunk, reason.clone());
+            }
+        }
+    }
+
+    fn is_current(&self, chunk: ChunkRef, worker: WorkerId) -> bool {
+        self.jobs
+            .get(&chunk.job)
+            .is_some_and(|j| j.is_current(chunk.chunk, worker, chunk.attempt))
+    }
+
+    /// Applies a worker's outcome; late and duplicate outcomes are ignored and logged.
+    pub fn outcome(&mut self, worker: WorkerId, outcome: ChunkOutcome) {
+        let chunk = outcome.chunk;
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.running.remove(&chunk);
+        }
+        if !self.is_current(chunk, worker) {
+            self.ignored_outcomes += 1;
+            info!(%worker, %chunk, "ignored late or duplicate outcome");
+            return;
+        }
+        match outcome.result {
+            Outcome::Succeeded(result) => self.succeed_attempt(chunk, result),
+            Outcome::Failed(failure) => {
+                let reason = match failure.class {
+                    FailureClass::TaskError => FailReason::TaskError(failure.message),
+                    FailureClass::Permanent => FailReason::Permanent(failure.message),
+                    FailureClass::UnknownTask => FailReason::UnknownTask(failure.message),
+                    FailureClass::HandedBack => FailReason::HandedBack,
+                };
+                self.fail_attempt(chunk, reason);
+            }
+        }
+    }
+
+    fn record_attempt(&mut self, chunk: ChunkRef) {
+        let Some(record) = self
+            .jobs
+            .get(&chunk.job)
+            .and_then(|j| j.chunk(chunk.chunk))
+            .and_then(|c| c.attempts.iter().find(|a| a.attempt == chunk.attempt))
+        else {
+            return;
+        };
+        if let Err(e) = self.store.record_attempt(chunk.job, chunk.chunk, record) {
+            error!(%chunk, error = %e, "cannot store attempt");
+        }
+    }
+
+    fn succeed_attempt(&mut self, chunk: ChunkRef, result: Bytes) {
+        if let Err(e) = self.store.chunk_succeeded(chunk.job, chunk.chunk, &result) {
+            error!(%chunk, error = %e, "cannot store chunk result");
+        }
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
+        };
+        let all_done = job.chunk_succeeded(chunk.chunk, result);
+        self.record_attempt(chunk);
+        debug!(%chunk, "chunk succeeded");
+        if all_done {
+            self.reduce(chunk.job);
+        }
+    }
+
+    fn fail_attempt(&mut self, chunk: ChunkRef, reason: FailReason) {
+        let backoff = self.policy.retry_backoff;
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
+        };
+        info!(%chunk, %reason, "chunk attempt failed");
+        let retry = job.chunk_failed(chunk.chunk, reason, backoff);
+        let key = job_key(job.meta.priority, job.id);
+        let ready_at = match job.chunk(chunk.chunk).map(|c| &c.state) {
+            Some(ChunkState::Pending { ready_at }) => Some(*ready_at),
+            _ => None,
+        };
+        let report = (!retry).then(|| job.failure_report(chunk.chunk));
+        self.record_attempt(chunk);
+        match (report, ready_at) {
+            (Some(error), _) => {
+                warn!(job_id = %chunk.job, %error, "job failed");
+                self.finish(chunk.job, JobState::Failed { error });
+            }
+            (None, Some(at)) => self.queue.push_retry(key, chunk.chunk, at),
+            (None, None) => {}
+        }
+    }
+
+    fn reduce(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let state = match job.meta.reducer.reduce(&job.partials()) {
+            Ok(result) => JobState::Succeeded {
+                result: Arc::from(result),
+            },
+            Err(e) => JobState::Failed {
+                error: format!("cannot merge results ({}): {e}", job.meta.reducer.name()),
+            },
+        };
+        self.finish(id, state);
+    }
+
+    /// Moves a job to a terminal state: cancels its running attempts, drops its queued chunks and
+    /// its payloads, and records the end.
+    fn finish(&mut self, id: JobId, state: JobState) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state.is_terminal() {
+            return;
+        }
+        let stored = match &state {
+            JobState::Succeeded { result } => StoredEnd::Succeeded(result),
+            JobState::Failed { error } => StoredEnd::Failed(error),
+            _ => StoredEnd::Cancelled,
+        };
+        if let Err(e) = self.store.finish_job(id, stored) {
+            error!(job_id = %id, error = %e, "cannot store job end");
+        }
+        for (i, chunk) in job.chunks.iter_mut().enumerate() {
+            if let ChunkState::Running {
+                worker, attempt, ..
+            } = chunk.state
+            {
+                let chunk_ref = ChunkRef {
+                    job: id,
+                    chunk: ChunkIndex(i as u32),
+                    attempt,
+                };
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.running.remove(&chunk_ref);
+                }
+                self.effects.push(Effect::Cancel {
+                    worker,
+                    chunk: chunk_ref,
+                });
+            }
+            // A finished job keeps its attempt history but not its data.
+            chunk.input = Bytes::new();
+            if matches!(chunk.state, ChunkState::Succeeded { .. }) {
+                chunk.state = ChunkState::Succeeded {
+                    result: Bytes::new(),
+                };
+            }
+        }
+        job.counts.pending = 0;
+        job.counts.running = 0;
+        info!(job_id = %id, status = state.name(), "job finished");
+        job.finish(state);
+        let key = job_key(job.meta.priority, id);
+        self.queue.remove_job(&key);
+        self.effects.push(Effect::JobDone(id));
+    }
+
+    /// Cancels a job; cancelling a finished job changes nothing.
+    pub fn cancel(&mut self, id: JobId) -> Result<(), ApiError> {
+        if !self.jobs.contains_key(&id) {
+            return Err(ApiError::JobNotFound { id: id.to_string() });
+        }
+        self.finish(id, JobState::Cancelled);
+        Ok(())
+    }
+
+    /// Abandons attempts past their `chunk_timeout`: the worker is told to stop, the chunk retried.
+    pub fn check_timeouts(&mut self, now: Instant) {
+        while let Some(Reverse((at, job, chunk, attempt))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let worker = match self
+                .jobs
+                .get(&job)
+                .and_then(|j| j.chunk(chunk))
+                .map(|c| &c.state)
+            {
+                Some(ChunkState::Running {
+                    worker, attempt: a, ..
+                }) if *a == attempt => *worker,
+                _ => continue,
+            };
+            let chunk_ref = ChunkRef {
+                job,
+                chunk,
+                attempt,
+            };
+            if !self.is_current(chunk_ref, worker) {
+                continue;
+            }
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.running.remove(&chunk_ref);
+            }
+            self.effects.push(Effect::Cancel {
+                worker,
+                chunk: chunk_ref,
+            });
+            self.fail_attempt(chunk_ref, FailReason::ChunkTimeout);
+        }
+    }
+
+    /// When the coordinator must next wake up for backoffs or timeouts.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        let deadline = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        match (self.queue.next_ready_at(), deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Places ready chunks on free worker slots, queueing an [`Effect::Assign`] for each.
+    pub fn dispatch(&mut self) {
+        self.queue.promote(Instant::now());
+        let mut free = self.workers.free_slots();
+        if free == 0 {
+            return;
+        }
+        for key in self.queue.ready_jobs() {
+            if free == 0 {
+                break;
+            }
+            let active = self
+                .jobs
+                .get(&key.1)
+                .is_some_and(|j| !j.state.is_terminal());
+            if !active {
+                self.queue.remove_job(&key);
+                continue;
+            }
+            free -= self.dispatch_job(key, free);
+        }
+    }
+
+    /// Places chunks of one job; returns how many were placed.
+    fn dispatch_job(&mut self, key: JobKey, free: u64) -> u64 {
+        let mut placed = 0;
+        // Retried chunks that must wait for a worker other than the ones they failed on.
+        let mut waiting = Vec::new();
+        while placed < free {
+            let Some(index) = self.queue.pop(&key) else {
+                break;
+            };
+            let Some(job) = self.jobs.get(&key.1) else {
+                break;
+            };
+            let Some(chunk) = job.chunk(index) else {
+                continue;
+            };
+            if !matches!(chunk.state, ChunkState::Pending { .. }) {
+                continue;
+            }
+            let avoid: Vec<WorkerId> = chunk.failed_on().collect();
+            match self.workers.place(&job.meta, &avoid) {
+                Some(worker) => {
+                    self.assign(key.1, index, worker);
+                    placed += 1;
+                }
+                None if !avoid.is_empty() => waiting.push(index),
+                None => {
+                    self.queue.unpop(key, index);
+                    break;
+                }
+            }
+        }
+        for index in waiting.into_iter().rev() {
+            self.queue.unpop(key, index);
+        }
+        placed
+    }
+
+    fn assign(&mut self, id: JobId, index: ChunkIndex, worker: WorkerId) {
+        let Some(entry) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(attempt) = job.start_chunk(index, worker, &entry.name) else {
+            return;
+        };
+        let chunk = ChunkRef {
+            job: id,
+            chunk: index,
+            attempt,
+        };
+        entry.running.insert(chunk);
+        if let Some(ChunkState::Running {
+            deadline: Some(at), ..
+        }) = job.chunk(index).map(|c| &c.state)
+        {
+            self.deadlines.push(Reverse((*at, id, index, attempt)));
+        }
+        let assignment = Assignment {
+            chunk,
+            task: job.meta.task.clone(),
+            input: job.chunks[index.get()].input.clone(),
+        };
+        self.record_attempt(chunk);
+        self.effects.push(Effect::Assign { worker, assignment });
+    }
+
+    /// The job, if known.
+    pub fn job(&self, id: JobId) -> Option<&Job> {
+        self.jobs.get(&id)
+    }
+
+    /// Jobs newest first, after (older than) `after`, matching `status`, at most `limit`.
+    pub fn jobs_page(&self, status: Option<&str>, after: Option<JobId>, limit: usize) -> Vec<&Job> {
+        let older = match after {
+            Some(a) => self.jobs.range(..a),
+            None => self.jobs.range(..),
+        };
+        older
+            .rev()
+            .map(|(_, j)| j)
+            .filter(|j| status.is_none_or(|s| j.state.name() == s))
+            .take(limit)
+            .collect()
+    }
+
+    /// Connected workers.
+    pub fn workers(&self) -> &Workers {
+        &self.workers
+    }
+
+    /// Chunks waiting for a slot.
+    pub fn queued_chunks(&self) -> usize {
+        self.queue.ready_len()
+    }
+}

@@ -1,0 +1,483 @@
+//! The job request body: parsed raw (unknown fields refused), then validated into a [`JobSpec`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::reduce::Reducer;
+
+/// Attempts a chunk gets when the job does not say.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Upper bound on `max_attempts`, so a typo cannot keep a failing chunk cycling for ever.
+pub const MAX_MAX_ATTEMPTS: u32 = 100;
+/// Upper bound on the number of chunks one job may ask for.
+pub const MAX_CHUNKS: u64 = 10_000_000;
+
+/// Why a job request was refused; the message names the field at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct InvalidJob(pub String);
+
+fn invalid(msg: impl Into<String>) -> InvalidJob {
+    InvalidJob(msg.into())
+}
+
+/// The job body as sent; every field optional so that validation can say precisely what is wrong.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJob {
+    /// Built-in kind: `sum`, `sort` or `wordcount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Custom task name (with explicit `chunks`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// Input of a built-in kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Value>,
+    /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<Value>,
+    /// Elements per chunk (built-in kinds; bytes of text for `wordcount`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_size: Option<Value>,
+    /// `sort` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub descending: Option<bool>,
+    /// `wordcount` only: keep the N most frequent words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Value>,
+    /// Custom tasks only: how partial results are merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reduce: Option<String>,
+    /// Runs a chunk gets before the job fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<Value>,
+    /// Seconds one chunk attempt may run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_timeout: Option<Value>,
+    /// Labels a worker must carry to run this job's chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Higher runs first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Value>,
+}
+
+/// A built-in job kind with its options.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// Exact integer sum.
+    Sum,
+    /// Stable sort of numbers or strings.
+    Sort {
+        /// Largest first.
+        descending: bool,
+    },
+    /// Word frequencies.
+    Wordcount {
+        /// Keep only the N most frequent words.
+        top: Option<usize>,
+    },
+}
+
+impl Kind {
+    /// The kind's name as submitted.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Sum => "sum",
+            Kind::Sort { .. } => "sort",
+            Kind::Wordcount { .. } => "wordcount",
+        }
+    }
+
+    /// The chunk task that runs this kind on workers.
+    pub fn task(&self) -> &'static str {
+        self.name()
+    }
+
+    /// The reducer that merges this kind's partial results.
+    pub fn reducer(&self) -> Reducer {
+        match *self {
+            Kind::Sum => Reducer::Sum,
+            Kind::Sort { descending } => Reducer::MergeSorted { descending },
+            Kind::Wordcount { top } => Reducer::CountMap { top },
+        }
+    }
+}
+
+/// How a built-in input is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Exactly this many chunks (fewer when the input is shorter).
+    Count(u64),
+    /// This many elements per chunk (bytes of text for `wordcount`).
+    Size(u64),
+    /// Let the coordinator pick from the connected capacity.
+    Auto,
+}
+
+/// What a job computes.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A built-in kind over an input the coordinator splits.
+    Builtin {
+        /// Which kind, with its options.
+        kind: Kind,
+        /// The validated input.
+        input: Input,
+        /// How to cut it.
+        chunking: Chunking,
+    },
+    /// A named task over explicit chunks.
+    Custom {
+        /// Task name workers advertise.
+        task: String,
+        /// One JSON value per chunk.
+        chunks: Vec<Value>,
+        /// How partial results are merged.
+        reduce: Reducer,
+    },
+}
+
+/// A built-in kind's input, checked for the element type the kind needs.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// `sum`: integers.
+    Ints(Vec<i64>),
+    /// `sort`: numbers or strings (never mixed).
+    Items(Vec<Value>),
+    /// `wordcount`: text.
+    Text(String),
+}
+
+impl Input {
+    /// Number of splittable units: elements, or bytes of text.
+    pub fn len(&self) -> usize {
+        match self {
+            Input::Ints(v) => v.len(),
+            Input::Items(v) => v.len(),
+            Input::Text(s) => s.len(),
+        }
+    }
+
+    /// True when there is nothing to split.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A validated job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// What to compute.
+    pub work: Work,
+    /// Runs a chunk gets before the job fails.
+    pub max_attempts: u32,
+    /// How long one attempt may run before it is abandoned and retried.
+    pub chunk_timeout: Option<Duration>,
+    /// Labels a worker must carry.
+    pub labels: BTreeMap<String, String>,
+    /// Higher runs first.
+    pub priority: i64,
+}
+
+impl JobSpec {
+    /// The `kind` or `task` name shown in status.
+    pub fn name(&self) -> &str {
+        match &self.work {
+            Work::Builtin { kind, .. } => kind.name(),
+            Work::Custom { task, .. } => task,
+        }
+    }
+
+    /// The task workers must advertise to run this job's chunks.
+    pub fn task(&self) -> &str {
+        match &self.work {
+            Work::Builtin { kind, .. } => kind.task(),
+            Work::Custom { task, .. } => task,
+        }
+    }
+
+    /// True for a built-in kind, false for a custom task.
+    pub fn is_builtin(&self) -> bool {
+        matches!(self.work, Work::Builtin { .. })
+    }
+}
+
+fn positive_int(field: &str, v: &Value, max: u64) -> Result<u64, InvalidJob> {
+    match v.as_u64() {
+        Some(n) if n >= 1 && n <= max => Ok(n),
+        _ => Err(invalid(format!(
+            "`{field}` must be an integer from 1 to {max}, got {v}"
+        ))),
+    }
+}
+
+fn refuse_option(present: bool, field: &str, kind: &str) -> Result<(), InvalidJob> {
+    if present {
+        return Err(invalid(format!("`{field}` does not apply to {kind}")));
+    }
+    Ok(())
+}
+
+impl RawJob {
+    /// Checks every field and builds the job; the error names the first field at fault.
+    pub fn validate(self) -> Result<JobSpec, InvalidJob> {
+        let max_attempts = match &self.max_attempts {
+            None => DEFAULT_MAX_ATTEMPTS,
+            Some(v) => positive_int("max_attempts", v, MAX_MAX_ATTEMPTS as u64)? as u32,
+        };
+        let chunk_timeout = match &self.chunk_timeout {
+            None => None,
+            Some(v) => match v.as_f64() {
+                Some(s) if s > 0.0 && s <= 7.0 * 86_400.0 => Some(Duration::from_secs_f64(s)),
+                _ => {
+                    return Err(invalid(format!(
+                        "`chunk_timeout` must be a number of seconds above 0 and at most a week, got {v}"
+                    )))
+                }
+            },
+        };
+        let priority = match &self.priority {
+            None => 0,
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| invalid(format!("`priority` must be an integer, got {v}")))?,
+        };
+        let labels = self.labels.clone().unwrap_or_default();
+        let work = match (&self.kind, &self.task) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give either `kind` or `task`, not both"));
+            }
+            (None, None) => {
+                return Err(invalid(
+                    "missing `kind` (sum, sort, wordcount) or `task` (with explicit `chunks`)",
+                ));
+            }
+            (Some(kind), None) => self.builtin(kind)?,
+            (None, Some(task)) => self.custom(task)?,
+        };
+        Ok(JobSpec {
+            work,
+            max_attempts,
+            chunk_timeout,
+            labels,
+            priority,
+        })
+    }
+
+    fn builtin(&self, kind: &str) -> Result<Work, InvalidJob> {
+        refuse_option(self.reduce.is_some(), "reduce", "built-in kinds")?;
+        let kind = match kind {
+            "sum" => Kind::Sum,
+            "sort" => Kind::Sort {
+                descending: self.descending.unwrap_or(false),
+            },
+            "wordcount" => Kind::Wordcount {
+                top: match &self.top {
+                    None => None,
+                    Some(v) => Some(positive_int("top", v, u32::MAX as u64)? as usize),
+                },
+            },
+            other => {
+                return Err(invalid(format!(
+                    "unknown kind `{other}`: expected sum, sort or wordcount (or a custom `task`)"
+                )))
+            }
+        };
+        refuse_option(
+            self.descending.is_some() && kind.name() != "sort",
+            "descending",
+            kind.name(),
+        )?;
+        refuse_option(
+            self.top.is_some() && kind.name() != "wordcount",
+            "top",
+            kind.name(),
+        )?;
+        let chunking = match (&self.chunks, &self.chunk_size) {
+            (Some(_), Some(_)) => return Err(invalid("give either `chunks` or `chunk_size`, not both")),
+            (Some(Value::Array(_)), None) => {
+                return Err(invalid(
+                    "explicit `chunks` need a custom `task`; built-in kinds take `input` and a chunk count",
+                ))
+            }
+            (Some(v), None) => Chunking::Count(positive_int("chunks", v, MAX_CHUNKS)?),
+            (None, Some(v)) => Chunking::Size(positive_int("chunk_size", v, u64::MAX >> 1)?),
+            (None, None) => Chunking::Auto,
+        };
+        let input = self
+            .input
+            .as_ref()
+            .ok_or_else(|| invalid(format!("missing `input` for kind {}", kind.name())))?;
+        let input = match kind {
+            Kind::Sum => Input::Ints(int_array(input)?),
+            Kind::Sort { .. } => Input::Items(sortable_array(input)?),
+            Kind::Wordcount { .. } => match input {
+                Value::String(s) => Input::Text(s.clone()),
+                other => {
+                    return Err(invalid(format!(
+                        "`input` of wordcount must be a string, got {}",
+                        type_name(other)
+                    )))
+                }
+            },
+        };
+        Ok(Work::Builtin {
+            kind,
+            input,
+            chunking,
+        })
+    }
+
+    fn custom(&self, task: &str) -> Result<Work, InvalidJob> {
+        if task.is_empty() || task.len() > 128 {
+            return Err(invalid("`task` must be a name of 1 to 128 characters"));
+        }
+        refuse_option(
+            self.input.is_some(),
+            "input",
+            "custom tasks (give `chunks`)",
+        )?;
+        refuse_option(self.chunk_size.is_some(), "chunk_size", "custom tasks")?;
+        refuse_option(self.descending.is_some(), "descending", "custom tasks")?;
+        refuse_option(self.top.is_some(), "top", "custom tasks")?;
+        let chunks = match &self.chunks {
+            Some(Value::Array(items)) if !items.is_empty() => items.clone(),
+            Some(Value::Array(_)) => return Err(invalid("`chunks` must not be empty")),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`chunks` of a custom task must be an array of chunk inputs, got {}",
+                    type_name(other)
+                )))
+            }
+            None => return Err(invalid("missing `chunks` for custom task")),
+        };
+        if chunks.len() as u64 > MAX_CHUNKS {
+            return Err(invalid(format!(
+                "`chunks` may hold at most {MAX_CHUNKS} chunks"
+            )));
+        }
+        let reduce = match self.reduce.as_deref() {
+            None => Reducer::None,
+            Some(name) => Reducer::parse(name).ok_or_else(|| {
+                invalid(format!(
+                    "unknown reduce `{name}`: expected concat, sum, merge_sorted, count_map or none"
+                ))
+            })?,
+        };
+        Ok(Work::Custom {
+            task: task.to_owned(),
+            chunks,
+            reduce,
+        })
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn int_array(input: &Value) -> Result<Vec<i64>, InvalidJob> {
+    let items = input.as_array().ok_or_else(|| {
+        invalid(format!(
+            "`input` of sum must be an array of integers, got {}",
+            type_name(input)
+        ))
+    })?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_i64().ok_or_else(|| {
+                invalid(format!(
+                    "`input[{i}]` must be an integer that fits in 64 bits, got {v}"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn sortable_array(input: &Value) -> Result<Vec<Value>, InvalidJob> {
+    let items = input.as_array().ok_or_else(|| {
+        invalid(format!(
+            "`input` of sort must be an array of numbers or of strings, got {}",
+            type_name(input)
+        ))
+    })?;
+    let want_strings = matches!(items.first(), Some(Value::String(_)));
+    for (i, v) in items.iter().enumerate() {
+        let ok = if want_strings {
+            v.is_string()
+        } else {
+            v.is_number()
+        };
+        if !ok {
+            let expected = if want_strings { "a string" } else { "a number" };
+            return Err(invalid(format!(
+                "`input[{i}]` must be {expected} like input[0], got {}",
+                type_name(v)
+            )));
+        }
+    }
+    Ok(items.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<JobSpec, InvalidJob> {
+        serde_json::from_value::<RawJob>(v)
+            .map_err(|e| InvalidJob(e.to_string()))?
+            .validate()
+    }
+
+    #[test]
+    fn zero_chunks_is_refused() {
+        let err = parse(json!({"kind": "sum", "input": [1], "chunks": 0})).unwrap_err();
+        assert!(err.0.contains("`chunks`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let err = parse(json!({"kind": "sum", "input": [1], "chunkz": 2})).unwrap_err();
+        assert!(err.0.contains("chunkz"), "{err}");
+    }
+
+    #[test]
+    fn mixed_sort_input_names_the_element() {
+        let err = parse(json!({"kind": "sort", "input": [1, "a"]})).unwrap_err();
+        assert!(err.0.contains("input[1]"), "{err}");
+    }
+
+    #[test]
+    fn custom_task_defaults_to_no_reduce() {
+        let spec = parse(json!({"task": "t", "chunks": [1, 2]})).unwrap();
+        assert!(matches!(
+            spec.work,
+            Work::Custom {
+                reduce: Reducer::None,
+                ..
+            }
+        ));
+        assert_eq!(spec.max_attempts, DEFAULT_MAX_ATTEMPTS);
+    }
+
+    #[test]
+    fn options_of_other_kinds_are_refused() {
+        assert!(parse(json!({"kind": "sum", "input": [1], "top": 3})).is_err());
+        assert!(parse(json!({"kind": "wordcount", "input": "a", "descending": true})).is_err());
+    }
+}

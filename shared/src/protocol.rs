@@ -1,0 +1,207 @@
+//! The worker protocol: versioned, binary (MessagePack), batched.
+//!
+//! A worker opens a WebSocket on `GET /v1/workers/connect` with its worker token and the
+//! [`PROTOCOL_HEADER`] naming its [`PROTOCOL_VERSION`]. A coordinator that speaks another version
+//! still completes the upgrade but then closes at once with a close reason saying which versions
+//! differ, so both sides can log a clear message. After the upgrade the worker sends
+//! [`WorkerMessage::Hello`] and the coordinator answers [`CoordinatorMessage::Welcome`].
+//!
+//! Every binary frame carries one [`Frame`]: the worker it concerns plus a batch of messages, so a
+//! busy coordinator sends many assignments per frame and a busy worker many outcomes. Chunk-level
+//! messages name the job, chunk index and attempt through [`ChunkRef`].
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::ids::{Attempt, ChunkIndex, JobId, WorkerId};
+
+/// Version of this protocol; both sides must speak the same one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// HTTP header in the upgrade request that names the worker's protocol version.
+pub const PROTOCOL_HEADER: &str = "muster-protocol";
+
+/// Largest frame either side accepts (a batch of large chunk payloads).
+pub const MAX_FRAME_BYTES: usize = 512 * 1024 * 1024;
+
+/// WebSocket close code (application range) for a protocol version mismatch.
+pub const CLOSE_VERSION_MISMATCH: u16 = 4001;
+/// WebSocket close code for a refused hello (bad slots, duplicate worker id).
+pub const CLOSE_REFUSED: u16 = 4002;
+/// WebSocket close code when the coordinator stopped hearing from the worker; the worker reconnects.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4003;
+
+/// One binary WebSocket message: the worker it is from or to, and a batch of messages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Frame<M> {
+    /// The worker that sent it (worker → coordinator) or that it is for (coordinator → worker).
+    pub worker: WorkerId,
+    /// The batch, handled in order.
+    pub messages: Vec<M>,
+}
+
+/// Names one attempt of one chunk of one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ChunkRef {
+    /// The job.
+    pub job: JobId,
+    /// The chunk within the job.
+    pub chunk: ChunkIndex,
+    /// Which attempt of that chunk.
+    pub attempt: Attempt,
+}
+
+impl std::fmt::Display for ChunkRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}#{}", self.job, self.chunk, self.attempt)
+    }
+}
+
+/// What a worker announces when it connects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Hello {
+    /// The worker's protocol version (also sent in [`PROTOCOL_HEADER`]).
+    pub protocol: u32,
+    /// Human-readable name, for listings and logs.
+    pub name: String,
+    /// Chunks the worker runs at once.
+    pub slots: u32,
+    /// Task names the worker can run.
+    pub tasks: Vec<String>,
+    /// Labels jobs may require.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Messages from a worker to the coordinator.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum WorkerMessage {
+    /// First message of every connection.
+    Hello(Hello),
+    /// Proof of life, sent every heartbeat interval.
+    Heartbeat,
+    /// Finished attempts (results and failures).
+    Outcome(ChunkOutcome),
+    /// The worker is shutting down: assign it nothing more.
+    Draining,
+}
+
+/// Messages from the coordinator to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CoordinatorMessage {
+    /// The hello was accepted.
+    Welcome {
+        /// How often the worker must send a heartbeat, in milliseconds.
+        heartbeat_interval_ms: u64,
+    },
+    /// Run this chunk.
+    Assign(Assignment),
+    /// Stop this attempt and free its slot; its outcome is no longer wanted.
+    Cancel(ChunkRef),
+    /// Proof of life.
+    Heartbeat,
+}
+
+/// One chunk to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Which attempt of which chunk.
+    pub chunk: ChunkRef,
+    /// Task name.
+    pub task: String,
+    /// The chunk payload, JSON.
+    pub input: Bytes,
+}
+
+/// The end of one attempt on a worker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkOutcome {
+    /// Which attempt.
+    pub chunk: ChunkRef,
+    /// What happened.
+    pub result: Outcome,
+}
+
+/// Success with the partial result, or a classified failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The partial result, JSON.
+    Succeeded(Bytes),
+    /// The attempt failed.
+    Failed(Failure),
+}
+
+/// Why an attempt failed, as seen by the worker; the coordinator decides what to do about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failure {
+    /// The failure's class.
+    pub class: FailureClass,
+    /// Lowercase description.
+    pub message: String,
+}
+
+/// Failure classes a worker reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureClass {
+    /// The task returned an error that another attempt may not hit.
+    TaskError,
+    /// The task said its input can never succeed.
+    Permanent,
+    /// The worker does not know the task.
+    UnknownTask,
+    /// The worker gave the chunk back unfinished (it is shutting down).
+    HandedBack,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable frame: {0}")]
+pub struct CodecError(#[from] rmp_serde::decode::Error);
+
+/// Encodes a frame as MessagePack.
+pub fn encode<M: Serialize>(frame: &Frame<M>) -> Bytes {
+    // Encoding plain data into a Vec cannot fail.
+    Bytes::from(rmp_serde::to_vec(frame).unwrap_or_default())
+}
+
+/// Decodes a frame.
+pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<Frame<M>, CodecError> {
+    Ok(rmp_serde::from_slice(bytes)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let worker = WorkerId::new();
+        let chunk = ChunkRef {
+            job: JobId::new(),
+            chunk: ChunkIndex(3),
+            attempt: Attempt(2),
+        };
+        let frame = Frame {
+            worker,
+            messages: vec![
+                CoordinatorMessage::Assign(Assignment {
+                    chunk,
+                    task: "sum".into(),
+                    input: Bytes::from_static(b"[1,2]"),
+                }),
+                CoordinatorMessage::Cancel(chunk),
+            ],
+        };
+        let back: Frame<CoordinatorMessage> = decode(&encode(&frame)).unwrap();
+        assert_eq!(back.worker, worker);
+        assert!(
+            matches!(&back.messages[0], CoordinatorMessage::Assign(a) if a.chunk == chunk && &a.input[..] == b"[1,2]")
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(decode::<CoordinatorMessage>(b"\xc1\xc1").is_err());
+    }
+}

@@ -1,0 +1,285 @@
+//! Reducers: how the coordinator merges partial results, in chunk order, into one result.
+//!
+//! Every reducer is deterministic and associative over contiguous chunks, so the result does not
+//! depend on the chunking, the worker count or retries.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use bytes::Bytes;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::task::{compare, int_from_json};
+
+/// The reducers a job may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reducer {
+    /// Concatenate array results (a non-array result counts as one element).
+    Concat,
+    /// Add numeric results: exactly for integers, as `f64` once a float appears.
+    Sum,
+    /// K-way merge of sorted arrays, stable across chunks.
+    MergeSorted {
+        /// Chunks were sorted largest first.
+        descending: bool,
+    },
+    /// Add word → count objects; optionally keep the `top` most frequent.
+    CountMap {
+        /// Keep this many entries, most frequent first (ties by word).
+        top: Option<usize>,
+    },
+    /// No merge: the result is the array of partial results in chunk order.
+    None,
+}
+
+/// A partial result the reducer cannot use; names the chunk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk {chunk}: {message}")]
+pub struct ReduceError {
+    /// Index of the chunk whose result was refused.
+    pub chunk: usize,
+    /// What was wrong with it.
+    pub message: String,
+}
+
+fn bad(chunk: usize, message: impl Into<String>) -> ReduceError {
+    ReduceError {
+        chunk,
+        message: message.into(),
+    }
+}
+
+fn parse_partial<'a, T: serde::Deserialize<'a>>(
+    chunk: usize,
+    bytes: &'a [u8],
+    expected: &str,
+) -> Result<T, ReduceError> {
+    serde_json::from_slice(bytes).map_err(|e| bad(chunk, format!("result is not {expected}: {e}")))
+}
+
+impl Reducer {
+    /// The reducer for a `reduce` name of a custom job.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "concat" => Reducer::Concat,
+            "sum" => Reducer::Sum,
+            "merge_sorted" => Reducer::MergeSorted { descending: false },
+            "count_map" => Reducer::CountMap { top: None },
+            "none" => Reducer::None,
+            _ => return None,
+        })
+    }
+
+    /// The name used in job bodies.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Reducer::Concat => "concat",
+            Reducer::Sum => "sum",
+            Reducer::MergeSorted { .. } => "merge_sorted",
+            Reducer::CountMap { .. } => "count_map",
+            Reducer::None => "none",
+        }
+    }
+
+    /// Merges the partial results (JSON, in chunk order) into the job's result as JSON text.
+    pub fn reduce(&self, partials: &[Bytes]) -> Result<String, ReduceError> {
+        match *self {
+            Reducer::Sum => reduce_sum(partials),
+            Reducer::Concat => {
+                let mut out = Vec::new();
+                for (i, p) in partials.iter().enumerate() {
+                    match parse_partial::<Value>(i, p, "json")? {
+                        Value::Array(items) => out.extend(items),
+                        other => out.push(other),
+                    }
+                }
+                Ok(to_text(&out))
+            }
+            Reducer::MergeSorted { descending } => {
+                let mut runs = Vec::with_capacity(partials.len());
+                for (i, p) in partials.iter().enumerate() {
+                    runs.push(parse_partial::<Vec<Value>>(i, p, "an array")?);
+                }
+                Ok(to_text(&merge_sorted(runs, descending)))
+            }
+            Reducer::CountMap { top } => {
+                let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+                for (i, p) in partials.iter().enumerate() {
+                    let part: BTreeMap<String, u64> =
+                        parse_partial(i, p, "an object of word to count")?;
+                    for (word, n) in part {
+                        *counts.entry(word).or_default() += n;
+                    }
+                }
+                Ok(count_map_text(counts, top))
+            }
+            Reducer::None => {
+                let mut out: Vec<&RawValue> = Vec::with_capacity(partials.len());
+                for (i, p) in partials.iter().enumerate() {
+                    out.push(parse_partial(i, p, "json")?);
+                }
+                Ok(to_text(&out))
+            }
+        }
+    }
+}
+
+fn to_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn reduce_sum(partials: &[Bytes]) -> Result<String, ReduceError> {
+    let mut exact: i128 = 0;
+    let mut float: Option<f64> = None;
+    for (i, p) in partials.iter().enumerate() {
+        let v: Value = parse_partial(i, p, "a number")?;
+        if let Some(n) = int_from_json(&v) {
+            match float.as_mut() {
+                Some(f) => *f += n as f64,
+                None => {
+                    exact = exact
+                        .checked_add(n)
+                        .ok_or_else(|| bad(i, "sum overflows 128-bit integers"))?
+                }
+            }
+        } else if let Some(f) = v.as_f64() {
+            *float.get_or_insert(exact as f64) += f;
+        } else {
+            return Err(bad(i, format!("result is not a number: {v}")));
+        }
+    }
+    Ok(match float {
+        Some(f) => to_text(&f),
+        // Written as a bare JSON number even past 64 bits: the digits are exact.
+        None => exact.to_string(),
+    })
+}
+
+/// One run's head in the merge heap; ties go to the earlier chunk, which keeps the merge stable.
+struct Head {
+    value: Value,
+    run: usize,
+    descending: bool,
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // BinaryHeap pops the greatest, so "greatest" here is the element to emit next.
+        let by_value = if self.descending {
+            compare(&self.value, &other.value)
+        } else {
+            compare(&other.value, &self.value)
+        };
+        by_value.then_with(|| other.run.cmp(&self.run))
+    }
+}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+
+/// Merges sorted runs (in chunk order) into one sorted, stable sequence.
+pub fn merge_sorted(runs: Vec<Vec<Value>>, descending: bool) -> Vec<Value> {
+    let total = runs.iter().map(Vec::len).sum();
+    let mut out = Vec::with_capacity(total);
+    let mut iters: Vec<_> = runs.into_iter().map(Vec::into_iter).collect();
+    let mut heap = BinaryHeap::with_capacity(iters.len());
+    for (run, it) in iters.iter_mut().enumerate() {
+        if let Some(value) = it.next() {
+            heap.push(Head {
+                value,
+                run,
+                descending,
+            });
+        }
+    }
+    while let Some(Head { value, run, .. }) = heap.pop() {
+        out.push(value);
+        if let Some(value) = iters[run].next() {
+            heap.push(Head {
+                value,
+                run,
+                descending,
+            });
+        }
+    }
+    out
+}
+
+/// Writes word counts as a JSON object; with `top`, only the most frequent, in frequency order.
+fn count_map_text(counts: BTreeMap<String, u64>, top: Option<usize>) -> String {
+    let Some(top) = top else {
+        return to_text(&counts);
+    };
+    let mut entries: Vec<(String, u64)> = counts.into_iter().collect();
+    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    entries.truncate(top);
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let written = (|| {
+        let mut map = ser.serialize_map(Some(entries.len()))?;
+        for (word, n) in &entries {
+            map.serialize_entry(word, n)?;
+        }
+        map.end()
+    })();
+    debug_assert!(written.is_ok());
+    String::from_utf8(out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn sum_is_exact_past_64_bits() {
+        let max = i64::MAX.to_string();
+        let out = Reducer::Sum.reduce(&[b(&max), b(&max), b("2")]).unwrap();
+        assert_eq!(out, (2 * i128::from(i64::MAX) + 2).to_string());
+    }
+
+    #[test]
+    fn merge_is_stable_and_ordered() {
+        let out = Reducer::MergeSorted { descending: false }
+            .reduce(&[b("[1, 3, 5]"), b("[1.0, 2, 6]")])
+            .unwrap();
+        assert_eq!(out, "[1,1.0,2,3,5,6]");
+        let out = Reducer::MergeSorted { descending: true }
+            .reduce(&[b("[5, 3]"), b("[6, 3.0, 1]")])
+            .unwrap();
+        assert_eq!(out, "[6,5,3,3.0,1]");
+    }
+
+    #[test]
+    fn count_map_top_orders_by_frequency_then_word() {
+        let out = Reducer::CountMap { top: Some(2) }
+            .reduce(&[b(r#"{"a":1,"b":2}"#), b(r#"{"c":2,"a":2}"#)])
+            .unwrap();
+        assert_eq!(out, r#"{"a":3,"b":2}"#);
+    }
+
+    #[test]
+    fn bad_partial_names_its_chunk() {
+        let err = Reducer::Sum.reduce(&[b("1"), b("\"x\"")]).unwrap_err();
+        assert_eq!(err.chunk, 1);
+    }
+
+    #[test]
+    fn none_keeps_partials_in_order() {
+        let out = Reducer::None.reduce(&[b("{\"a\": 1}"), b("[2]")]).unwrap();
+        assert_eq!(out, r#"[{"a": 1},[2]]"#);
+    }
+}

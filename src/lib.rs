@@ -1,0 +1,370 @@
+//! Test support for Muster's cross-crate integration tests: start real coordinator and worker
+//! processes on `127.0.0.1:0`, watch their output for events, and call the REST API.
+//!
+//! Every wait here is bounded and waits for an event (a log line, a status change) rather than
+//! sleeping for a fixed time.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Client token the harness gives every coordinator.
+pub const CLIENT_TOKEN: &str = "client-token-for-tests-0123456789";
+/// Worker token the harness gives every coordinator and worker.
+pub const WORKER_TOKEN: &str = "worker-token-for-tests-0123456789";
+/// Longest any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The directory holding the built binaries (`target/debug`), found from the test's own path.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary, with a clear message when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`, which builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// The custom worker example (`examples/custom_worker.rs`), built by `cargo test`.
+pub fn custom_worker_bin() -> PathBuf {
+    bin("examples/custom_worker")
+}
+
+#[derive(Default)]
+struct Output {
+    lines: Vec<String>,
+    closed: usize,
+}
+
+/// A child process whose stdout and stderr lines are collected for [`Proc::wait_for`].
+pub struct Proc {
+    child: Child,
+    name: String,
+    output: Arc<(Mutex<Output>, Condvar)>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with piped output.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let output = Arc::new((Mutex::new(Output::default()), Condvar::new()));
+        let stdout = child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        let stderr = child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>);
+        for stream in [stdout, stderr].into_iter().flatten() {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let (lock, cv) = &*output;
+                    lock.lock().expect("output lock").lines.push(line);
+                    cv.notify_all();
+                }
+                let (lock, cv) = &*output;
+                lock.lock().expect("output lock").closed += 1;
+                cv.notify_all();
+            });
+        }
+        Self {
+            child,
+            name: name.to_owned(),
+            output,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every line printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.output.0.lock().expect("output lock").lines.clone()
+    }
+
+    /// Waits for the first line (from the start) that contains `needle` and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        self.wait_for_nth(needle, 1)
+    }
+
+    /// Waits until `n` lines contain `needle`; returns the n-th.
+    pub fn wait_for_nth(&self, needle: &str, n: usize) -> String {
+        let (lock, cv) = &*self.output;
+        let deadline = Instant::now() + WAIT;
+        let mut out = lock.lock().expect("output lock");
+        loop {
+            if let Some(line) = out.lines.iter().filter(|l| l.contains(needle)).nth(n - 1) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || out.closed == 2 {
+                panic!(
+                    "{}: no line #{n} with `{needle}` {}; output:\n{}",
+                    self.name,
+                    if out.closed == 2 {
+                        "before it exited"
+                    } else {
+                        "in time"
+                    },
+                    out.lines.join("\n")
+                );
+            }
+            out = cv.wait_timeout(out, deadline - now).expect("output lock").0;
+        }
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args(["-s", sig, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {sig} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit (bounded) and returns its exit code.
+    pub fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit in time",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A coordinator process with its data dir.
+pub struct Coordinator {
+    /// The process.
+    pub proc: Proc,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data dir (kept until the coordinator is dropped).
+    pub dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    /// Starts `muster serve` on an ephemeral port with the test tokens, a 1 s heartbeat timeout
+    /// and a short retry backoff, plus `extra` flags.
+    pub fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = Command::new(bin("muster"));
+        cmd.args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--heartbeat-timeout",
+            "1",
+            "--retry-backoff",
+            "0.05",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(extra)
+        .env("MUSTER_CLIENT_TOKEN", CLIENT_TOKEN)
+        .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN);
+        let proc = Proc::spawn("coordinator", cmd);
+        let line = proc.wait_for("muster listening on ");
+        let url = line
+            .split("muster listening on ")
+            .nth(1)
+            .expect("url after the marker")
+            .trim()
+            .to_owned();
+        Self { proc, url, dir }
+    }
+
+    /// Starts a stock worker with `slots` slots and a name.
+    pub fn worker(&self, name: &str, slots: u32) -> Proc {
+        self.worker_with(bin("muster-worker"), name, slots, &[])
+    }
+
+    /// Starts the custom worker example.
+    pub fn custom_worker(&self, name: &str, slots: u32) -> Proc {
+        self.worker_with(custom_worker_bin(), name, slots, &[])
+    }
+
+    /// Starts a worker binary and waits until it registered.
+    pub fn worker_with(&self, binary: PathBuf, name: &str, slots: u32, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(binary);
+        cmd.args([
+            "--scheduler",
+            &self.url,
+            "--name",
+            name,
+            "--slots",
+            &slots.to_string(),
+        ])
+        .args(extra)
+        .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
+        .env_remove("MUSTER_SCHEDULER");
+        let proc = Proc::spawn(name, cmd);
+        proc.wait_for("registered with coordinator");
+        proc
+    }
+
+    /// A REST client with the client token.
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, Some(CLIENT_TOKEN))
+    }
+}
+
+/// A tiny REST client for tests.
+pub struct Api {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status, content type and JSON body (`Null` when empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Parsed body.
+    pub body: Value,
+}
+
+impl Api {
+    /// A client for `base` with an optional bearer token.
+    pub fn new(base: &str, token: Option<&str>) -> Self {
+        Self {
+            base: base.to_owned(),
+            token: token.map(str::to_owned),
+            agent: ureq::AgentBuilder::new().timeout(WAIT).build(),
+        }
+    }
+
+    /// Sends a request; `body` is sent as is with `application/json`.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let content_type = response.header("content-type").unwrap_or("").to_owned();
+        let text = response.into_string().unwrap_or_default();
+        Answer {
+            status,
+            content_type,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    /// GET.
+    pub fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None, &[])
+    }
+
+    /// POST a JSON value to /v1/jobs, asserting 201; returns the job id.
+    pub fn submit(&self, job: &Value) -> String {
+        let a = self.call("POST", "/v1/jobs", Some(&job.to_string()), &[]);
+        assert_eq!(a.status, 201, "submit {job}: {:?}", a.body);
+        a.body["id"].as_str().expect("job id").to_owned()
+    }
+
+    /// Long-polls until the job ends; returns the final result answer.
+    pub fn wait_result(&self, id: &str) -> Answer {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let a = self.get(&format!("/v1/jobs/{id}/result?wait=5"));
+            let running = a.status == 409
+                && matches!(a.body["job_status"].as_str(), Some("queued" | "running"));
+            if !running || Instant::now() > deadline {
+                return a;
+            }
+        }
+    }
+
+    /// Waits for the job to succeed and returns its result.
+    pub fn result(&self, id: &str) -> Value {
+        let a = self.wait_result(id);
+        assert_eq!(
+            a.status,
+            200,
+            "job {id} did not succeed: {:?} / {:?}",
+            a.body,
+            self.status(id)
+        );
+        a.body["result"].clone()
+    }
+
+    /// The job's status object.
+    pub fn status(&self, id: &str) -> Value {
+        self.get(&format!("/v1/jobs/{id}")).body
+    }
+
+    /// Polls the job's status until `pred` holds (bounded); returns that status.
+    pub fn wait_status(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status(id);
+            if pred(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {id} never reached the awaited state: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The worker's command line, shared by `muster-worker` and custom workers built on this library.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::{Tasks, WorkerConfig};
+
+/// Where `muster serve` keeps its data by default; a worker on the same machine finds its token there.
+pub const DEFAULT_DATA_DIR: &str = "muster-data";
+
+/// `muster-worker` flags. Precedence: flags, then `MUSTER_*` environment variables, then defaults.
+#[derive(Debug, Parser)]
+#[command(version, about = "Muster worker daemon: runs chunks for a coordinator")]
+pub struct WorkerArgs {
+    /// Coordinator URL; repeat the flag or separate with commas to give several coordinators.
+    #[arg(
+        long = "scheduler",
+        env = "MUSTER_SCHEDULER",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub schedulers: Vec<String>,
+    /// File holding the worker token (else MUSTER_WORKER_TOKEN, else ./muster-data/worker.token).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// Chunks run at once (default: one per CPU).
+    #[arg(long, env = "MUSTER_SLOTS")]
+    pub slots: Option<u32>,
+    /// Name shown in `muster workers` (default: host name and process id).
+    #[arg(long, env = "MUSTER_WORKER_NAME")]
+    pub name: Option<String>,
+    /// A label jobs can require, as key=value; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Seconds running chunks get to finish on SIGTERM before they are handed back.
+    #[arg(long, env = "MUSTER_DRAIN_TIMEOUT", default_value_t = 30.0)]
+    pub drain_timeout: f64,
+    /// Longest wait between reconnect attempts, in seconds.
+    #[arg(long, env = "MUSTER_RECONNECT_MAX", default_value_t = 5.0)]
+    pub reconnect_max: f64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("label `{s}` must look like key=value")),
+    }
+}
+
+fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
+    if !(v.is_finite() && v >= 0.0) {
+        anyhow::bail!("--{flag} must be a number of seconds, got {v}");
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+/// Reads a token file, refusing an empty one.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?;
+    let token = token.trim().to_owned();
+    if token.is_empty() {
+        anyhow::bail!("token file {} is empty", path.display());
+    }
+    Ok(token)
+}
+
+impl WorkerArgs {
+    /// Validates the flags into a [`WorkerConfig`].
+    pub fn into_config(self) -> anyhow::Result<WorkerConfig> {
+        let schedulers: Vec<String> = self
+            .schedulers
+            .iter()
+            .map(|s| s.trim().trim_end_matches('/').to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for s in &schedulers {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                anyhow::bail!("--scheduler `{s}` must be an http:// or https:// URL");
+            }
+        }
+        let mut config = WorkerConfig::new(schedulers);
+        config.token = match (&self.token_file, std::env::var("MUSTER_WORKER_TOKEN")) {
+            (Some(path), _) => Some(read_token(path)?),
+            (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            _ => {
+                let default = Path::new(DEFAULT_DATA_DIR).join("worker.token");
+                default.exists().then(|| read_token(&default)).transpose()?
+            }
+        };
+        if let Some(slots) = self.slots {
+            if slots == 0 || slots > 4096 {
+                anyhow::bail!("--slots must be from 1 to 4096, got {slots}");
+            }
+            config.slots = slots;
+        }
+        if let Some(name) = self.name {
+            config.name = name;
+        }
+        config.labels = self.labels.into_iter().collect::<BTreeMap<_, _>>();
+        config.drain_timeout = seconds("drain-timeout", self.drain_timeout)?;
+        config.reconnect_max =
+            seconds("reconnect-max", self.reconnect_max)?.max(config.reconnect_min);
+        Ok(config)
+    }
+}
+
+/// Sets up logging from `RUST_LOG` (default `info`) on stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves when the process gets SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending::<()>().await,
+    }
+}
+
+/// Runs a worker with `tasks` from parsed flags; the whole `main` of a worker binary.
+pub fn main_with(tasks: Tasks, args: WorkerArgs) -> ExitCode {
+    init_tracing();
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("muster-worker: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let system = actix_rt::System::new();
+    match system.block_on(crate::run(config, tasks, termination())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster-worker: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! One connection to a coordinator: upgrade, hello, then assignments in and outcomes out until the
+//! connection drops or the worker has drained.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_rt::time::{interval, sleep_until, Instant};
+use awc::error::WsClientError;
+use awc::ws;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use muster_shared::ids::WorkerId;
+use muster_shared::protocol::{
+    decode, encode, Assignment, ChunkOutcome, ChunkRef, CoordinatorMessage, Failure, FailureClass,
+    Frame, Hello, Outcome, WorkerMessage, CLOSE_REFUSED, CLOSE_VERSION_MISMATCH, MAX_FRAME_BYTES,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
+};
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::daemon::WorkerError;
+use crate::tasks::TaskContext;
+use crate::{Tasks, WorkerConfig};
+
+/// Heartbeat interval used until the coordinator's welcome names one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long the coordinator has to answer a hello.
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a session ended.
+pub(crate) enum SessionEnd {
+    /// The connection failed or dropped: reconnect. `welcomed` says whether it got as far as a
+    /// welcome, which resets the reconnect backoff.
+    Disconnected { reason: String, welcomed: bool },
+    /// Reconnecting cannot help.
+    Fatal(WorkerError),
+    /// Shutdown finished.
+    Drained,
+}
+
+type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// State that outlives one connection.
+pub(crate) struct Worker {
+    pub(crate) id: WorkerId,
+    pub(crate) config: WorkerConfig,
+    tasks: Tasks,
+    /// Attempts running now, with their cancel flags.
+    running: HashMap<ChunkRef, Arc<AtomicBool>>,
+    /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
+    outbox: Vec<ChunkOutcome>,
+    outcomes_tx: mpsc::UnboundedSender<ChunkOutcome>,
+    outcomes_rx: mpsc::UnboundedReceiver<ChunkOutcome>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl Worker {
+    pub(crate) fn new(config: WorkerConfig, tasks: Tasks, shutdown: watch::Receiver<bool>) -> Self {
+        let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
+        Self {
+            id: WorkerId::new(),
+            config,
+            tasks,
+            running: HashMap::new(),
+            outbox: Vec::new(),
+            outcomes_tx,
+            outcomes_rx,
+            shutdown,
+        }
+    }
+
+    pub(crate) fn shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Runs one connection to `base` until it ends.
+    pub(crate) async fn session(&mut self, base: &str) -> SessionEnd {
+        let mut socket = match self.connect(base).await {
+            Ok(socket) => socket,
+            Err(end) => return end,
+        };
+        let end = self.serve(&mut socket, base).await;
+        // Whatever ended the session, attempts still running are the coordinator's to re-run now.
+        for (chunk, flag) in self.running.drain() {
+            flag.store(true, Ordering::Relaxed);
+            debug!(%chunk, "abandoned running chunk with its connection");
+        }
+        let _ = socket.close().await;
+        end
+    }
+
+    async fn connect(&mut self, base: &str) -> Result<Socket, SessionEnd> {
+        let url = format!("{}/v1/workers/connect", base.trim_end_matches('/'));
+        let client = awc::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .finish();
+        let mut request = client
+            .ws(&url)
+            .set_header(PROTOCOL_HEADER, PROTOCOL_VERSION.to_string())
+            .max_frame_size(MAX_FRAME_BYTES);
+        if let Some(token) = &self.config.token {
+            request = request.bearer_auth(token);
+        }
+        let (_, mut socket) = request.connect().await.map_err(|e| match e {
+            WsClientError::InvalidResponseStatus(status) if status == 401 || status == 403 => {
+                SessionEnd::Fatal(WorkerError::Unauthorized {
+                    url: url.clone(),
+                    status: status.as_u16(),
+                })
+            }
+            other => SessionEnd::Disconnected {
+                reason: format!("cannot connect to {url}: {other}"),
+                welcomed: false,
+            },
+        })?;
+        let hello = WorkerMessage::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            name: self.config.name.clone(),
+            slots: self.config.slots,
+            tasks: self.tasks.names(),
+            labels: self.config.labels.clone(),
+        });
+        self.send(&mut socket, vec![hello])
+            .await
+            .map_err(|reason| SessionEnd::Disconnected {
+                reason,
+                welcomed: false,
+            })?;
+        Ok(socket)
+    }
+
+    async fn send(&self, socket: &mut Socket, messages: Vec<WorkerMessage>) -> Result<(), String> {
+        let frame = encode(&Frame {
+            worker: self.id,
+            messages,
+        });
+        socket
+            .send(ws::Message::Binary(frame))
+            .await
+            .map_err(|e| format!("cannot send to coordinator: {e}"))
+    }
+
+    async fn serve(&mut self, socket: &mut Socket, base: &str) -> SessionEnd {
+        let mut welcomed = false;
+        let mut heartbeat_every = DEFAULT_HEARTBEAT;
+        let mut ticker = interval(heartbeat_every);
+        let mut last_heard = Instant::now();
+        let welcome_deadline = Instant::now() + WELCOME_TIMEOUT;
+        let mut drain_deadline: Option<Instant> = None;
+        let disconnected = |reason: String, welcomed| SessionEnd::Disconnected { reason, welcomed };
+        loop {
+            if drain_deadline.is_some() && self.running.is_empty() && self.outbox.is_empty() {
+                info!(worker = %self.id, "drained: no chunks left");
+                return SessionEnd::Drained;
+            }
+            let far = Instant::now() + Duration::from_secs(3600);
+            let deadline = drain_deadline.unwrap_or(far);
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                frame = socket.next() => {
+                    last_heard = Instant::now();
+                    let frame = match frame {
+                        None => return disconnected("coordinator closed the connection".into(), welcomed),
+                        Some(Err(e)) => return disconnected(format!("connection error: {e}"), welcomed),
+                        Some(Ok(frame)) => frame,
+                    };
+                    match frame {
+                        ws::Frame::Binary(bytes) => {
+                            let replies = match self.handle(&bytes, &mut welcomed, &mut heartbeat_every) {
+                                Ok(replies) => replies,
+                                Err(reason) => return disconnected(reason, welcomed),
+                            };
+                            if heartbeat_every != ticker.period() {
+                                ticker = interval(heartbeat_every);
+                            }
+                            if welcomed && !self.outbox.is_empty() {
+                                let backlog = std::mem::take(&mut self.outbox);
+                                info!(count = backlog.len(), "sending outcomes held while disconnected");
+                                let msgs = backlog.into_iter().map(WorkerMessage::Outcome).collect();
+                                if let Err(reason) = self.send(socket, msgs).await {
+                                    return disconnected(reason, welcomed);
+                                }
+                            }
+                            if !replies.is_empty() {
+                                if let Err(reason) = self.send(socket, replies).await {
+                                    return disconnected(reason, welcomed);
+                                }
+                            }
+                        }
+                        ws::Frame::Ping(payload) => {
+                            if socket.send(ws::Message::Pong(payload)).await.is_err() {
+                                return disconnected("cannot answer ping".into(), welcomed);
+                            }
+                        }
+                        ws::Frame::Close(reason) => {
+                            return self.closed_by_coordinator(reason, base, welcomed);
+                        }
+                        ws::Frame::Pong(_) | ws::Frame::Text(_) | ws::Frame::Continuation(_) => {}
+                    }
+                }
+                Some(outcome) = self.outcomes_rx.recv() => {
+                    let mut batch = Vec::new();
+                    self.collect_outcome(outcome, &mut batch);
+                    while let Ok(more) = self.outcomes_rx.try_recv() {
+                        self.collect_outcome(more, &mut batch);
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let msgs: Vec<WorkerMessage> = batch.iter().cloned().map(WorkerMessage::Outcome).collect();
+                    if let Err(reason) = self.send(socket, msgs).await {
+                        self.outbox.extend(batch);
+                        return disconnected(reason, welcomed);
+                    }
+                }
+                _ = ticker.tick() => {
+                    if !welcomed && Instant::now() > welcome_deadline {
+                        return disconnected("coordinator did not answer the hello".into(), false);
+                    }
+                    if last_heard.elapsed() > self.config.coordinator_timeout {
+                        return disconnected("coordinator went silent".into(), welcomed);
+                    }
+                    if let Err(reason) = self.send(socket, vec![WorkerMessage::Heartbeat]).await {
+                        return disconnected(reason, welcomed);
+                    }
+                }
+                _ = shutdown.wait_for(|stop| *stop), if drain_deadline.is_none() => {
+                    info!(worker = %self.id, running = self.running.len(), "draining: taking no new chunks");
+                    drain_deadline = Some(Instant::now() + self.config.drain_timeout);
+                    if let Err(reason) = self.send(socket, vec![WorkerMessage::Draining]).await {
+                        warn!(%reason, "could not announce draining");
+                        return SessionEnd::Drained;
+                    }
+                }
+                _ = sleep_until(deadline), if drain_deadline.is_some() => {
+                    let handed: Vec<WorkerMessage> = self.running.drain().map(|(chunk, flag)| {
+                        flag.store(true, Ordering::Relaxed);
+                        WorkerMessage::Outcome(failure(chunk, FailureClass::HandedBack, "worker shut down before the chunk finished"))
+                    }).collect();
+                    warn!(count = handed.len(), "drain timeout: handing back unfinished chunks");
+                    let _ = self.send(socket, handed).await;
+                    return SessionEnd::Drained;
+                }
+            }
+        }
+    }
+
+    fn closed_by_coordinator(
+        &self,
+        reason: Option<ws::CloseReason>,
+        base: &str,
+        welcomed: bool,
+    ) -> SessionEnd {
+        let code: u16 = reason.as_ref().map_or(1000, |r| r.code.into());
+        let text = reason
+            .and_then(|r| r.description)
+            .unwrap_or_else(|| "no reason given".into());
+        if code == CLOSE_VERSION_MISMATCH || code == CLOSE_REFUSED {
+            return SessionEnd::Fatal(WorkerError::Refused {
+                url: base.to_owned(),
+                reason: text,
+            });
+        }
+        SessionEnd::Disconnected {
+            reason: format!("coordinator closed the connection: {text}"),
+            welcomed,
+        }
+    }
+
+    /// Outcomes of attempts that were cancelled meanwhile are dropped: nobody wants them.
+    fn collect_outcome(&mut self, outcome: ChunkOutcome, batch: &mut Vec<ChunkOutcome>) {
+        if self.running.remove(&outcome.chunk).is_some() {
+            batch.push(outcome);
+        } else {
+            debug!(chunk = %outcome.chunk, "dropped outcome of a cancelled attempt");
+        }
+    }
+
+    /// Handles one frame from the coordinator; returns immediate replies.
+    fn handle(
+        &mut self,
+        bytes: &Bytes,
+        welcomed: &mut bool,
+        heartbeat_every: &mut Duration,
+    ) -> Result<Vec<WorkerMessage>, String> {
+        let frame: Frame<CoordinatorMessage> = decode(bytes).map_err(|e| e.to_string())?;
+        if frame.worker != self.id {
+            return Err(format!(
+                "frame addressed to worker {} reached worker {}",
+                frame.worker, self.id
+            ));
+        }
+        let mut replies = Vec::new();
+        for message in frame.messages {
+            match message {
+                CoordinatorMessage::Welcome {
+                    heartbeat_interval_ms,
+                } => {
+                    *welcomed = true;
+                    *heartbeat_every = Duration::from_millis(heartbeat_interval_ms.max(10));
+                    info!(worker = %self.id, name = %self.config.name, slots = self.config.slots, "registered with coordinator");
+                }
+                CoordinatorMessage::Assign(assignment) => {
+                    if let Some(refusal) = self.start(assignment) {
+                        replies.push(WorkerMessage::Outcome(refusal));
+                    }
+                }
+                CoordinatorMessage::Cancel(chunk) => {
+                    if let Some(flag) = self.running.remove(&chunk) {
+                        flag.store(true, Ordering::Relaxed);
+                        info!(%chunk, "cancelled chunk");
+                    }
+                }
+                CoordinatorMessage::Heartbeat => {}
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Starts an attempt on a blocking thread; returns a failure to send at once when it cannot.
+    fn start(&mut self, assignment: Assignment) -> Option<ChunkOutcome> {
+        let Assignment { chunk, task, input } = assignment;
+        if self.shutting_down() || self.running.len() >= self.config.slots as usize {
+            return Some(failure(
+                chunk,
+                FailureClass::HandedBack,
+                "worker has no free slot",
+            ));
+        }
+        let Some(f) = self.tasks.get(&task).cloned() else {
+            return Some(failure(
+                chunk,
+                FailureClass::UnknownTask,
+                &format!("worker does not know task `{task}`"),
+            ));
+        };
+        debug!(%chunk, %task, "running chunk");
+        let flag = Arc::new(AtomicBool::new(false));
+        self.running.insert(chunk, flag.clone());
+        let ctx = TaskContext::new(chunk, flag);
+        let handle = tokio::task::spawn_blocking(move || f(&ctx, &input));
+        let tx = self.outcomes_tx.clone();
+        actix_rt::spawn(async move {
+            let result = match handle.await {
+                Ok(Ok(output)) => Outcome::Succeeded(output),
+                Ok(Err(e)) => Outcome::Failed(Failure {
+                    class: if e.permanent {
+                        FailureClass::Permanent
+                    } else {
+                        FailureClass::TaskError
+                    },
+                    message: e.message,
+                }),
+                Err(e) => Outcome::Failed(Failure {
+                    class: FailureClass::TaskError,
+                    message: format!("task `{task}` panicked: {e}"),
+                }),
+            };
+            let _ = tx.send(ChunkOutcome { chunk, result });
+        });
+        None
+    }
+}
+
+fn failure(chunk: ChunkRef, class: FailureClass, message: &str) -> ChunkOutcome {
+    ChunkOutcome {
+        chunk,
+        result: Outcome::Failed(Failure {
+            class,
+            message: message.to_owned(),
+        }),
+    }
+}

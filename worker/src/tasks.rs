@@ -1,0 +1,126 @@
+//! The task registry: task names a worker advertises, and the functions that run them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use muster_shared::protocol::ChunkRef;
+use muster_shared::task::{TaskError, BUILTIN_TASKS};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// What a running task can see: which chunk it runs and whether it was cancelled.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    chunk: ChunkRef,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl TaskContext {
+    pub(crate) fn new(chunk: ChunkRef, cancelled: Arc<AtomicBool>) -> Self {
+        Self { chunk, cancelled }
+    }
+
+    /// The attempt being run.
+    pub fn chunk(&self) -> ChunkRef {
+        self.chunk
+    }
+
+    /// True once the coordinator cancelled this attempt; long tasks should check it and return.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// An error for a task that stops because it was cancelled.
+    pub fn cancelled_error(&self) -> TaskError {
+        TaskError::retryable(format!("chunk {} was cancelled", self.chunk))
+    }
+
+    /// Sleeps for `duration`, waking early (with an error) if the attempt is cancelled.
+    pub fn sleep(&self, duration: Duration) -> Result<(), TaskError> {
+        const STEP: Duration = Duration::from_millis(10);
+        let mut left = duration;
+        while !left.is_zero() {
+            if self.is_cancelled() {
+                return Err(self.cancelled_error());
+            }
+            let step = left.min(STEP);
+            std::thread::sleep(step);
+            left -= step;
+        }
+        Ok(())
+    }
+}
+
+/// A task body: JSON chunk payload in, JSON partial result out.
+pub type TaskFn = Arc<dyn Fn(&TaskContext, &[u8]) -> Result<Bytes, TaskError> + Send + Sync>;
+
+/// The tasks a worker can run, by name.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    by_name: HashMap<String, TaskFn>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Tasks {
+    /// No tasks at all.
+    pub fn empty() -> Self {
+        Self::default()
+    }
+
+    /// The chunk tasks of the built-in job kinds (`sum`, `sort`, `wordcount`).
+    pub fn builtin() -> Self {
+        let mut tasks = Self::empty();
+        for &(name, f) in BUILTIN_TASKS {
+            tasks.register_raw(name, move |_ctx, input| f(input));
+        }
+        tasks
+    }
+
+    /// Registers a task over raw JSON bytes, replacing any task of the same name.
+    pub fn register_raw<F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        F: Fn(&TaskContext, &[u8]) -> Result<Bytes, TaskError> + Send + Sync + 'static,
+    {
+        self.by_name.insert(name.to_owned(), Arc::new(f));
+        self
+    }
+
+    /// Registers a typed task: the chunk is deserialized into `I` (a chunk that does not fit is a
+    /// permanent error) and the `O` it returns is serialized as the partial result.
+    pub fn register<I, O, F>(&mut self, name: &str, f: F) -> &mut Self
+    where
+        I: DeserializeOwned,
+        O: Serialize,
+        F: Fn(&TaskContext, I) -> Result<O, TaskError> + Send + Sync + 'static,
+    {
+        let task = name.to_owned();
+        self.register_raw(name, move |ctx, input| {
+            let input: I = serde_json::from_slice(input).map_err(|e| {
+                TaskError::permanent(format!("chunk does not fit task `{task}`: {e}"))
+            })?;
+            let output = f(ctx, input)?;
+            serde_json::to_vec(&output).map(Bytes::from).map_err(|e| {
+                TaskError::permanent(format!("result of task `{task}` is not json: {e}"))
+            })
+        })
+    }
+
+    /// The task of that name.
+    pub fn get(&self, name: &str) -> Option<&TaskFn> {
+        self.by_name.get(name)
+    }
+
+    /// Every task name, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.by_name.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
