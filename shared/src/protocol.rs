@@ -72,6 +72,9 @@ pub struct Hello {
     pub tasks: Vec<String>,
     /// Labels jobs may require.
     pub labels: BTreeMap<String, String>,
+    /// Attempts still running from an earlier connection. The coordinator re-queued them when that
+    /// connection dropped, so their outcomes will be ignored; until they arrive, their slots are busy.
+    pub running: Vec<ChunkRef>,
 }
 
 /// Messages from a worker to the coordinator.

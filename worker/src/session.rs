@@ -82,12 +82,10 @@ impl Worker {
             Ok(socket) => socket,
             Err(end) => return end,
         };
+        // Chunks still running when the connection drops go on running: their outcomes are sent
+        // after the next hello (the coordinator has re-queued them and will ignore them, but their
+        // slots stay honestly busy until then).
         let end = self.serve(&mut socket, base).await;
-        // Whatever ended the session, attempts still running are the coordinator's to re-run now.
-        for (chunk, flag) in self.running.drain() {
-            flag.store(true, Ordering::Relaxed);
-            debug!(%chunk, "abandoned running chunk with its connection");
-        }
         let _ = socket.close().await;
         end
     }
@@ -122,6 +120,7 @@ impl Worker {
             slots: self.config.slots,
             tasks: self.tasks.names(),
             labels: self.config.labels.clone(),
+            running: self.running.keys().copied().collect(),
         });
         self.send(&mut socket, vec![hello])
             .await

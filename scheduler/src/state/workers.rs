@@ -38,6 +38,7 @@ impl WorkerEntry {
     /// A freshly registered worker.
     pub fn new(id: WorkerId, hello: Hello, address: String) -> Self {
         let now = Utc::now();
+        let running = hello.running.into_iter().collect();
         Self {
             id,
             name: hello.name,
@@ -46,7 +47,7 @@ impl WorkerEntry {
             tasks: hello.tasks.into_iter().collect(),
             labels: hello.labels,
             draining: false,
-            running: HashSet::new(),
+            running,
             connected_at: now,
             last_heartbeat: now,
         }

@@ -1,0 +1,96 @@
+//! Property: for any input and any chunk count, splitting, running the chunk tasks and reducing
+//! gives exactly the single-chunk result. Seeded, so every run checks the same cases.
+
+use bytes::Bytes;
+use muster_shared::job::{Chunking, Input, Kind};
+use muster_shared::split::split;
+use muster_shared::task::BUILTIN_TASKS;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
+use serde_json::Value;
+
+fn run(kind: &Kind, input: &Input, chunks: u64) -> String {
+    let task = BUILTIN_TASKS
+        .iter()
+        .find(|(name, _)| *name == kind.task())
+        .map(|(_, f)| *f)
+        .expect("built-in task");
+    let partials: Vec<Bytes> = split(kind, input, Chunking::Count(chunks), 1)
+        .iter()
+        .map(|c| task(c).expect("task succeeds"))
+        .collect();
+    kind.reducer().reduce(&partials).expect("reduce succeeds")
+}
+
+fn config() -> Config {
+    Config {
+        cases: 200,
+        rng_seed: RngSeed::Fixed(0x6d75_7374),
+        failure_persistence: None,
+        ..Config::default()
+    }
+}
+
+fn number() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        any::<i64>().prop_map(Value::from),
+        (-1e6f64..1e6).prop_map(Value::from),
+        (0i64..5).prop_map(Value::from),
+        (0i64..5).prop_map(|i| Value::from(i as f64)),
+    ]
+}
+
+fn text() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just("a"),
+            Just("B"),
+            Just("ab"),
+            Just("Ünï"),
+            Just("ünï"),
+            Just("x1"),
+            Just(" "),
+            Just("  "),
+            Just("\n"),
+            Just(","),
+            Just("-"),
+            Just("\t"),
+            Just("日本")
+        ],
+        0..200,
+    )
+    .prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn sum_is_the_same_for_any_chunking(items in proptest::collection::vec(any::<i64>(), 0..300), n in 1u64..40) {
+        let input = Input::Ints(items.clone());
+        let expected: i128 = items.iter().map(|&v| i128::from(v)).sum();
+        prop_assert_eq!(run(&Kind::Sum, &input, n), expected.to_string());
+        prop_assert_eq!(run(&Kind::Sum, &input, n), run(&Kind::Sum, &input, 1));
+    }
+
+    #[test]
+    fn sort_is_the_same_for_any_chunking(items in proptest::collection::vec(number(), 0..300), n in 1u64..40, descending: bool) {
+        let kind = Kind::Sort { descending };
+        let input = Input::Items(items);
+        prop_assert_eq!(run(&kind, &input, n), run(&kind, &input, 1));
+    }
+
+    #[test]
+    fn string_sort_is_the_same_for_any_chunking(items in proptest::collection::vec("[a-c]{0,3}", 0..200), n in 1u64..30, descending: bool) {
+        let kind = Kind::Sort { descending };
+        let input = Input::Items(items.into_iter().map(Value::String).collect());
+        prop_assert_eq!(run(&kind, &input, n), run(&kind, &input, 1));
+    }
+
+    #[test]
+    fn wordcount_is_the_same_for_any_chunking(text in text(), n in 1u64..40, top in proptest::option::of(1usize..5)) {
+        let kind = Kind::Wordcount { top };
+        let input = Input::Text(text);
+        prop_assert_eq!(run(&kind, &input, n), run(&kind, &input, 1));
+    }
+}

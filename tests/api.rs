@@ -1,0 +1,159 @@
+//! The REST surface's refusals (problem+json), idempotency, and the protocol version check.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+use muster_suite::{Api, Coordinator, WORKER_TOKEN};
+use serde_json::json;
+
+fn assert_problem(answer: &muster_suite::Answer, status: u16, detail_has: &str) {
+    assert_eq!(answer.status, status, "{:?}", answer.body);
+    assert_eq!(answer.content_type, "application/problem+json");
+    assert_eq!(answer.body["status"], status);
+    let detail = answer.body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(detail_has),
+        "detail `{detail}` lacks `{detail_has}`"
+    );
+}
+
+#[test]
+fn bad_requests_get_precise_problem_details() {
+    let c = Coordinator::start(&["--max-body-bytes", "2048"]);
+    let api = c.api();
+    let post = |body: &str| api.call("POST", "/v1/jobs", Some(body), &[]);
+
+    assert_problem(&post("{\"kind\": \"sum\", "), 400, "malformed json");
+    assert_problem(
+        &post(r#"{"kind": "product", "input": [1]}"#),
+        422,
+        "unknown kind `product`",
+    );
+    assert_problem(
+        &post(r#"{"kind": "sum", "input": [1], "chunks": 0}"#),
+        422,
+        "`chunks`",
+    );
+    assert_problem(
+        &post(r#"{"kind": "sum", "input": [1], "chunkz": 2}"#),
+        422,
+        "unknown field `chunkz`",
+    );
+    let big = format!(
+        r#"{{"kind": "sum", "input": [{}]}}"#,
+        vec!["1"; 3000].join(",")
+    );
+    assert_problem(&post(&big), 413, "over the limit of 2048 bytes");
+
+    let anonymous = Api::new(&c.url, None);
+    assert_problem(
+        &anonymous.call("POST", "/v1/jobs", Some("{}"), &[]),
+        401,
+        "missing `Authorization",
+    );
+    let wrong = Api::new(&c.url, Some("not-a-valid-token-at-all"));
+    assert_problem(&wrong.get("/v1/jobs"), 401, "not valid");
+    let worker = Api::new(&c.url, Some(WORKER_TOKEN));
+    assert_problem(
+        &worker.call(
+            "POST",
+            "/v1/jobs",
+            Some(r#"{"kind": "sum", "input": [1]}"#),
+            &[],
+        ),
+        403,
+        "worker token",
+    );
+    assert_problem(
+        &api.get("/v1/jobs/01939f3e-0000-7000-8000-000000000000"),
+        404,
+        "no job with id",
+    );
+    assert_problem(&api.get("/v1/jobs/not-an-id/result"), 404, "no job with id");
+    assert_problem(
+        &api.get("/v1/jobs?status=done"),
+        422,
+        "unknown status `done`",
+    );
+
+    let health = anonymous.get("/healthz");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body, json!({"status": "ok", "role": "leader"}));
+}
+
+#[test]
+fn the_same_idempotency_key_returns_the_same_job_which_runs_once() {
+    let c = Coordinator::start(&[]);
+    let _w = c.worker("w", 2);
+    let api = c.api();
+    let body = json!({"kind": "sum", "input": [1, 2, 3, 4], "chunks": 2}).to_string();
+    let key = [("Idempotency-Key", "order-42")];
+    let first = api.call("POST", "/v1/jobs", Some(&body), &key);
+    let second = api.call("POST", "/v1/jobs", Some(&body), &key);
+    assert_eq!(first.status, 201);
+    assert_eq!(second.status, 200);
+    assert_eq!(first.body["id"], second.body["id"]);
+    let id = first.body["id"].as_str().unwrap();
+    assert_eq!(api.result(id), json!(10));
+    assert_eq!(api.status(id)["attempts"], 2);
+    let jobs = api.get("/v1/jobs").body;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+
+    let other = json!({"kind": "sum", "input": [5]}).to_string();
+    let conflict = api.call("POST", "/v1/jobs", Some(&other), &key);
+    assert_problem(&conflict, 422, "idempotency key `order-42`");
+}
+
+#[test]
+fn a_worker_of_another_protocol_version_is_refused_with_a_reason() {
+    let c = Coordinator::start(&[]);
+    let addr = c.url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(muster_suite::WAIT)).unwrap();
+    write!(
+        stream,
+        "GET /v1/workers/connect HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         muster-protocol: 99\r\nAuthorization: Bearer {WORKER_TOKEN}\r\n\r\n"
+    )
+    .unwrap();
+    // Read until the close frame (opcode 0x8) that follows the 101 response.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let frame_start = loop {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(
+            n > 0,
+            "connection closed without a close frame: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            if buf.len() > end + 4 + 4 {
+                break end + 4;
+            }
+        }
+    };
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    let frame = &buf[frame_start..];
+    assert_eq!(frame[0], 0x88, "expected a close frame");
+    let len = usize::from(frame[1] & 0x7f);
+    while buf.len() < frame_start + 2 + len {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let frame = &buf[frame_start..];
+    let code = u16::from_be_bytes([frame[2], frame[3]]);
+    let reason = String::from_utf8_lossy(&frame[4..2 + len]);
+    assert_eq!(code, 4001);
+    assert!(
+        reason.contains("protocol version 99 is not supported"),
+        "{reason}"
+    );
+    c.proc.wait_for("protocol version 99 is not supported");
+}
