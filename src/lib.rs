@@ -186,30 +186,29 @@ impl Coordinator {
     /// and a short retry backoff, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cmd = Command::new(bin("muster"));
-        cmd.args([
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--heartbeat-timeout",
-            "1",
-            "--retry-backoff",
-            "0.05",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args(extra)
-        .env("MUSTER_CLIENT_TOKEN", CLIENT_TOKEN)
-        .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN);
-        let proc = Proc::spawn("coordinator", cmd);
-        let line = proc.wait_for("muster listening on ");
-        let url = line
-            .split("muster listening on ")
-            .nth(1)
-            .expect("url after the marker")
-            .trim()
-            .to_owned();
+        let proc = Self::spawn(dir.path(), "127.0.0.1:0", extra);
+        let url = listening_url(&proc);
         Self { proc, url, dir }
+    }
+
+    fn spawn(dir: &Path, bind: &str, extra: &[&str]) -> Proc {
+        let mut cmd = Command::new(bin("muster"));
+        cmd.args(["serve", "--bind", bind, "--heartbeat-timeout", "1"])
+            .args(["--retry-backoff", "0.05", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("MUSTER_CLIENT_TOKEN", CLIENT_TOKEN)
+            .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN);
+        Proc::spawn("coordinator", cmd)
+    }
+
+    /// Kills the coordinator with SIGKILL and starts it again on the same address and data dir.
+    pub fn restart(&mut self, extra: &[&str]) {
+        self.proc.signal("KILL");
+        self.proc.wait_exit();
+        let bind = self.url.trim_start_matches("http://").to_owned();
+        self.proc = Self::spawn(self.dir.path(), &bind, extra);
+        assert_eq!(listening_url(&self.proc), self.url);
     }
 
     /// Starts a stock worker with `slots` slots and a name.
@@ -245,6 +244,16 @@ impl Coordinator {
     pub fn api(&self) -> Api {
         Api::new(&self.url, Some(CLIENT_TOKEN))
     }
+}
+
+/// The URL a `muster serve` or `muster up` process announced.
+pub fn listening_url(proc: &Proc) -> String {
+    let line = proc.wait_for("muster listening on ");
+    line.split("muster listening on ")
+        .nth(1)
+        .expect("url after the marker")
+        .trim()
+        .to_owned()
 }
 
 /// A tiny REST client for tests.

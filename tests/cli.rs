@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use muster_suite::{bin, Proc};
+use muster_suite::{bin, listening_url, Proc};
 
 #[test]
 fn up_then_submit_with_wait_prints_the_sum() {
@@ -13,13 +13,7 @@ fn up_then_submit_with_wait_prints_the_sum() {
         .env_remove("MUSTER_CLIENT_TOKEN")
         .env_remove("MUSTER_WORKER_TOKEN");
     let mut cluster = Proc::spawn("muster up", up);
-    let line = cluster.wait_for("muster listening on ");
-    let url = line
-        .split("muster listening on ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let url = listening_url(&cluster);
     cluster.wait_for("client token: ");
     cluster.wait_for_nth("registered with coordinator", 2);
 

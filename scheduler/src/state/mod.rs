@@ -558,3 +558,169 @@ impl ClusterState {
         self.queue.ready_len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use muster_shared::job::RawJob;
+    use muster_shared::protocol::Failure;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn state() -> ClusterState {
+        ClusterState::new(
+            Box::new(MemoryStore::new()),
+            Policy {
+                retry_backoff: Duration::ZERO,
+            },
+        )
+    }
+
+    fn spec(v: serde_json::Value) -> JobSpec {
+        serde_json::from_value::<RawJob>(v)
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    fn worker(state: &mut ClusterState, slots: u32) -> WorkerId {
+        let id = WorkerId::new();
+        let hello = Hello {
+            protocol: 1,
+            name: id.to_string(),
+            slots,
+            tasks: vec!["sum".into()],
+            labels: BTreeMap::new(),
+            running: Vec::new(),
+        };
+        state.add_worker(id, hello, "test".into()).unwrap();
+        id
+    }
+
+    fn assignments(state: &mut ClusterState) -> Vec<(WorkerId, ChunkRef)> {
+        state
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Assign { worker, assignment } => Some((worker, assignment.chunk)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn higher_priority_jobs_are_placed_first() {
+        let mut s = state();
+        let low = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1], "priority": 1})),
+                None,
+            )
+            .unwrap();
+        let high = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1], "priority": 5})),
+                None,
+            )
+            .unwrap();
+        worker(&mut s, 1);
+        s.dispatch();
+        let placed = assignments(&mut s);
+        assert_eq!(placed.len(), 1);
+        assert_eq!(placed[0].1.job, high.id);
+        assert_ne!(placed[0].1.job, low.id);
+    }
+
+    #[test]
+    fn least_loaded_worker_gets_the_chunk() {
+        let mut s = state();
+        let small = worker(&mut s, 1);
+        let big = worker(&mut s, 4);
+        s.submit(
+            spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3], "chunks": 3})),
+            None,
+        )
+        .unwrap();
+        s.dispatch();
+        let placed = assignments(&mut s);
+        assert_eq!(placed.len(), 3);
+        // 3 chunks on slots 1 + 4: the big worker ends at 2/4 or 3/4, the small one at most 1/1.
+        assert!(placed.iter().filter(|(w, _)| *w == big).count() >= 2);
+        assert!(placed.iter().filter(|(w, _)| *w == small).count() <= 1);
+    }
+
+    #[test]
+    fn a_retry_waits_for_a_worker_other_than_the_one_that_failed_it() {
+        let mut s = state();
+        let a = worker(&mut s, 1);
+        let b = worker(&mut s, 1);
+        s.submit(
+            spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
+            None,
+        )
+        .unwrap();
+        s.dispatch();
+        let placed = assignments(&mut s);
+        let (on_a, on_b) = if placed[0].0 == a {
+            (placed[0].1, placed[1].1)
+        } else {
+            (placed[1].1, placed[0].1)
+        };
+        let failure = Outcome::Failed(Failure {
+            class: FailureClass::TaskError,
+            message: "boom".into(),
+        });
+        s.outcome(
+            a,
+            ChunkOutcome {
+                chunk: on_a,
+                result: failure,
+            },
+        );
+        s.dispatch();
+        // `a` is free but failed the chunk; `b` is busy: the retry waits for `b`.
+        assert!(assignments(&mut s).is_empty());
+        s.outcome(
+            b,
+            ChunkOutcome {
+                chunk: on_b,
+                result: Outcome::Succeeded(Bytes::from_static(b"2")),
+            },
+        );
+        s.dispatch();
+        let placed = assignments(&mut s);
+        assert_eq!(
+            placed,
+            vec![(
+                b,
+                ChunkRef {
+                    attempt: Attempt(2),
+                    ..on_a
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn duplicate_outcomes_count_once() {
+        let mut s = state();
+        let w = worker(&mut s, 1);
+        let job = s
+            .submit(spec(serde_json::json!({"kind": "sum", "input": [7]})), None)
+            .unwrap();
+        s.dispatch();
+        let (_, chunk) = assignments(&mut s)[0];
+        let ok = || ChunkOutcome {
+            chunk,
+            result: Outcome::Succeeded(Bytes::from_static(b"7")),
+        };
+        s.outcome(w, ok());
+        s.outcome(w, ok());
+        assert_eq!(s.ignored_outcomes, 1);
+        assert!(
+            matches!(&s.job(job.id).unwrap().state, JobState::Succeeded { result } if &**result == "7")
+        );
+    }
+}
