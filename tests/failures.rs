@@ -200,8 +200,10 @@ fn sigterm_drains_a_worker_and_stops_the_coordinator() {
     // The drained worker finished what it held: nothing of it needed a retry.
     assert!(
         attempts_of(&api.status(&id)).is_empty(),
-        "{}",
-        api.status(&id)
+        "{}\n{}\n{}",
+        api.status(&id),
+        c.proc.lines().join("\n"),
+        leaving.lines().join("\n")
     );
 
     c.proc.signal("TERM");

@@ -86,6 +86,9 @@ impl Worker {
         // after the next hello (the coordinator has re-queued them and will ignore them, but their
         // slots stay honestly busy until then).
         let end = self.serve(&mut socket, base).await;
+        if matches!(end, SessionEnd::Drained) {
+            close_handshake(&mut socket).await;
+        }
         let _ = socket.close().await;
         end
     }
@@ -361,6 +364,32 @@ impl Worker {
             let _ = tx.send(ChunkOutcome { chunk, result });
         });
         None
+    }
+}
+
+/// Sends a close frame and waits (briefly) for the coordinator's: once it answers, it has handled
+/// every frame sent before, so the last outcomes of a draining worker are not lost to a reset.
+async fn close_handshake(socket: &mut Socket) {
+    const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+    let reason = ws::CloseReason {
+        code: ws::CloseCode::Normal,
+        description: Some("worker shut down".into()),
+    };
+    if socket.send(ws::Message::Close(Some(reason))).await.is_err() {
+        return;
+    }
+    let answered = async {
+        while let Some(Ok(frame)) = socket.next().await {
+            if matches!(frame, ws::Frame::Close(_)) {
+                break;
+            }
+        }
+    };
+    if actix_rt::time::timeout(CLOSE_TIMEOUT, answered)
+        .await
+        .is_err()
+    {
+        warn!("coordinator did not answer the close frame");
     }
 }
 
