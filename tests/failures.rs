@@ -209,3 +209,26 @@ fn sigterm_drains_a_worker_and_stops_the_coordinator() {
     c.proc.signal("TERM");
     assert_eq!(c.proc.wait_exit(), Some(0));
 }
+
+#[test]
+fn a_worker_that_cannot_finish_in_its_drain_timeout_hands_its_chunks_back() {
+    let c = Coordinator::start(&[]);
+    let binary = muster_suite::custom_worker_bin();
+    let mut leaving = c.worker_with(binary, "leaving", 1, &["--drain-timeout", "0.2"]);
+    let _staying = c.custom_worker("staying", 1);
+    let api = c.api();
+    let id = api.submit(&json!({"task": "nap", "chunks": [{"ms": 1500, "value": 1}, {"ms": 1500, "value": 2}], "reduce": "sum", "max_attempts": 1}));
+    wait_until_busy(&api, "leaving");
+    leaving.signal("TERM");
+    leaving.wait_for("drain timeout: handing back unfinished chunks");
+    assert_eq!(leaving.wait_exit(), Some(0));
+    // max_attempts is 1, yet the job succeeds: a handed-back chunk does not use up an attempt.
+    assert_eq!(api.result(&id), json!(3));
+    let retried = attempts_of(&api.status(&id));
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(
+        retried[0][0],
+        ("leaving".to_owned(), "handed_back".to_owned())
+    );
+    assert_eq!(retried[0][1], ("staying".to_owned(), "ok".to_owned()));
+}

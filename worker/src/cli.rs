@@ -69,20 +69,29 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Cleans coordinator addresses (spaces, trailing slashes, empty entries) and checks each is an
+/// http(s) URL; at least one must remain.
+pub fn coordinator_urls(raw: &[String]) -> anyhow::Result<Vec<String>> {
+    let urls: Vec<String> = raw
+        .iter()
+        .map(|s| s.trim().trim_end_matches('/').to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for s in &urls {
+        if !(s.starts_with("http://") || s.starts_with("https://")) {
+            anyhow::bail!("--scheduler `{s}` must be an http:// or https:// URL");
+        }
+    }
+    if urls.is_empty() {
+        anyhow::bail!("no coordinator address: give --scheduler URL or MUSTER_SCHEDULER");
+    }
+    Ok(urls)
+}
+
 impl WorkerArgs {
     /// Validates the flags into a [`WorkerConfig`].
     pub fn into_config(self) -> anyhow::Result<WorkerConfig> {
-        let schedulers: Vec<String> = self
-            .schedulers
-            .iter()
-            .map(|s| s.trim().trim_end_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for s in &schedulers {
-            if !(s.starts_with("http://") || s.starts_with("https://")) {
-                anyhow::bail!("--scheduler `{s}` must be an http:// or https:// URL");
-            }
-        }
+        let schedulers = coordinator_urls(&self.schedulers)?;
         let mut config = WorkerConfig::new(schedulers);
         config.token = match (&self.token_file, std::env::var("MUSTER_WORKER_TOKEN")) {
             (Some(path), _) => Some(read_token(path)?),

@@ -402,3 +402,45 @@ fn failure(chunk: ChunkRef, class: FailureClass, message: &str) -> ChunkOutcome 
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker() -> Worker {
+        let (_tx, rx) = watch::channel(false);
+        Worker::new(
+            WorkerConfig::new(vec!["http://x".into()]),
+            Tasks::builtin(),
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_version_refusal_is_fatal_and_keeps_the_coordinators_reason() {
+        let reason = ws::CloseReason {
+            code: ws::CloseCode::Other(CLOSE_VERSION_MISMATCH),
+            description: Some("protocol version 2 is not supported".into()),
+        };
+        match worker().closed_by_coordinator(Some(reason), "http://c", true) {
+            SessionEnd::Fatal(e) => assert!(
+                e.to_string()
+                    .contains("protocol version 2 is not supported"),
+                "{e}"
+            ),
+            _ => panic!("a version mismatch must stop the worker"),
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_timeout_close_means_reconnect() {
+        let reason = ws::CloseReason {
+            code: ws::CloseCode::Other(muster_shared::protocol::CLOSE_HEARTBEAT_TIMEOUT),
+            description: Some("heartbeat timeout".into()),
+        };
+        assert!(matches!(
+            worker().closed_by_coordinator(Some(reason), "http://c", true),
+            SessionEnd::Disconnected { welcomed: true, .. }
+        ));
+    }
+}

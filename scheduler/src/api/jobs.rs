@@ -13,8 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
-use crate::coordinator::{CancelJob, GetJob, GetResult, JobResult, ListJobs, Submit};
+use crate::coordinator::{CancelJob, Coordinator, GetJob, GetResult, JobResult, ListJobs, Submit};
 use crate::error::ApiError;
+use crate::state::views::JobView;
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -94,15 +95,29 @@ pub(super) async fn submit(
         .json(view))
 }
 
+/// Authorizes a client, parses the job id and answers the coordinator's view of the job.
+async fn job_call<M>(
+    req: &HttpRequest,
+    path: &str,
+    app: &AppState,
+    message: impl FnOnce(JobId) -> M,
+) -> Result<HttpResponse, ApiError>
+where
+    M: actix::Message<Result = Result<JobView, ApiError>> + Send + 'static,
+    Coordinator: actix::Handler<M>,
+{
+    require(app.tokens.as_ref(), req, Role::Client)?;
+    let id = job_id(path)?;
+    let view = app.coordinator.send(message(id)).await.map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
 pub(super) async fn status(
     req: HttpRequest,
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
-    let view = app.coordinator.send(GetJob(id)).await.map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(view))
+    job_call(&req, &path, &app, GetJob).await
 }
 
 pub(super) async fn cancel(
@@ -110,14 +125,7 @@ pub(super) async fn cancel(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
-    let view = app
-        .coordinator
-        .send(CancelJob(id))
-        .await
-        .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(view))
+    job_call(&req, &path, &app, CancelJob).await
 }
 
 #[derive(Deserialize)]

@@ -112,17 +112,7 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// A client from the common flags; must be used inside an actix system.
     pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
-        let bases: Vec<String> = args
-            .schedulers
-            .iter()
-            .map(|s| s.trim().trim_end_matches('/').to_owned())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if bases.is_empty() {
-            return Err(CliError::Usage(
-                "no coordinator address (--scheduler URL)".into(),
-            ));
-        }
+        let bases = muster_worker::cli::coordinator_urls(&args.schedulers)?;
         let token = match (&args.token_file, std::env::var("MUSTER_TOKEN")) {
             (Some(path), _) => Some(muster_worker::cli::read_token(path)?),
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
