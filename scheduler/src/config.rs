@@ -41,7 +41,7 @@ pub struct RawConfig {
     pub retry_backoff: Option<f64>,
     /// Run without authentication (loopback only).
     pub insecure: Option<bool>,
-    /// `memory` (the only store in this version).
+    /// `sqlite` (default) or `memory`.
     pub store: Option<String>,
     /// HTTP worker threads.
     pub http_workers: Option<usize>,
@@ -97,11 +97,10 @@ impl RawConfig {
         if max_body_bytes < 1024 {
             anyhow::bail!("--max-body-bytes must be at least 1024, got {max_body_bytes}");
         }
-        let store = match self.store.as_deref().unwrap_or("memory") {
+        let store = match self.store.as_deref().unwrap_or("sqlite") {
+            "sqlite" => StoreChoice::Sqlite,
             "memory" => StoreChoice::Memory,
-            other => {
-                anyhow::bail!("--store `{other}` is not available in this version: use `memory`")
-            }
+            other => anyhow::bail!("--store `{other}` is not a store: use `sqlite` or `memory`"),
         };
         let http_workers = self
             .http_workers
@@ -136,9 +135,14 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
 /// Which store keeps coordinator state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreChoice {
+    /// SQLite in the data dir (the default).
+    Sqlite,
     /// In this process only.
     Memory,
 }
+
+/// File name of the SQLite database in the data dir.
+pub const SQLITE_FILE: &str = "muster.db";
 
 /// Validated coordinator settings.
 #[derive(Debug, Clone)]

@@ -76,6 +76,7 @@ impl Coordinator {
                 session.do_send(Deliver(messages));
             }
         }
+        self.state.commit();
         self.arm_timer(ctx, now);
     }
 
@@ -391,6 +392,6 @@ impl Handler<Shutdown> for Coordinator {
         }
         // Dropping the senders wakes every long-poller with the job's current state.
         self.waiters.clear();
-        self.state.flush();
+        self.state.commit();
     }
 }

@@ -36,7 +36,7 @@ use crate::api::AppState;
 use crate::config::{Config, StoreChoice};
 use crate::coordinator::{Coordinator, Shutdown};
 use crate::state::{ClusterState, Policy};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, SqliteStore, Store};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -57,13 +57,22 @@ pub async fn run(
             warn!("using the in-memory store: jobs do not survive a coordinator restart");
             Box::new(MemoryStore::new())
         }
+        StoreChoice::Sqlite => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+            })?;
+            let path = config.data_dir.join(config::SQLITE_FILE);
+            info!(path = %path.display(), "using the sqlite store");
+            Box::new(SqliteStore::open(&path)?)
+        }
     };
-    let state = ClusterState::new(
+    let mut state = ClusterState::new(
         store,
         Policy {
             retry_backoff: config.retry_backoff,
         },
     );
+    state.restore()?;
     let interval = config.heartbeat_interval();
     // The coordinator gets a thread of its own so that HTTP and socket work never delays it.
     let arbiter = Arbiter::new();

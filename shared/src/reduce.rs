@@ -14,7 +14,8 @@ use serde_json::Value;
 use crate::task::{compare, int_from_json};
 
 /// The reducers a job may name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "reducer", rename_all = "snake_case")]
 pub enum Reducer {
     /// Concatenate array results (a non-array result counts as one element).
     Concat,

@@ -40,7 +40,8 @@ pub struct ServeArgs {
     /// Run without authentication (refused on a non-loopback address).
     #[arg(long)]
     insecure: bool,
-    /// State store: `memory` [default: memory].
+    /// State store: `sqlite` (in the data dir) or `memory` (nothing survives a restart)
+    /// [default: sqlite].
     #[arg(long, env = "MUSTER_STORE")]
     store: Option<String>,
     /// HTTP worker threads [default: one per CPU].

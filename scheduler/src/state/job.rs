@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
+use muster_shared::protocol::ChunkRef;
 use muster_shared::reduce::Reducer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "class", content = "message", rename_all = "snake_case")]
 pub enum FailReason {
     /// The worker's connection dropped.
@@ -38,6 +39,8 @@ pub enum FailReason {
     UnknownTask(String),
     /// The worker gave the chunk back unfinished while shutting down; not counted as an attempt.
     HandedBack,
+    /// The coordinator restarted while the attempt ran; not counted as an attempt.
+    CoordinatorRestarted,
 }
 
 impl FailReason {
@@ -48,7 +51,10 @@ impl FailReason {
 
     /// True when this failure uses up one of the chunk's `max_attempts`.
     pub fn counts_as_attempt(&self) -> bool {
-        !matches!(self, FailReason::HandedBack)
+        !matches!(
+            self,
+            FailReason::HandedBack | FailReason::CoordinatorRestarted
+        )
     }
 }
 
@@ -62,12 +68,13 @@ impl std::fmt::Display for FailReason {
             FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
             FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
             FailReason::HandedBack => f.write_str("handed back by a draining worker"),
+            FailReason::CoordinatorRestarted => f.write_str("interrupted by a coordinator restart"),
         }
     }
 }
 
 /// One run of one chunk, as shown in job status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttemptRecord {
     /// Attempt number, from 1.
     pub attempt: Attempt,
@@ -213,7 +220,7 @@ pub struct ChunkCounts {
 }
 
 /// What a job runs, independent of its progress.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobMeta {
     /// `kind` (built-in) or `task` (custom) name.
     pub name: String,
@@ -276,6 +283,97 @@ impl Job {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    /// Rebuilds a job read back from the store. Attempts that were running when the coordinator
+    /// stopped end as [`FailReason::CoordinatorRestarted`] and their chunks are pending again;
+    /// succeeded chunks keep their results. Returns the job and the attempts it closed that way.
+    pub fn restore(stored: crate::store::StoredJob) -> (Self, Vec<ChunkRef>) {
+        use crate::store::JobEnd;
+        let mut interrupted = Vec::new();
+        let mut counts = ChunkCounts {
+            total: stored.chunks.len() as u32,
+            ..ChunkCounts::default()
+        };
+        let mut attempts = 0;
+        let mut started_at: Option<DateTime<Utc>> = None;
+        let chunks: Vec<Chunk> = stored
+            .chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut records = c.attempts;
+                for record in &mut records {
+                    if record.finished_at.is_none() {
+                        record.finished_at = Some(Utc::now());
+                        record.error = Some(FailReason::CoordinatorRestarted);
+                        interrupted.push(ChunkRef {
+                            job: stored.id,
+                            chunk: ChunkIndex(i as u32),
+                            attempt: record.attempt,
+                        });
+                    }
+                    started_at =
+                        Some(started_at.map_or(record.started_at, |s| s.min(record.started_at)));
+                }
+                attempts += records.len() as u32;
+                let state = match c.result {
+                    Some(result) => {
+                        counts.succeeded += 1;
+                        ChunkState::Succeeded { result }
+                    }
+                    None => {
+                        counts.pending += 1;
+                        ChunkState::Pending {
+                            ready_at: Instant::now(),
+                        }
+                    }
+                };
+                Chunk {
+                    input: c.input,
+                    state,
+                    attempts: records,
+                }
+            })
+            .collect();
+        let (state, finished_at) = match stored.end {
+            Some((end, at)) => {
+                counts.pending = 0;
+                let state = match end {
+                    JobEnd::Succeeded(result) => JobState::Succeeded {
+                        result: Arc::from(result),
+                    },
+                    JobEnd::Failed(error) => JobState::Failed { error },
+                    JobEnd::Cancelled => JobState::Cancelled,
+                };
+                (state, Some(at))
+            }
+            None if attempts > 0 => (JobState::Running, None),
+            None => (JobState::Queued, None),
+        };
+        if let JobState::Failed { .. } = state {
+            counts.failed = chunks
+                .iter()
+                .filter(|c| {
+                    matches!(c.state, ChunkState::Pending { .. })
+                        && c.attempts.last().is_some_and(|a| {
+                            a.error.as_ref().is_some_and(FailReason::counts_as_attempt)
+                        })
+                })
+                .count() as u32;
+        }
+        let job = Self {
+            id: stored.id,
+            meta: stored.meta,
+            state,
+            chunks,
+            counts,
+            attempts,
+            created_at: stored.created_at,
+            started_at,
+            finished_at,
+        };
+        (job, interrupted)
     }
 
     /// The chunk at `index`, if the job has one there.

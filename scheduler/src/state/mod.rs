@@ -23,7 +23,7 @@ use muster_shared::split::split;
 use tracing::{debug, error, info, warn};
 
 use crate::error::ApiError;
-use crate::store::{NewJob, Store, StoredEnd};
+use crate::store::{JobEnd, NewJob, Snapshot, Store};
 use job::{ChunkState, FailReason, Job, JobMeta, JobState};
 use queue::{job_key, ChunkQueue, JobKey};
 use workers::{WorkerEntry, Workers};
@@ -105,11 +105,49 @@ impl ClusterState {
         self.store.kind()
     }
 
-    /// Makes all writes durable.
-    pub fn flush(&mut self) {
-        if let Err(e) = self.store.flush() {
-            error!(error = %e, "store flush failed");
+    /// Makes buffered writes durable (one transaction for everything since the last commit).
+    pub fn commit(&mut self) {
+        if let Err(e) = self.store.commit() {
+            error!(error = %e, "store commit failed");
         }
+    }
+
+    /// Loads everything the store holds: finished jobs for status queries, unfinished jobs with
+    /// their succeeded chunks kept and the rest re-queued, and idempotency keys.
+    pub fn restore(&mut self) -> Result<(), crate::store::StoreError> {
+        let Snapshot { jobs, idempotency } = self.store.load()?;
+        let (mut unfinished, mut requeued) = (0, 0);
+        for stored in jobs {
+            let (job, interrupted) = Job::restore(stored);
+            if !job.state.is_terminal() {
+                unfinished += 1;
+                let pending: Vec<ChunkIndex> = job
+                    .chunks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| matches!(c.state, ChunkState::Pending { .. }))
+                    .map(|(i, _)| ChunkIndex(i as u32))
+                    .collect();
+                requeued += pending.len();
+                self.queue
+                    .push_job(job_key(job.meta.priority, job.id), pending.into_iter());
+            }
+            self.jobs.insert(job.id, job);
+            for chunk in interrupted {
+                self.record_attempt(chunk);
+            }
+        }
+        for (key, id, digest) in idempotency {
+            self.idempotency.insert(key, (id, digest));
+        }
+        self.commit();
+        info!(
+            jobs = self.jobs.len(),
+            unfinished,
+            requeued_chunks = requeued,
+            "state restored"
+        );
+        Ok(())
     }
 
     /// Accepts a job: splits it, stores it, queues its chunks.
@@ -171,18 +209,24 @@ impl ClusterState {
                 .collect(),
         };
         let id = JobId::new();
+        let job = Job::new(id, meta, inputs);
         self.store
             .insert_job(NewJob {
                 id,
-                meta: &meta,
-                inputs: &inputs,
+                meta: &job.meta,
+                inputs: &job
+                    .chunks
+                    .iter()
+                    .map(|c| c.input.clone())
+                    .collect::<Vec<_>>(),
                 idempotency: idempotency.as_ref().map(|(k, d)| (k.as_str(), d)),
+                created_at: job.created_at,
             })
             .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-        let n = inputs.len() as u32;
-        let key = job_key(meta.priority, id);
-        info!(job_id = %id, name = %meta.name, chunks = n, "job accepted");
-        self.jobs.insert(id, Job::new(id, meta, inputs));
+        let n = job.chunks.len() as u32;
+        let key = job_key(job.meta.priority, id);
+        info!(job_id = %id, name = %job.meta.name, chunks = n, "job accepted");
+        self.jobs.insert(id, job);
         self.queue.push_job(key, (0..n).map(ChunkIndex));
         if let Some((k, digest)) = idempotency {
             self.idempotency.insert(k, (id, digest));
@@ -340,12 +384,12 @@ impl ClusterState {
         if job.state.is_terminal() {
             return;
         }
-        let stored = match &state {
-            JobState::Succeeded { result } => StoredEnd::Succeeded(result),
-            JobState::Failed { error } => StoredEnd::Failed(error),
-            _ => StoredEnd::Cancelled,
+        let end = match &state {
+            JobState::Succeeded { result } => JobEnd::Succeeded(result.to_string()),
+            JobState::Failed { error } => JobEnd::Failed(error.clone()),
+            _ => JobEnd::Cancelled,
         };
-        if let Err(e) = self.store.finish_job(id, stored) {
+        if let Err(e) = self.store.finish_job(id, &end, chrono::Utc::now()) {
             error!(job_id = %id, error = %e, "cannot store job end");
         }
         for (i, chunk) in job.chunks.iter_mut().enumerate() {

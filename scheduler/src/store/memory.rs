@@ -1,18 +1,19 @@
 //! The in-memory store: the whole [`Store`] contract, kept in this process only. Nothing survives a
 //! restart; it exists for tests and benchmarks, and says so when the coordinator starts.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
-use super::{NewJob, Snapshot, Store, StoreError, StoredEnd, StoredJob};
+use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob};
 use crate::state::job::AttemptRecord;
 
-/// Jobs and idempotency keys in hash maps.
+/// Jobs and idempotency keys in maps.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    unfinished: HashMap<JobId, StoredJob>,
+    jobs: BTreeMap<JobId, StoredJob>,
     idempotency: HashMap<String, (JobId, [u8; 32])>,
 }
 
@@ -22,10 +23,11 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn job(&mut self, id: JobId) -> Result<&mut StoredJob, StoreError> {
-        self.unfinished
+    fn chunk(&mut self, id: JobId, chunk: ChunkIndex) -> Result<&mut StoredChunk, StoreError> {
+        self.jobs
             .get_mut(&id)
-            .ok_or_else(|| StoreError(format!("job {id} is not stored as unfinished")))
+            .and_then(|j| j.chunks.get_mut(chunk.get()))
+            .ok_or_else(|| StoreError(format!("no stored chunk {chunk} of job {id}")))
     }
 }
 
@@ -38,13 +40,23 @@ impl Store for MemoryStore {
         if let Some((key, digest)) = job.idempotency {
             self.idempotency.insert(key.to_owned(), (job.id, *digest));
         }
-        self.unfinished.insert(
+        let chunks = job
+            .inputs
+            .iter()
+            .map(|input| StoredChunk {
+                input: input.clone(),
+                result: None,
+                attempts: Vec::new(),
+            })
+            .collect();
+        self.jobs.insert(
             job.id,
             StoredJob {
                 id: job.id,
                 meta: job.meta.clone(),
-                inputs: job.inputs.to_vec(),
-                chunks: vec![(Vec::new(), None); job.inputs.len()],
+                created_at: job.created_at,
+                end: None,
+                chunks,
             },
         );
         Ok(())
@@ -56,8 +68,7 @@ impl Store for MemoryStore {
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
-        let stored = self.job(job)?;
-        let attempts = &mut stored.chunks[chunk.get()].0;
+        let attempts = &mut self.chunk(job, chunk)?.attempts;
         match attempts.iter_mut().find(|a| a.attempt == record.attempt) {
             Some(existing) => *existing = record.clone(),
             None => attempts.push(record.clone()),
@@ -71,27 +82,41 @@ impl Store for MemoryStore {
         chunk: ChunkIndex,
         result: &Bytes,
     ) -> Result<(), StoreError> {
-        self.job(job)?.chunks[chunk.get()].1 = Some(result.clone());
+        self.chunk(job, chunk)?.result = Some(result.clone());
         Ok(())
     }
 
-    fn finish_job(&mut self, job: JobId, _end: StoredEnd<'_>) -> Result<(), StoreError> {
-        self.unfinished.remove(&job);
+    fn finish_job(
+        &mut self,
+        job: JobId,
+        end: &JobEnd,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if let Some(stored) = self.jobs.get_mut(&job) {
+            stored.end = Some((end.clone(), at));
+            for chunk in &mut stored.chunks {
+                chunk.input = Bytes::new();
+                // A succeeded chunk keeps an empty result as the mark that it succeeded.
+                if chunk.result.is_some() {
+                    chunk.result = Some(Bytes::new());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
         Ok(())
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         Ok(Snapshot {
-            unfinished: self.unfinished.values().cloned().collect(),
+            jobs: self.jobs.values().cloned().collect(),
             idempotency: self
                 .idempotency
                 .iter()
                 .map(|(k, (id, digest))| (k.clone(), *id, *digest))
                 .collect(),
         })
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        Ok(())
     }
 }

@@ -1,16 +1,20 @@
 //! The coordinator's durable state, behind one trait.
 //!
 //! The coordinator writes every fact it would need to resume after a restart: the accepted job with
-//! its chunk payloads and idempotency key (before `POST /v1/jobs` answers), each attempt's start and
-//! end, each succeeded chunk's partial result, and the job's terminal state. [`Store::load`] gives
-//! back everything that is not finished, so a restarted coordinator re-queues only what had not
-//! succeeded.
+//! its chunk payloads and idempotency key (durable before `POST /v1/jobs` answers), each attempt's
+//! start and end, each succeeded chunk's partial result, and the job's end. Hot-path writes may be
+//! buffered: the coordinator calls [`Store::commit`] once per handled message, so a whole batch of
+//! outcomes becomes one transaction (group commit). [`Store::load`] gives everything back, so a
+//! restarted coordinator re-queues only chunks that had not succeeded.
 
 mod memory;
+mod sqlite;
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
 use crate::state::job::{AttemptRecord, JobMeta};
@@ -20,6 +24,12 @@ use crate::state::job::{AttemptRecord, JobMeta};
 #[error("store error: {0}")]
 pub struct StoreError(pub String);
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
 /// A job as first written: enough to rebuild it from scratch.
 #[derive(Debug, Clone)]
 pub struct NewJob<'a> {
@@ -27,21 +37,34 @@ pub struct NewJob<'a> {
     pub id: JobId,
     /// What it runs.
     pub meta: &'a JobMeta,
-    /// Chunk payloads, in order.
+    /// Chunk payloads, in order; each is stored once.
     pub inputs: &'a [Bytes],
     /// Idempotency key and the digest of the body it came with.
     pub idempotency: Option<(&'a str, &'a [u8; 32])>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
 }
 
-/// How a job ended, as stored.
-#[derive(Debug, Clone)]
-pub enum StoredEnd<'a> {
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
     /// With this result (JSON).
-    Succeeded(&'a str),
+    Succeeded(String),
     /// With this error.
-    Failed(&'a str),
+    Failed(String),
     /// Cancelled by a client.
     Cancelled,
+}
+
+/// One chunk read back.
+#[derive(Debug, Clone)]
+pub struct StoredChunk {
+    /// Its payload (empty once the job ended).
+    pub input: Bytes,
+    /// Its partial result, if it succeeded (dropped once the job ended).
+    pub result: Option<Bytes>,
+    /// Its attempts, in order.
+    pub attempts: Vec<AttemptRecord>,
 }
 
 /// A job read back by [`Store::load`].
@@ -51,26 +74,28 @@ pub struct StoredJob {
     pub id: JobId,
     /// What it runs.
     pub meta: JobMeta,
-    /// Chunk payloads.
-    pub inputs: Vec<Bytes>,
-    /// Per chunk: the attempts so far and the result if it succeeded.
-    pub chunks: Vec<(Vec<AttemptRecord>, Option<Bytes>)>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// How and when it ended, if it has.
+    pub end: Option<(JobEnd, DateTime<Utc>)>,
+    /// Its chunks, in order.
+    pub chunks: Vec<StoredChunk>,
 }
 
 /// Everything a coordinator needs to resume.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Jobs not yet finished.
-    pub unfinished: Vec<StoredJob>,
+    /// Every stored job, oldest first.
+    pub jobs: Vec<StoredJob>,
     /// Idempotency keys with the job and body digest they map to.
     pub idempotency: Vec<(String, JobId, [u8; 32])>,
 }
 
 /// Where coordinator state lives. Calls are synchronous and made by the coordinator actor only.
 pub trait Store: Send {
-    /// A short name for logs and health (`memory`, `sqlite`, `postgres`).
+    /// A short name for logs (`memory`, `sqlite`).
     fn kind(&self) -> &'static str;
-    /// Records an accepted job; must be durable when it returns.
+    /// Records an accepted job, after any buffered writes; durable when it returns.
     fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError>;
     /// Records an attempt's start or end (the record carries both times and the error).
     fn record_attempt(
@@ -86,10 +111,11 @@ pub trait Store: Send {
         chunk: ChunkIndex,
         result: &Bytes,
     ) -> Result<(), StoreError>;
-    /// Records a job's terminal state; its chunk payloads and partials may then be dropped.
-    fn finish_job(&mut self, job: JobId, end: StoredEnd<'_>) -> Result<(), StoreError>;
+    /// Records a job's end; its chunk payloads and partial results may then be dropped.
+    fn finish_job(&mut self, job: JobId, end: &JobEnd, at: DateTime<Utc>)
+        -> Result<(), StoreError>;
+    /// Makes every buffered write durable, in one transaction.
+    fn commit(&mut self) -> Result<(), StoreError>;
     /// Reads back everything needed to resume.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
-    /// Makes every write so far durable (on shutdown).
-    fn flush(&mut self) -> Result<(), StoreError>;
 }

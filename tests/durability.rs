@@ -1,0 +1,87 @@
+//! The SQLite store (the default): jobs, progress and idempotency keys survive `kill -9` of the
+//! coordinator.
+
+use muster_suite::{custom_worker_bin, Coordinator};
+use serde_json::{json, Value};
+
+#[test]
+fn a_coordinator_killed_mid_job_resumes_it_without_rerunning_succeeded_chunks() {
+    let mut c = Coordinator::start(&[]);
+    let workers: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|name| c.worker_with(custom_worker_bin(), name, 2, &["--reconnect-max", "0.3"]))
+        .collect();
+    let api = c.api();
+    let chunks: Vec<Value> = (0..200).map(|i| json!({"ms": 40, "value": i})).collect();
+    let id = api.submit(&json!({"task": "nap", "chunks": chunks, "reduce": "sum"}));
+    let before = api.wait_status(&id, |s| s["chunks"]["succeeded"].as_u64() >= Some(100));
+    let done_before = before["chunks"]["succeeded"].as_u64().unwrap();
+    assert!(
+        done_before < 200,
+        "the job finished before the kill: {before}"
+    );
+
+    c.restart(&[]);
+    for w in &workers {
+        w.wait_for_nth("registered with coordinator", 2);
+    }
+    let api = c.api();
+    assert_eq!(api.result(&id), json!((0..200).sum::<u64>()));
+
+    let status = api.status(&id);
+    let retries = status["retries"].as_array().unwrap();
+    // Chunks that had succeeded before the kill ran once; only interrupted ones ran again.
+    assert!(
+        retries.len() as u64 <= 200 - done_before,
+        "{} retried, {done_before} done before",
+        retries.len()
+    );
+    for chunk in retries {
+        let attempts = chunk["attempts"].as_array().unwrap();
+        assert_eq!(
+            attempts[0]["error"]["class"], "coordinator_restarted",
+            "{chunk}"
+        );
+        assert!(attempts.last().unwrap()["error"].is_null(), "{chunk}");
+    }
+    let extra: u64 = retries
+        .iter()
+        .map(|c| c["attempts"].as_array().unwrap().len() as u64 - 1)
+        .sum();
+    assert_eq!(status["attempts"].as_u64().unwrap(), 200 + extra);
+
+    // A finished job and its result survive a further restart.
+    c.restart(&[]);
+    let api = c.api();
+    assert_eq!(api.result(&id), json!((0..200).sum::<u64>()));
+    assert_eq!(api.status(&id)["chunks"]["succeeded"], 200);
+}
+
+#[test]
+fn a_job_accepted_right_before_a_kill_is_there_after_the_restart() {
+    let mut c = Coordinator::start(&[]);
+    let id = c
+        .api()
+        .submit(&json!({"kind": "sum", "input": [1, 2, 3, 4], "chunks": 2}));
+    c.restart(&[]);
+    let api = c.api();
+    assert_eq!(api.status(&id)["status"], "queued");
+    let _w = c.worker("w", 1);
+    assert_eq!(api.result(&id), json!(10));
+}
+
+#[test]
+fn idempotency_keys_survive_a_restart() {
+    let mut c = Coordinator::start(&[]);
+    let body = json!({"kind": "sum", "input": [5, 6]}).to_string();
+    let key = [("Idempotency-Key", "nightly-7")];
+    let first = c.api().call("POST", "/v1/jobs", Some(&body), &key);
+    assert_eq!(first.status, 201);
+    c.restart(&[]);
+    let api = c.api();
+    let again = api.call("POST", "/v1/jobs", Some(&body), &key);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["id"], first.body["id"]);
+    let other = json!({"kind": "sum", "input": [7]}).to_string();
+    assert_eq!(api.call("POST", "/v1/jobs", Some(&other), &key).status, 422);
+}
