@@ -318,6 +318,24 @@ impl Api {
         }
     }
 
+    /// A request that does not follow redirects: status and `Location` header.
+    pub fn call_raw(&self, method: &str, path: &str) -> (u16, String) {
+        let agent = ureq::AgentBuilder::new().redirects(0).timeout(WAIT).build();
+        let mut req = agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let response = match req.call() {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        (
+            response.status(),
+            response.header("location").unwrap_or("").to_owned(),
+        )
+    }
+
     /// GET.
     pub fn get(&self, path: &str) -> Answer {
         self.call("GET", path, None, &[])
@@ -374,6 +392,173 @@ impl Api {
                 "job {id} never reached the awaited state: {s}"
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Polls `GET /healthz` until the coordinator reports `role`; returns how long that took.
+pub fn wait_role(url: &str, role: &str) -> Duration {
+    let start = Instant::now();
+    let api = Api::new(url, None);
+    loop {
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        let seen = agent
+            .get(&format!("{}/healthz", api.base))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json::<Value>().ok());
+        if seen.as_ref().is_some_and(|v| v["role"] == role) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "{url} never became {role}: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A throwaway PostgreSQL server from the system's binaries, on a free loopback port, in a temp
+/// dir; stopped and removed when dropped. As root it runs as the `postgres` user, since PostgreSQL
+/// refuses to run as root.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    pg_ctl: PathBuf,
+    user: Option<&'static str>,
+}
+
+fn pg_binary(name: &str) -> PathBuf {
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).collect())
+        .unwrap_or_default();
+    if let Ok(versions) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut found: Vec<PathBuf> = versions
+            .filter_map(Result::ok)
+            .map(|v| v.path().join("bin").join(name))
+            .collect();
+        found.sort();
+        candidates.extend(found.into_iter().rev());
+    }
+    candidates.into_iter().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binary `{name}` not found (looked in PATH and /usr/lib/postgresql/*/bin): \
+             install Debian's `postgresql` package (apt-get install postgresql)"
+        )
+    })
+}
+
+fn run_as(user: Option<&str>, program: &Path, args: &[&str]) {
+    let mut cmd = match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let out = cmd.args(args).output().expect("run a postgres tool");
+    assert!(
+        out.status.success(),
+        "{} {args:?} failed: {}{}",
+        program.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Postgres {
+    /// Initializes and starts a server; panics with what to install when the binaries are missing.
+    pub fn start() -> Self {
+        let initdb = pg_binary("initdb");
+        let pg_ctl = pg_binary("pg_ctl");
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let user = is_root.then_some("postgres");
+        let dir = tempfile::tempdir().expect("temp dir");
+        if let Some(u) = user {
+            let status = Command::new("chown")
+                .arg(format!("{u}:"))
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(
+                status.success(),
+                "cannot give {} to {u}",
+                dir.path().display()
+            );
+        }
+        let data = dir.path().join("data");
+        let data_s = data.to_str().expect("utf-8 temp path");
+        run_as(
+            user,
+            &initdb,
+            &[
+                "-D",
+                data_s,
+                "-U",
+                "muster",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let socket_dir = dir.path().to_str().expect("utf-8 temp path");
+        let options = format!(
+            "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        );
+        let log = dir.path().join("server.log");
+        run_as(
+            user,
+            &pg_ctl,
+            &[
+                "-D",
+                data_s,
+                "-l",
+                log.to_str().expect("utf-8"),
+                "-w",
+                "-o",
+                &options,
+                "start",
+            ],
+        );
+        Self {
+            dir,
+            port,
+            pg_ctl,
+            user,
+        }
+    }
+
+    /// `postgres://muster@127.0.0.1:PORT/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://muster@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        if let Some(data) = data.to_str() {
+            let mut cmd = match self.user {
+                Some(u) => {
+                    let mut c = Command::new("runuser");
+                    c.args(["-u", u, "--"]).arg(&self.pg_ctl);
+                    c
+                }
+                None => Command::new(&self.pg_ctl),
+            };
+            let _ = cmd.args(["-D", data, "-m", "immediate", "stop"]).output();
         }
     }
 }

@@ -18,6 +18,8 @@ pub const DEFAULT_DATA_DIR: &str = "muster-data";
 pub const DEFAULT_HEARTBEAT_TIMEOUT: f64 = 5.0;
 /// Default request body limit: 64 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Default leadership lease, seconds: a standby leads within about this long of a leader's death.
+pub const DEFAULT_LEASE: f64 = 3.0;
 /// Default delay before a chunk's first retry, seconds (doubles per failure).
 pub const DEFAULT_RETRY_BACKOFF: f64 = 0.1;
 
@@ -45,6 +47,10 @@ pub struct RawConfig {
     pub store: Option<String>,
     /// HTTP worker threads.
     pub http_workers: Option<usize>,
+    /// Leadership lease in seconds (PostgreSQL store).
+    pub lease: Option<f64>,
+    /// URL this coordinator is reached at.
+    pub advertise_url: Option<String>,
 }
 
 impl RawConfig {
@@ -69,6 +75,8 @@ impl RawConfig {
             insecure: self.insecure.or(under.insecure),
             store: self.store.or(under.store),
             http_workers: self.http_workers.or(under.http_workers),
+            lease: self.lease.or(under.lease),
+            advertise_url: self.advertise_url.or(under.advertise_url),
         }
     }
 
@@ -100,8 +108,22 @@ impl RawConfig {
         let store = match self.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreChoice::Sqlite,
             "memory" => StoreChoice::Memory,
-            other => anyhow::bail!("--store `{other}` is not a store: use `sqlite` or `memory`"),
+            url if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                StoreChoice::Postgres(url.to_owned())
+            }
+            other => anyhow::bail!(
+                "--store `{other}` is not a store: use `sqlite`, `memory` or postgres://USER@HOST:PORT/DB"
+            ),
         };
+        let lease = seconds("lease", self.lease.unwrap_or(DEFAULT_LEASE))?;
+        if lease < Duration::from_millis(300) {
+            anyhow::bail!("--lease must be at least 0.3 seconds");
+        }
+        if let Some(url) = &self.advertise_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                anyhow::bail!("--advertise-url `{url}` must be an http:// or https:// URL");
+            }
+        }
         let http_workers = self
             .http_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -121,6 +143,10 @@ impl RawConfig {
             retry_backoff,
             store,
             http_workers,
+            lease,
+            advertise_url: self
+                .advertise_url
+                .map(|u| u.trim_end_matches('/').to_owned()),
         })
     }
 }
@@ -133,12 +159,14 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
 }
 
 /// Which store keeps coordinator state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreChoice {
     /// SQLite in the data dir (the default).
     Sqlite,
     /// In this process only.
     Memory,
+    /// PostgreSQL at this URL, shared with other coordinators; one of them leads.
+    Postgres(String),
 }
 
 /// File name of the SQLite database in the data dir.
@@ -167,6 +195,11 @@ pub struct Config {
     pub store: StoreChoice,
     /// HTTP worker threads.
     pub http_workers: usize,
+    /// Leadership lease (PostgreSQL store): a standby takes over this long after the leader's
+    /// last renewal.
+    pub lease: Duration,
+    /// URL other coordinators, workers and clients reach this one at (default: the bound address).
+    pub advertise_url: Option<String>,
 }
 
 impl Config {

@@ -13,6 +13,7 @@ use actix::prelude::*;
 use muster_shared::ids::{JobId, WorkerId};
 use muster_shared::job::JobSpec;
 use muster_shared::protocol::{CoordinatorMessage, Hello, WorkerMessage};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -34,12 +35,19 @@ pub struct Coordinator {
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
     shutting_down: bool,
+    /// Told why, when this coordinator must stop at once (another one leads now).
+    fatal: UnboundedSender<String>,
 }
 
 impl Coordinator {
     /// A coordinator over this state.
-    pub fn new(state: ClusterState, heartbeat_interval: Duration) -> Self {
+    pub fn new(
+        state: ClusterState,
+        heartbeat_interval: Duration,
+        fatal: UnboundedSender<String>,
+    ) -> Self {
         Self {
+            fatal,
             state,
             sessions: HashMap::new(),
             waiters: HashMap::new(),
@@ -77,7 +85,26 @@ impl Coordinator {
             }
         }
         self.state.commit();
+        if self.stop_if_fenced(ctx) {
+            return;
+        }
         self.arm_timer(ctx, now);
+    }
+
+    /// Stops everything when the store says another coordinator leads: no further work, no writes.
+    fn stop_if_fenced(&mut self, ctx: &mut Context<Self>) -> bool {
+        let Some(reason) = self.state.take_fenced() else {
+            return false;
+        };
+        warn!(%reason, "another coordinator leads: stopping");
+        self.shutting_down = true;
+        for (_, (_, session)) in self.sessions.drain() {
+            session.do_send(Evict);
+        }
+        self.waiters.clear();
+        let _ = self.fatal.send(reason);
+        ctx.stop();
+        true
     }
 
     fn arm_timer(&mut self, ctx: &mut Context<Self>, now: Instant) {
@@ -125,7 +152,11 @@ impl Handler<Submit> for Coordinator {
                 "the coordinator is shutting down".into(),
             ));
         }
-        let submitted = self.state.submit(msg.spec, msg.idempotency)?;
+        let submitted = self.state.submit(msg.spec, msg.idempotency);
+        if self.stop_if_fenced(ctx) {
+            return Err(ApiError::NotLeader { location: None });
+        }
+        let submitted = submitted?;
         self.settle(ctx);
         let view = self
             .state

@@ -57,6 +57,15 @@ pub enum ApiError {
     /// The coordinator cannot serve this now (store failure, shutting down).
     #[error("{0}")]
     Unavailable(String),
+    /// This coordinator is a standby; `location` is the same call on the leader, when known.
+    #[error("this coordinator is a standby; {}", match .location {
+        Some(l) => format!("the leader serves this at {l}"),
+        None => "no leader is known yet: retry shortly or try another coordinator".to_owned(),
+    })]
+    NotLeader {
+        /// The URL of this call on the leader.
+        location: Option<String>,
+    },
 }
 
 impl ApiError {
@@ -71,6 +80,7 @@ impl ApiError {
             ApiError::IdempotencyConflict { .. } => "idempotency key reused",
             ApiError::NotFinished { .. } => "job not succeeded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotLeader { .. } => "not the leader",
         }
     }
 }
@@ -99,6 +109,8 @@ impl ResponseError for ApiError {
             ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NotFinished { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLeader { location: Some(_) } => StatusCode::TEMPORARY_REDIRECT,
+            ApiError::NotLeader { location: None } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -116,8 +128,17 @@ impl ResponseError for ApiError {
         };
         let mut response = HttpResponse::build(status);
         response.content_type("application/problem+json");
-        if matches!(self, ApiError::Unauthorized(_)) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            ApiError::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::NotLeader { location } => {
+                match location {
+                    Some(l) => response.insert_header(("Location", l.as_str())),
+                    None => response.insert_header(("Retry-After", "1")),
+                };
+            }
+            _ => {}
         }
         response.body(serde_json::to_string(&problem).unwrap_or_default())
     }

@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod leader;
 pub mod state;
 pub mod store;
 pub mod worker_session;
@@ -27,6 +28,7 @@ pub mod worker_session;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
+use std::sync::RwLock;
 
 use actix::{Actor, Arbiter};
 use actix_web::{web, App, HttpServer};
@@ -35,24 +37,16 @@ use tracing::{info, warn};
 use crate::api::AppState;
 use crate::config::{Config, StoreChoice};
 use crate::coordinator::{Coordinator, Shutdown};
+use crate::leader::{Leadership, LeaseConfig};
 use crate::state::{ClusterState, Policy};
-use crate::store::{MemoryStore, SqliteStore, Store};
+use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
 
-/// Runs a coordinator on `listener` until `shutdown` completes; then it stops accepting, closes
-/// worker connections, flushes the store and returns. Must run inside an actix system.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()> + 'static,
-) -> anyhow::Result<()> {
-    let tokens = config.tokens()?;
-    if tokens.is_none() {
-        warn!("running with --insecure: every endpoint is open to anyone who can reach it");
-    }
-    let store: Box<dyn Store> = match config.store {
+/// Opens the configured store; `epoch` is the fencing epoch this coordinator leads with.
+fn open_store(config: &Config, epoch: i64) -> anyhow::Result<Box<dyn Store>> {
+    Ok(match &config.store {
         StoreChoice::Memory => {
             warn!("using the in-memory store: jobs do not survive a coordinator restart");
             Box::new(MemoryStore::new())
@@ -65,44 +59,102 @@ pub async fn run(
             info!(path = %path.display(), "using the sqlite store");
             Box::new(SqliteStore::open(&path)?)
         }
+        StoreChoice::Postgres(url) => {
+            info!(url = %store::redact_url(url), epoch, "using the postgres store");
+            Box::new(PostgresStore::connect(url, epoch)?)
+        }
+    })
+}
+
+/// Runs a coordinator on `listener` until `shutdown` completes; then it stops accepting, closes
+/// worker connections, commits the store and returns. With a PostgreSQL store it first serves as a
+/// standby until it wins the leadership lease, and returns an error if it later loses it. Must run
+/// inside an actix system.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + 'static,
+) -> anyhow::Result<()> {
+    let tokens = config.tokens()?;
+    if tokens.is_none() {
+        warn!("running with --insecure: every endpoint is open to anyone who can reach it");
+    }
+    let address = match &config.advertise_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", listener.local_addr()?),
     };
-    let mut state = ClusterState::new(
-        store,
-        Policy {
-            retry_backoff: config.retry_backoff,
-        },
-    );
-    state.restore()?;
-    let interval = config.heartbeat_interval();
-    // The coordinator gets a thread of its own so that HTTP and socket work never delays it.
-    let arbiter = Arbiter::new();
-    let coordinator = Coordinator::start_in_arbiter(&arbiter.handle(), move |_| {
-        Coordinator::new(state, interval)
-    });
+    let leadership = match &config.store {
+        StoreChoice::Postgres(url) => Leadership::compete(LeaseConfig {
+            url: url.clone(),
+            duration: config.lease,
+            address,
+        }),
+        _ => Leadership::solo(),
+    };
     let app = web::Data::new(AppState {
-        coordinator: coordinator.clone(),
+        coordinator: RwLock::new(None),
+        leadership: leadership.clone(),
         tokens,
         max_body_bytes: config.max_body_bytes,
         heartbeat_timeout: config.heartbeat_timeout,
         next_session: AtomicU64::new(1),
     });
-    let server = HttpServer::new(move || App::new().app_data(app.clone()).configure(api::routes))
-        .workers(config.http_workers)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .listen(listener)?
-        .run();
+    let routes = app.clone();
+    let server =
+        HttpServer::new(move || App::new().app_data(routes.clone()).configure(api::routes))
+            .workers(config.http_workers)
+            .disable_signals()
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+            .listen(listener)?
+            .run();
     let handle = server.handle();
-    let stopper = coordinator.clone();
-    actix_rt::spawn(async move {
-        shutdown.await;
-        info!("shutdown requested: no longer accepting work");
-        let _ = stopper.send(Shutdown).await;
-        handle.stop(true).await;
+    let served = actix_rt::spawn(server);
+    let mut shutdown = Box::pin(shutdown);
+
+    let epoch = tokio::select! {
+        epoch = leadership.until_leader() => epoch,
+        _ = &mut shutdown => {
+            info!("shutdown requested while standing by");
+            handle.stop(true).await;
+            let _ = served.await;
+            return Ok(());
+        }
+    };
+    let mut state = ClusterState::new(
+        open_store(&config, epoch)?,
+        Policy {
+            retry_backoff: config.retry_backoff,
+        },
+    );
+    state.restore()?;
+    let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
+    let interval = config.heartbeat_interval();
+    // The coordinator gets a thread of its own so that HTTP and socket work never delays it.
+    let arbiter = Arbiter::new();
+    let coordinator = Coordinator::start_in_arbiter(&arbiter.handle(), move |_| {
+        Coordinator::new(state, interval, fatal_tx)
     });
-    server.await?;
+    *app.coordinator.write().unwrap_or_else(|p| p.into_inner()) = Some(coordinator.clone());
+
+    let outcome = tokio::select! {
+        _ = &mut shutdown => {
+            info!("shutdown requested: no longer accepting work");
+            let _ = coordinator.send(Shutdown).await;
+            Ok(())
+        }
+        _ = leadership.until_deposed() => {
+            Err(anyhow::anyhow!("lost leadership: another coordinator took the lease"))
+        }
+        Some(reason) = fatal_rx.recv() => Err(anyhow::anyhow!("{reason}")),
+    };
+    app.coordinator
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    handle.stop(outcome.is_ok()).await;
+    let _ = served.await;
     arbiter.stop();
     let _ = arbiter.join();
     info!("coordinator stopped");
-    Ok(())
+    outcome
 }

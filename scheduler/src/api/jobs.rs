@@ -81,7 +81,7 @@ pub(super) async fn submit(
     };
     let spec = raw.validate().map_err(|e| ApiError::Invalid(e.0))?;
     let (submitted, view) = app
-        .coordinator
+        .coordinator(&req)?
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
@@ -108,7 +108,11 @@ where
 {
     require(app.tokens.as_ref(), req, Role::Client)?;
     let id = job_id(path)?;
-    let view = app.coordinator.send(message(id)).await.map_err(mailbox)??;
+    let view = app
+        .coordinator(req)?
+        .send(message(id))
+        .await
+        .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -155,7 +159,7 @@ pub(super) async fn result(
         }
     };
     let mut answer = app
-        .coordinator
+        .coordinator(&req)?
         .send(GetResult {
             id,
             watch: wait.is_some(),
@@ -172,7 +176,7 @@ pub(super) async fn result(
         // Finished, timed out, or the coordinator is stopping: in every case answer what is known now.
         let _ = tokio::time::timeout(wait, rx).await;
         answer = app
-            .coordinator
+            .coordinator(&req)?
             .send(GetResult { id, watch: false })
             .await
             .map_err(mailbox)??;
@@ -231,7 +235,7 @@ pub(super) async fn list(
         )));
     }
     let jobs = app
-        .coordinator
+        .coordinator(&req)?
         .send(ListJobs {
             status: query.status,
             after,

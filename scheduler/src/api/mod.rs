@@ -4,6 +4,7 @@ mod jobs;
 mod workers;
 
 use std::sync::atomic::AtomicU64;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use actix::Addr;
@@ -12,11 +13,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use crate::auth::Tokens;
 use crate::coordinator::Coordinator;
 use crate::error::ApiError;
+use crate::leader::{Leadership, Role};
 
 /// What every handler can reach.
 pub struct AppState {
-    /// The coordinator actor.
-    pub coordinator: Addr<Coordinator>,
+    /// The coordinator actor, once this coordinator leads.
+    pub coordinator: RwLock<Option<Addr<Coordinator>>>,
+    /// Whether this coordinator leads, and who does if not.
+    pub leadership: Leadership,
     /// Tokens; `None` when running `--insecure`.
     pub tokens: Option<Tokens>,
     /// Largest request body.
@@ -40,8 +44,29 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "role": "leader"}))
+impl AppState {
+    /// The coordinator, when this one leads; otherwise where the leader is (for a redirect).
+    pub fn coordinator(&self, req: &HttpRequest) -> Result<Addr<Coordinator>, ApiError> {
+        let location = match self.leadership.role() {
+            Role::Leader { .. } => {
+                let current = self.coordinator.read().unwrap_or_else(|p| p.into_inner());
+                if let Some(addr) = current.as_ref() {
+                    return Ok(addr.clone());
+                }
+                None
+            }
+            Role::Standby { leader } => leader.map(|l| format!("{l}{}", req.uri())),
+            Role::Deposed => None,
+        };
+        Err(ApiError::NotLeader { location })
+    }
+}
+
+async fn healthz(app: web::Data<AppState>) -> HttpResponse {
+    let leads = matches!(app.leadership.role(), Role::Leader { .. })
+        && app.coordinator.read().map(|c| c.is_some()).unwrap_or(false);
+    let role = if leads { "leader" } else { "standby" };
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "role": role}))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

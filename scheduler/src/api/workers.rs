@@ -20,7 +20,11 @@ pub(super) async fn list(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
-    let workers = app.coordinator.send(ListWorkers).await.map_err(mailbox)?;
+    let workers = app
+        .coordinator(&req)?
+        .send(ListWorkers)
+        .await
+        .map_err(mailbox)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"workers": workers})))
 }
 
@@ -30,6 +34,8 @@ pub(super) async fn connect(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Worker)?;
+    // A standby refuses before the upgrade, so the worker moves on to the next address.
+    let coordinator = app.coordinator(&req)?;
     let version = req
         .headers()
         .get(PROTOCOL_HEADER)
@@ -59,7 +65,6 @@ pub(super) async fn connect(
     }
     let stream = stream.max_frame_size(MAX_FRAME_BYTES);
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
-    let coordinator = app.coordinator.clone();
     let timeout = app.heartbeat_timeout;
     WorkerSession::create(move |ctx| {
         ctx.add_stream(stream);

@@ -40,13 +40,19 @@ pub struct ServeArgs {
     /// Run without authentication (refused on a non-loopback address).
     #[arg(long)]
     insecure: bool,
-    /// State store: `sqlite` (in the data dir) or `memory` (nothing survives a restart)
-    /// [default: sqlite].
+    /// State store: `sqlite` (in the data dir), `memory` (nothing survives a restart), or
+    /// postgres://USER@HOST:PORT/DB (shared by several coordinators, one leads) [default: sqlite].
     #[arg(long, env = "MUSTER_STORE")]
     store: Option<String>,
     /// HTTP worker threads [default: one per CPU].
     #[arg(long, env = "MUSTER_HTTP_WORKERS")]
     http_workers: Option<usize>,
+    /// Leadership lease in seconds, PostgreSQL store only [default: 3].
+    #[arg(long, env = "MUSTER_LEASE")]
+    lease: Option<f64>,
+    /// URL workers, clients and other coordinators reach this one at [default: http://BIND].
+    #[arg(long, env = "MUSTER_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// TOML file with any of the settings above (kebab-case keys).
     #[arg(long, env = "MUSTER_CONFIG")]
     config: Option<PathBuf>,
@@ -69,6 +75,8 @@ impl ServeArgs {
             insecure: self.insecure.then_some(true),
             store: self.store,
             http_workers: self.http_workers,
+            lease: self.lease,
+            advertise_url: self.advertise_url,
         };
         flags.over(file).validate()
     }

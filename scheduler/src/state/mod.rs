@@ -77,6 +77,8 @@ pub struct ClusterState {
     effects: Vec<Effect>,
     /// Outcomes ignored because they were late or duplicates (for logs and metrics).
     pub ignored_outcomes: u64,
+    /// Set when the store refused a write because another coordinator leads now.
+    fenced: Option<String>,
 }
 
 impl ClusterState {
@@ -92,6 +94,7 @@ impl ClusterState {
             policy,
             effects: Vec::new(),
             ignored_outcomes: 0,
+            fenced: None,
         }
     }
 
@@ -108,8 +111,21 @@ impl ClusterState {
     /// Makes buffered writes durable (one transaction for everything since the last commit).
     pub fn commit(&mut self) {
         if let Err(e) = self.store.commit() {
-            error!(error = %e, "store commit failed");
+            self.store_failed(&e, "commit");
         }
+    }
+
+    /// Logs a store failure, and remembers it when it means this coordinator no longer leads.
+    fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
+        error!(error = %e, "store {what} failed");
+        if e.is_fenced() && self.fenced.is_none() {
+            self.fenced = Some(e.to_string());
+        }
+    }
+
+    /// The reason this coordinator must stop, if the store said another one leads now.
+    pub fn take_fenced(&mut self) -> Option<String> {
+        self.fenced.take()
     }
 
     /// Loads everything the store holds: finished jobs for status queries, unfinished jobs with
@@ -222,7 +238,10 @@ impl ClusterState {
                 idempotency: idempotency.as_ref().map(|(k, d)| (k.as_str(), d)),
                 created_at: job.created_at,
             })
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(|e| {
+                self.store_failed(&e, "insert");
+                ApiError::Unavailable(format!("the job was not accepted: {e}"))
+            })?;
         let n = job.chunks.len() as u32;
         let key = job_key(job.meta.priority, id);
         info!(job_id = %id, name = %job.meta.name, chunks = n, "job accepted");
@@ -317,13 +336,13 @@ impl ClusterState {
             return;
         };
         if let Err(e) = self.store.record_attempt(chunk.job, chunk.chunk, record) {
-            error!(%chunk, error = %e, "cannot store attempt");
+            self.store_failed(&e, "attempt write");
         }
     }
 
     fn succeed_attempt(&mut self, chunk: ChunkRef, result: Bytes) {
         if let Err(e) = self.store.chunk_succeeded(chunk.job, chunk.chunk, &result) {
-            error!(%chunk, error = %e, "cannot store chunk result");
+            self.store_failed(&e, "result write");
         }
         let Some(job) = self.jobs.get_mut(&chunk.job) else {
             return;
@@ -390,7 +409,10 @@ impl ClusterState {
             _ => JobEnd::Cancelled,
         };
         if let Err(e) = self.store.finish_job(id, &end, chrono::Utc::now()) {
-            error!(job_id = %id, error = %e, "cannot store job end");
+            error!(job_id = %id, error = %e, "store job end write failed");
+            if e.is_fenced() && self.fenced.is_none() {
+                self.fenced = Some(e.to_string());
+            }
         }
         for (i, chunk) in job.chunks.iter_mut().enumerate() {
             if let ChunkState::Running {

@@ -27,7 +27,7 @@ impl MemoryStore {
         self.jobs
             .get_mut(&id)
             .and_then(|j| j.chunks.get_mut(chunk.get()))
-            .ok_or_else(|| StoreError(format!("no stored chunk {chunk} of job {id}")))
+            .ok_or_else(|| StoreError::Other(format!("no stored chunk {chunk} of job {id}")))
     }
 }
 

@@ -8,9 +8,12 @@
 //! restarted coordinator re-queues only chunks that had not succeeded.
 
 mod memory;
+mod postgres;
+mod rows;
 mod sqlite;
 
 pub use memory::MemoryStore;
+pub use postgres::{connect as postgres_connect, redact as redact_url, PostgresStore};
 pub use sqlite::SqliteStore;
 
 use bytes::Bytes;
@@ -21,12 +24,41 @@ use crate::state::job::{AttemptRecord, JobMeta};
 
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
-#[error("store error: {0}")]
-pub struct StoreError(pub String);
+pub enum StoreError {
+    /// Another coordinator took over: this one must stop writing (and serving) at once.
+    #[error("lost leadership: the store is now led by epoch {current}, this coordinator held epoch {held}")]
+    Fenced {
+        /// The epoch this coordinator led with.
+        held: i64,
+        /// The epoch in the store.
+        current: i64,
+    },
+    /// Anything else (I/O, constraint, unreadable data).
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// True when another coordinator leads now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Fenced { .. })
+    }
+}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError(e.to_string())
+        StoreError::Other(e.to_string())
+    }
+}
+
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => {
+                StoreError::Other(format!("postgres: {}: {}", db.code().code(), db.message()))
+            }
+            None => StoreError::Other(format!("postgres: {e}")),
+        }
     }
 }
 

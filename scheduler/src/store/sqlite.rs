@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 use rusqlite::{params, Connection, Transaction};
 
+use super::rows::{self, Buffer, Pending};
 use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob};
-use crate::state::job::{AttemptRecord, JobMeta};
+use crate::state::job::AttemptRecord;
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -50,50 +51,24 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 ";
 
-/// A write waiting for the next commit.
-#[derive(Debug)]
-enum Pending {
-    Attempt {
-        job: JobId,
-        chunk: ChunkIndex,
-        attempt: u32,
-        record: String,
-    },
-    Result {
-        job: JobId,
-        chunk: ChunkIndex,
-        result: Bytes,
-    },
-    Finish {
-        job: JobId,
-        kind: &'static str,
-        text: Option<String>,
-        at: DateTime<Utc>,
-    },
-}
-
 /// SQLite-backed [`Store`].
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
-    pending: Vec<Pending>,
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError(format!("stored {what} is unreadable: {e}"))
+    pending: Buffer,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version > SCHEMA_VERSION {
-            return Err(StoreError(format!(
+            return Err(StoreError::Other(format!(
                 "{} has schema version {version}, newer than this muster ({SCHEMA_VERSION})",
                 path.display()
             )));
@@ -102,7 +77,7 @@ impl SqliteStore {
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         Ok(Self {
             conn,
-            pending: Vec::new(),
+            pending: Buffer::default(),
         })
     }
 
@@ -115,8 +90,8 @@ impl SqliteStore {
         let mut finish = tx.prepare_cached(
             "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
         )?;
+        // A succeeded chunk keeps an empty result as the mark that it succeeded.
         let mut drop_data = tx.prepare_cached(
-            // A succeeded chunk keeps an empty result as the mark that it succeeded.
             "UPDATE chunks SET input = x'', result = CASE WHEN result IS NULL THEN NULL ELSE x'' END \
              WHERE job_id = ?1",
         )?;
@@ -128,14 +103,14 @@ impl SqliteStore {
                     attempt: n,
                     record,
                 } => {
-                    attempt.execute(params![job.to_string(), chunk.0, n, record])?;
+                    attempt.execute(params![job, chunk, n, record])?;
                 }
                 Pending::Result {
                     job,
                     chunk,
                     result: bytes,
                 } => {
-                    result.execute(params![job.to_string(), chunk.0, &bytes[..]])?;
+                    result.execute(params![job, chunk, &bytes[..]])?;
                 }
                 Pending::Finish {
                     job,
@@ -143,8 +118,8 @@ impl SqliteStore {
                     text,
                     at,
                 } => {
-                    finish.execute(params![job.to_string(), kind, text, at.to_rfc3339()])?;
-                    drop_data.execute(params![job.to_string()])?;
+                    finish.execute(params![job, kind, text, at])?;
+                    drop_data.execute(params![job])?;
                 }
             }
         }
@@ -158,9 +133,9 @@ impl Store for SqliteStore {
     }
 
     fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
-        let meta = serde_json::to_string(job.meta).map_err(|e| StoreError(e.to_string()))?;
+        let meta = rows::encode_meta(job.meta)?;
         let id = job.id.to_string();
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.pending.take();
         let tx = self.conn.transaction()?;
         Self::write_pending(&tx, &pending)?;
         tx.execute(
@@ -190,14 +165,7 @@ impl Store for SqliteStore {
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
-        let text = serde_json::to_string(record).map_err(|e| StoreError(e.to_string()))?;
-        self.pending.push(Pending::Attempt {
-            job,
-            chunk,
-            attempt: record.attempt.0,
-            record: text,
-        });
-        Ok(())
+        self.pending.attempt(job, chunk, record)
     }
 
     fn chunk_succeeded(
@@ -206,11 +174,7 @@ impl Store for SqliteStore {
         chunk: ChunkIndex,
         result: &Bytes,
     ) -> Result<(), StoreError> {
-        self.pending.push(Pending::Result {
-            job,
-            chunk,
-            result: result.clone(),
-        });
+        self.pending.result(job, chunk, result);
         Ok(())
     }
 
@@ -220,25 +184,15 @@ impl Store for SqliteStore {
         end: &JobEnd,
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let (kind, text) = match end {
-            JobEnd::Succeeded(result) => ("succeeded", Some(result.clone())),
-            JobEnd::Failed(error) => ("failed", Some(error.clone())),
-            JobEnd::Cancelled => ("cancelled", None),
-        };
-        self.pending.push(Pending::Finish {
-            job,
-            kind,
-            text,
-            at,
-        });
+        self.pending.finish(job, end, at);
         Ok(())
     }
 
     fn commit(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
+        let pending = self.pending.take();
+        if pending.is_empty() {
             return Ok(());
         }
-        let pending = std::mem::take(&mut self.pending);
         let tx = self.conn.transaction()?;
         Self::write_pending(&tx, &pending)?;
         tx.commit()?;
@@ -251,7 +205,13 @@ impl Store for SqliteStore {
         let mut jobs = self.conn.prepare(
             "SELECT id, meta, created_at, end_kind, end_text, finished_at FROM jobs ORDER BY id",
         )?;
-        let rows = jobs.query_map([], |r| {
+        let mut chunks = self
+            .conn
+            .prepare("SELECT input, result FROM chunks WHERE job_id = ?1 ORDER BY idx")?;
+        let mut attempts = self
+            .conn
+            .prepare("SELECT idx, record FROM attempts WHERE job_id = ?1 ORDER BY idx, attempt")?;
+        let job_rows = jobs.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
@@ -261,33 +221,8 @@ impl Store for SqliteStore {
                 r.get::<_, Option<String>>(5)?,
             ))
         })?;
-        let mut chunks = self
-            .conn
-            .prepare("SELECT input, result FROM chunks WHERE job_id = ?1 ORDER BY idx")?;
-        let mut attempts = self
-            .conn
-            .prepare("SELECT idx, record FROM attempts WHERE job_id = ?1 ORDER BY idx, attempt")?;
-        for row in rows {
+        for row in job_rows {
             let (id, meta, created_at, end_kind, end_text, finished_at) = row?;
-            let job_id: JobId = id.parse().map_err(|e| corrupt("job id", e))?;
-            let meta: JobMeta = serde_json::from_str(&meta).map_err(|e| corrupt("job", e))?;
-            let time = |s: &str| {
-                DateTime::parse_from_rfc3339(s)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| corrupt("time", e))
-            };
-            let end = match (end_kind.as_deref(), finished_at) {
-                (Some(kind), Some(at)) => {
-                    let text = end_text.unwrap_or_default();
-                    let end = match kind {
-                        "succeeded" => JobEnd::Succeeded(text),
-                        "failed" => JobEnd::Failed(text),
-                        _ => JobEnd::Cancelled,
-                    };
-                    Some((end, time(&at)?))
-                }
-                _ => None,
-            };
             let mut stored: Vec<StoredChunk> = chunks
                 .query_map(params![id], |r| {
                     Ok(StoredChunk {
@@ -297,40 +232,38 @@ impl Store for SqliteStore {
                     })
                 })?
                 .collect::<Result<_, _>>()?;
-            for row in attempts.query_map(params![id], |r| {
+            let records = attempts.query_map(params![id], |r| {
                 Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
-            })? {
-                let (idx, record) = row?;
-                let record: AttemptRecord =
-                    serde_json::from_str(&record).map_err(|e| corrupt("attempt", e))?;
+            })?;
+            for record in records {
+                let (idx, record) = record?;
                 if let Some(chunk) = stored.get_mut(idx as usize) {
-                    chunk.attempts.push(record);
+                    chunk.attempts.push(rows::attempt(&record)?);
                 }
             }
             snapshot.jobs.push(StoredJob {
-                id: job_id,
-                meta,
-                created_at: time(&created_at)?,
-                end,
+                id: rows::job_id(&id)?,
+                meta: rows::meta(&meta)?,
+                created_at: rows::time(&created_at)?,
+                end: rows::end(end_kind, end_text, finished_at)?,
                 chunks: stored,
             });
         }
         let mut keys = self
             .conn
             .prepare("SELECT key, job_id, digest FROM idempotency")?;
-        for row in keys.query_map([], |r| {
+        let key_rows = keys.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, Vec<u8>>(2)?,
             ))
-        })? {
+        })?;
+        for row in key_rows {
             let (key, job, digest) = row?;
-            let job: JobId = job.parse().map_err(|e| corrupt("job id", e))?;
-            let digest: [u8; 32] = digest
-                .try_into()
-                .map_err(|_| corrupt("idempotency digest", "wrong length"))?;
-            snapshot.idempotency.push((key, job, digest));
+            snapshot
+                .idempotency
+                .push((key, rows::job_id(&job)?, rows::digest(digest)?));
         }
         Ok(snapshot)
     }
