@@ -185,16 +185,23 @@ impl Coordinator {
     /// Starts `muster serve` on an ephemeral port with the test tokens, a 1 s heartbeat timeout
     /// and a short retry backoff, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
+        args.extend_from_slice(extra);
+        Self::start_with(&args)
+    }
+
+    /// Starts `muster serve` on an ephemeral port with the test tokens and exactly `args` (no
+    /// shortened timings): what benchmarks use.
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let proc = Self::spawn(dir.path(), "127.0.0.1:0", extra);
+        let proc = Self::spawn(dir.path(), "127.0.0.1:0", args);
         let url = listening_url(&proc);
         Self { proc, url, dir }
     }
 
     fn spawn(dir: &Path, bind: &str, extra: &[&str]) -> Proc {
         let mut cmd = Command::new(bin("muster"));
-        cmd.args(["serve", "--bind", bind, "--heartbeat-timeout", "1"])
-            .args(["--retry-backoff", "0.05", "--data-dir"])
+        cmd.args(["serve", "--bind", bind, "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("MUSTER_CLIENT_TOKEN", CLIENT_TOKEN)
@@ -202,12 +209,15 @@ impl Coordinator {
         Proc::spawn("coordinator", cmd)
     }
 
-    /// Kills the coordinator with SIGKILL and starts it again on the same address and data dir.
+    /// Kills the coordinator with SIGKILL and starts it again (with the test timings) on the same
+    /// address and data dir.
     pub fn restart(&mut self, extra: &[&str]) {
         self.proc.signal("KILL");
         self.proc.wait_exit();
         let bind = self.url.trim_start_matches("http://").to_owned();
-        self.proc = Self::spawn(self.dir.path(), &bind, extra);
+        let mut args = vec!["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
+        args.extend_from_slice(extra);
+        self.proc = Self::spawn(self.dir.path(), &bind, &args);
         assert_eq!(listening_url(&self.proc), self.url);
     }
 

@@ -62,6 +62,7 @@ impl Coordinator {
         self.state.check_timeouts(now);
         self.state.dispatch();
         let mut outgoing: HashMap<WorkerId, Vec<CoordinatorMessage>> = HashMap::new();
+        let mut finished = Vec::new();
         for effect in self.state.take_effects() {
             match effect {
                 Effect::Assign { worker, assignment } => outgoing
@@ -72,11 +73,7 @@ impl Coordinator {
                     .entry(worker)
                     .or_default()
                     .push(CoordinatorMessage::Cancel(chunk)),
-                Effect::JobDone(id) => {
-                    for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                        let _ = waiter.send(());
-                    }
-                }
+                Effect::JobDone(id) => finished.push(id),
             }
         }
         for (worker, messages) in outgoing {
@@ -84,7 +81,16 @@ impl Coordinator {
                 session.do_send(Deliver(messages));
             }
         }
-        self.state.commit();
+        if !finished.is_empty() {
+            // A job's end is durable before anyone waiting for it hears of it.
+            self.state.sync();
+            for id in finished {
+                for waiter in self.waiters.remove(&id).unwrap_or_default() {
+                    let _ = waiter.send(());
+                }
+            }
+        }
+        self.state.check_store();
         if self.stop_if_fenced(ctx) {
             return;
         }
@@ -178,6 +184,7 @@ impl Handler<GetJob> for Coordinator {
     type Result = Result<JobView, ApiError>;
 
     fn handle(&mut self, msg: GetJob, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state.sync();
         self.state
             .job(msg.0)
             .map(JobView::of)
@@ -217,6 +224,7 @@ impl Handler<GetResult> for Coordinator {
     type Result = Result<JobResult, ApiError>;
 
     fn handle(&mut self, msg: GetResult, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state.sync();
         let job = self
             .state
             .job(msg.id)
@@ -281,6 +289,7 @@ impl Handler<ListJobs> for Coordinator {
     type Result = MessageResult<ListJobs>;
 
     fn handle(&mut self, msg: ListJobs, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state.sync();
         MessageResult(
             self.state
                 .jobs_page(msg.status.as_deref(), msg.after, msg.limit)
@@ -423,6 +432,6 @@ impl Handler<Shutdown> for Coordinator {
         }
         // Dropping the senders wakes every long-poller with the job's current state.
         self.waiters.clear();
-        self.state.commit();
+        self.state.sync();
     }
 }

@@ -39,7 +39,7 @@ use crate::config::{Config, StoreChoice};
 use crate::coordinator::{Coordinator, Shutdown};
 use crate::leader::{Leadership, LeaseConfig};
 use crate::state::{ClusterState, Policy};
-use crate::store::{MemoryStore, PostgresStore, SqliteStore, Store};
+use crate::store::{MemoryStore, Store};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -57,11 +57,11 @@ fn open_store(config: &Config, epoch: i64) -> anyhow::Result<Box<dyn Store>> {
             })?;
             let path = config.data_dir.join(config::SQLITE_FILE);
             info!(path = %path.display(), "using the sqlite store");
-            Box::new(SqliteStore::open(&path)?)
+            store::open_sqlite(&path)?
         }
         StoreChoice::Postgres(url) => {
             info!(url = %store::redact_url(url), epoch, "using the postgres store");
-            Box::new(PostgresStore::connect(url, epoch)?)
+            store::open_postgres(url, epoch)?
         }
     })
 }

@@ -108,10 +108,18 @@ impl ClusterState {
         self.store.kind()
     }
 
-    /// Makes buffered writes durable (one transaction for everything since the last commit).
-    pub fn commit(&mut self) {
-        if let Err(e) = self.store.commit() {
-            self.store_failed(&e, "commit");
+    /// Waits until every write so far is durable: called before a client is shown anything, so
+    /// whatever a client has seen survives a crash.
+    pub fn sync(&mut self) {
+        if let Err(e) = self.store.sync() {
+            self.store_failed(&e, "sync");
+        }
+    }
+
+    /// Notes a failure of a queued store write, if one happened.
+    pub fn check_store(&mut self) {
+        if let Some(e) = self.store.failure() {
+            self.store_failed(&e, "write");
         }
     }
 
@@ -156,7 +164,7 @@ impl ClusterState {
         for (key, id, digest) in idempotency {
             self.idempotency.insert(key, (id, digest));
         }
-        self.commit();
+        self.sync();
         info!(
             jobs = self.jobs.len(),
             unfinished,

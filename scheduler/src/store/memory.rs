@@ -105,8 +105,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn commit(&mut self) -> Result<(), StoreError> {
+    fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn failure(&mut self) -> Option<StoreError> {
+        None
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {

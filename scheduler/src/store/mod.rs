@@ -2,19 +2,21 @@
 //!
 //! The coordinator writes every fact it would need to resume after a restart: the accepted job with
 //! its chunk payloads and idempotency key (durable before `POST /v1/jobs` answers), each attempt's
-//! start and end, each succeeded chunk's partial result, and the job's end. Hot-path writes may be
-//! buffered: the coordinator calls [`Store::commit`] once per handled message, so a whole batch of
-//! outcomes becomes one transaction (group commit). [`Store::load`] gives everything back, so a
-//! restarted coordinator re-queues only chunks that had not succeeded.
+//! start and end, each succeeded chunk's partial result, and the job's end. Hot-path writes are
+//! queued and group-committed by a writer thread (see `writer`); the coordinator calls
+//! [`Store::sync`] before it shows a client anything, so whatever a client has seen is durable.
+//! [`Store::load`] gives everything back, so a restarted coordinator re-queues only chunks that had
+//! not succeeded.
 
 mod memory;
 mod postgres;
 mod rows;
 mod sqlite;
+mod writer;
 
 pub use memory::MemoryStore;
-pub use postgres::{connect as postgres_connect, redact as redact_url, PostgresStore};
-pub use sqlite::SqliteStore;
+pub use postgres::{connect as postgres_connect, open as open_postgres, redact as redact_url};
+pub use sqlite::open as open_sqlite;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -23,7 +25,7 @@ use muster_shared::ids::{ChunkIndex, JobId};
 use crate::state::job::{AttemptRecord, JobMeta};
 
 /// A store operation that failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Another coordinator took over: this one must stop writing (and serving) at once.
     #[error("lost leadership: the store is now led by epoch {current}, this coordinator held epoch {held}")]
@@ -127,27 +129,29 @@ pub struct Snapshot {
 pub trait Store: Send {
     /// A short name for logs (`memory`, `sqlite`).
     fn kind(&self) -> &'static str;
-    /// Records an accepted job, after any buffered writes; durable when it returns.
+    /// Records an accepted job, after every earlier write; durable when it returns.
     fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError>;
-    /// Records an attempt's start or end (the record carries both times and the error).
+    /// Records an attempt's start or end (queued; the record carries both times and the error).
     fn record_attempt(
         &mut self,
         job: JobId,
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError>;
-    /// Records a chunk's partial result.
+    /// Records a chunk's partial result (queued).
     fn chunk_succeeded(
         &mut self,
         job: JobId,
         chunk: ChunkIndex,
         result: &Bytes,
     ) -> Result<(), StoreError>;
-    /// Records a job's end; its chunk payloads and partial results may then be dropped.
+    /// Records a job's end (queued); its chunk payloads and partial results may then be dropped.
     fn finish_job(&mut self, job: JobId, end: &JobEnd, at: DateTime<Utc>)
         -> Result<(), StoreError>;
-    /// Makes every buffered write durable, in one transaction.
-    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Waits until every earlier write is durable.
+    fn sync(&mut self) -> Result<(), StoreError>;
+    /// A failure of a queued write since the last call, if any (never blocks).
+    fn failure(&mut self) -> Option<StoreError>;
     /// Reads back everything needed to resume.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
 }

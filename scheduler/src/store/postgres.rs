@@ -1,23 +1,21 @@
 //! The scale-out store: PostgreSQL shared by several coordinators, one of which leads.
 //!
-//! Every write transaction first reads the leadership row `FOR SHARE` and checks that it still holds
-//! the epoch it was elected with ([`crate::leader`]); a deposed leader that wakes up therefore fails
-//! its first write with [`StoreError::Fenced`] and stops, and a takeover (which updates that row)
-//! waits for an in-flight write to finish instead of interleaving with it.
+//! Every write transaction ends by reading the leadership row `FOR SHARE` and checking that it still
+//! holds the epoch it was elected with ([`crate::leader`]), then commits. A deposed leader that wakes
+//! up therefore fails its first write with [`StoreError::Fenced`] and stops; a takeover (which
+//! updates that row) either commits first, and the check fails, or waits the moment it takes to
+//! commit, so the new leader's first read sees every write of the old one. Taking the lock last keeps
+//! it for the commit only, so a long write never delays the lease renewal.
 //!
-//! The `postgres` client blocks, and the coordinator runs on an async runtime, so the connection
-//! lives on a thread of its own; calls are closures sent to it with a reply channel.
-
-use std::sync::mpsc;
+//! The `postgres` client blocks and must not be created on an async runtime, so the connection lives
+//! on the writer thread (see `writer`), which also group-commits.
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use muster_shared::ids::{ChunkIndex, JobId};
 use postgres::{Client, NoTls, Transaction};
 
-use super::rows::{self, Buffer, Pending};
-use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob};
-use crate::state::job::AttemptRecord;
+use super::rows::{self, Pending};
+use super::writer::{Backend, InsertJob, Op, Writer};
+use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
 
 /// Tables shared by the store and the leader lease.
 pub const SCHEMA: &str = "
@@ -84,19 +82,26 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-type Request = Box<dyn FnOnce(&mut Client) + Send>;
-
-/// PostgreSQL-backed [`Store`], fenced by the leadership epoch.
-#[derive(Debug)]
-pub struct PostgresStore {
-    requests: mpsc::Sender<Request>,
-    pending: Buffer,
+/// The PostgreSQL connection the writer thread owns, with the epoch it leads with.
+struct Postgres {
+    client: Client,
     epoch: i64,
 }
 
-/// Opens a transaction that holds the leadership row and checks this coordinator still leads.
-fn fenced(client: &mut Client, held: i64) -> Result<Transaction<'_>, StoreError> {
-    let mut tx = client.transaction()?;
+/// Connects for a coordinator that leads with `epoch` and starts the writer thread.
+pub fn open(url: &str, epoch: i64) -> Result<Box<dyn Store>, StoreError> {
+    let url = url.to_owned();
+    let writer = Writer::start("postgres", move || {
+        Ok(Postgres {
+            client: connect(&url)?,
+            epoch,
+        })
+    })?;
+    Ok(Box::new(writer))
+}
+
+/// Commits `tx` if this coordinator still leads with epoch `held`; rolls it back otherwise.
+fn commit_fenced(mut tx: Transaction<'_>, held: i64) -> Result<(), StoreError> {
     let current: i64 = tx
         .query_one(
             "SELECT epoch FROM muster_leader WHERE id = 1 FOR SHARE",
@@ -106,229 +111,168 @@ fn fenced(client: &mut Client, held: i64) -> Result<Transaction<'_>, StoreError>
     if current != held {
         return Err(StoreError::Fenced { held, current });
     }
-    Ok(tx)
+    tx.commit()?;
+    Ok(())
 }
 
-fn write_pending(tx: &mut Transaction<'_>, pending: &[Pending]) -> Result<(), StoreError> {
-    let attempt = tx.prepare(
-        "INSERT INTO muster_attempts (job_id, idx, attempt, record) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (job_id, idx, attempt) DO UPDATE SET record = EXCLUDED.record",
+fn insert(tx: &mut Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO muster_jobs (id, meta, created_at) VALUES ($1, $2, $3)",
+        &[&job.id, &job.meta, &job.created_at],
     )?;
-    let result =
-        tx.prepare("UPDATE muster_chunks SET result = $3 WHERE job_id = $1 AND idx = $2")?;
-    let finish = tx.prepare(
-        "UPDATE muster_jobs SET end_kind = $2, end_text = $3, finished_at = $4 WHERE id = $1",
+    // One statement for all chunks: a round trip per chunk would make big jobs slow to accept.
+    let indexes: Vec<i32> = (0..job.inputs.len() as i32).collect();
+    let inputs: Vec<&[u8]> = job.inputs.iter().map(|b| &b[..]).collect();
+    tx.execute(
+        "INSERT INTO muster_chunks (job_id, idx, input) \
+         SELECT $1, idx, input FROM UNNEST($2::int4[], $3::bytea[]) AS c(idx, input)",
+        &[&job.id, &indexes, &inputs],
     )?;
-    // A succeeded chunk keeps an empty result as the mark that it succeeded.
-    let drop_data = tx.prepare(
-        "UPDATE muster_chunks SET input = ''::bytea, result = CASE WHEN result IS NULL THEN NULL ELSE ''::bytea END \
-         WHERE job_id = $1",
-    )?;
-    for op in pending {
+    if let Some((key, digest)) = &job.idempotency {
+        tx.execute(
+            "INSERT INTO muster_idempotency (key, job_id, digest) VALUES ($1, $2, $3)",
+            &[key, &job.id, digest],
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies queued writes with one statement per kind of write, not one per write: attempts (the
+/// last record of each attempt wins), then partial results, then job ends (which drop payloads, so
+/// they come after the results of their job).
+fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
+    let mut attempts: std::collections::BTreeMap<(&str, i32, i32), &str> = Default::default();
+    let (mut result_jobs, mut result_idx, mut results) = (Vec::new(), Vec::new(), Vec::new());
+    let mut finishes = Vec::new();
+    for op in ops {
         match op {
             Pending::Attempt {
                 job,
                 chunk,
-                attempt: n,
+                attempt,
                 record,
             } => {
-                tx.execute(&attempt, &[job, &(*chunk as i32), &(*n as i32), record])?;
+                attempts.insert(
+                    (job.as_str(), *chunk as i32, *attempt as i32),
+                    record.as_str(),
+                );
             }
-            Pending::Result {
-                job,
-                chunk,
-                result: bytes,
-            } => {
-                tx.execute(&result, &[job, &(*chunk as i32), &&bytes[..]])?;
+            Pending::Result { job, chunk, result } => {
+                result_jobs.push(job.as_str());
+                result_idx.push(*chunk as i32);
+                results.push(&result[..]);
             }
-            Pending::Finish {
-                job,
-                kind,
-                text,
-                at,
-            } => {
-                tx.execute(&finish, &[job, kind, text, at])?;
-                tx.execute(&drop_data, &[job])?;
-            }
+            Pending::Finish { .. } => finishes.push(*op),
+        }
+    }
+    if !attempts.is_empty() {
+        let (mut jobs, mut idx, mut nums, mut records) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((job, chunk, attempt), record) in attempts {
+            jobs.push(job);
+            idx.push(chunk);
+            nums.push(attempt);
+            records.push(record);
+        }
+        tx.execute(
+            "INSERT INTO muster_attempts (job_id, idx, attempt, record) \
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int4[], $4::text[]) \
+             ON CONFLICT (job_id, idx, attempt) DO UPDATE SET record = EXCLUDED.record",
+            &[&jobs, &idx, &nums, &records],
+        )?;
+    }
+    if !results.is_empty() {
+        tx.execute(
+            "UPDATE muster_chunks AS c SET result = r.result \
+             FROM UNNEST($1::text[], $2::int4[], $3::bytea[]) AS r(job_id, idx, result) \
+             WHERE c.job_id = r.job_id AND c.idx = r.idx",
+            &[&result_jobs, &result_idx, &results],
+        )?;
+    }
+    for op in finishes {
+        if let Pending::Finish {
+            job,
+            kind,
+            text,
+            at,
+        } = op
+        {
+            tx.execute(
+                "UPDATE muster_jobs SET end_kind = $2, end_text = $3, finished_at = $4 WHERE id = $1",
+                &[job, kind, text, at],
+            )?;
+            // A succeeded chunk keeps an empty result as the mark that it succeeded.
+            tx.execute(
+                "UPDATE muster_chunks SET input = ''::bytea, \
+                 result = CASE WHEN result IS NULL THEN NULL ELSE ''::bytea END WHERE job_id = $1",
+                &[job],
+            )?;
         }
     }
     Ok(())
 }
 
-impl PostgresStore {
-    /// Connects for a coordinator that leads with `epoch`.
-    pub fn connect(url: &str, epoch: i64) -> Result<Self, StoreError> {
-        let (requests, incoming) = mpsc::channel::<Request>();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let url = url.to_owned();
-        std::thread::Builder::new()
-            .name("muster-postgres".into())
-            .spawn(move || match connect(&url) {
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                }
-                Ok(mut client) => {
-                    let _ = ready_tx.send(Ok(()));
-                    for request in incoming {
-                        request(&mut client);
-                    }
-                }
-            })
-            .map_err(|e| StoreError::Other(format!("cannot start the postgres thread: {e}")))?;
-        ready_rx
-            .recv()
-            .map_err(|_| StoreError::Other("the postgres thread ended".into()))??;
-        Ok(Self {
-            requests,
-            pending: Buffer::default(),
-            epoch,
-        })
-    }
-
-    /// Runs `f` on the connection thread and waits for its answer.
-    fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Client) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-        self.requests
-            .send(Box::new(move |client| {
-                let _ = reply_tx.send(f(client));
-            }))
-            .map_err(|_| StoreError::Other("the postgres thread ended".into()))?;
-        reply_rx
-            .recv()
-            .map_err(|_| StoreError::Other("the postgres thread ended".into()))?
-    }
-}
-
-impl Store for PostgresStore {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
-        let meta = rows::encode_meta(job.meta)?;
-        let id = job.id.to_string();
-        let created = job.created_at.to_rfc3339();
-        let inputs = job.inputs.to_vec();
-        let key = job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec()));
-        let pending = self.pending.take();
-        let epoch = self.epoch;
-        self.call(move |client| {
-            let mut tx = fenced(client, epoch)?;
-            write_pending(&mut tx, &pending)?;
-            tx.execute(
-                "INSERT INTO muster_jobs (id, meta, created_at) VALUES ($1, $2, $3)",
-                &[&id, &meta, &created],
-            )?;
-            let insert =
-                tx.prepare("INSERT INTO muster_chunks (job_id, idx, input) VALUES ($1, $2, $3)")?;
-            for (i, input) in inputs.iter().enumerate() {
-                tx.execute(&insert, &[&id, &(i as i32), &&input[..]])?;
+impl Backend for Postgres {
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        let mut writes = Vec::with_capacity(ops.len());
+        // New jobs first: every other write in the batch concerns a job whose insert was
+        // acknowledged before it was made, so it can only be in this batch or an earlier one.
+        for op in ops {
+            match op {
+                Op::Insert(job) => insert(&mut tx, job)?,
+                Op::Write(pending) => writes.push(pending),
             }
-            if let Some((key, digest)) = &key {
-                tx.execute(
-                    "INSERT INTO muster_idempotency (key, job_id, digest) VALUES ($1, $2, $3)",
-                    &[key, &id, digest],
-                )?;
-            }
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
-    fn record_attempt(
-        &mut self,
-        job: JobId,
-        chunk: ChunkIndex,
-        record: &AttemptRecord,
-    ) -> Result<(), StoreError> {
-        self.pending.attempt(job, chunk, record)
-    }
-
-    fn chunk_succeeded(
-        &mut self,
-        job: JobId,
-        chunk: ChunkIndex,
-        result: &Bytes,
-    ) -> Result<(), StoreError> {
-        self.pending.result(job, chunk, result);
-        Ok(())
-    }
-
-    fn finish_job(
-        &mut self,
-        job: JobId,
-        end: &JobEnd,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.pending.finish(job, end, at);
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<(), StoreError> {
-        let pending = self.pending.take();
-        if pending.is_empty() {
-            return Ok(());
         }
-        let epoch = self.epoch;
-        self.call(move |client| {
-            let mut tx = fenced(client, epoch)?;
-            write_pending(&mut tx, &pending)?;
-            tx.commit()?;
-            Ok(())
-        })
+        apply(&mut tx, &writes)?;
+        commit_fenced(tx, self.epoch)
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.commit()?;
-        let epoch = self.epoch;
-        self.call(move |client| {
-            let mut tx = fenced(client, epoch)?;
-            let mut snapshot = Snapshot::default();
-            let jobs = tx.query(
+        let mut tx = self.client.transaction()?;
+        let mut snapshot = Snapshot::default();
+        let jobs = tx.query(
                 "SELECT id, meta, created_at, end_kind, end_text, finished_at FROM muster_jobs ORDER BY id",
                 &[],
             )?;
-            let chunks = tx.prepare("SELECT input, result FROM muster_chunks WHERE job_id = $1 ORDER BY idx")?;
-            let attempts = tx.prepare(
-                "SELECT idx, record FROM muster_attempts WHERE job_id = $1 ORDER BY idx, attempt",
-            )?;
-            for row in jobs {
-                let id: String = row.get(0);
-                let mut stored: Vec<StoredChunk> = tx
-                    .query(&chunks, &[&id])?
-                    .into_iter()
-                    .map(|c| StoredChunk {
-                        input: Bytes::from(c.get::<_, Vec<u8>>(0)),
-                        result: c.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
-                        attempts: Vec::new(),
-                    })
-                    .collect();
-                for a in tx.query(&attempts, &[&id])? {
-                    let idx: i32 = a.get(0);
-                    let record: String = a.get(1);
-                    if let Some(chunk) = stored.get_mut(idx as usize) {
-                        chunk.attempts.push(rows::attempt(&record)?);
-                    }
+        let chunks =
+            tx.prepare("SELECT input, result FROM muster_chunks WHERE job_id = $1 ORDER BY idx")?;
+        let attempts = tx.prepare(
+            "SELECT idx, record FROM muster_attempts WHERE job_id = $1 ORDER BY idx, attempt",
+        )?;
+        for row in jobs {
+            let id: String = row.get(0);
+            let mut stored: Vec<StoredChunk> = tx
+                .query(&chunks, &[&id])?
+                .into_iter()
+                .map(|c| StoredChunk {
+                    input: Bytes::from(c.get::<_, Vec<u8>>(0)),
+                    result: c.get::<_, Option<Vec<u8>>>(1).map(Bytes::from),
+                    attempts: Vec::new(),
+                })
+                .collect();
+            for a in tx.query(&attempts, &[&id])? {
+                let idx: i32 = a.get(0);
+                let record: String = a.get(1);
+                if let Some(chunk) = stored.get_mut(idx as usize) {
+                    chunk.attempts.push(rows::attempt(&record)?);
                 }
-                snapshot.jobs.push(StoredJob {
-                    id: rows::job_id(&id)?,
-                    meta: rows::meta(&row.get::<_, String>(1))?,
-                    created_at: rows::time(&row.get::<_, String>(2))?,
-                    end: rows::end(row.get(3), row.get(4), row.get(5))?,
-                    chunks: stored,
-                });
             }
-            for row in tx.query("SELECT key, job_id, digest FROM muster_idempotency", &[])? {
-                let job: String = row.get(1);
-                snapshot
-                    .idempotency
-                    .push((row.get(0), rows::job_id(&job)?, rows::digest(row.get(2))?));
-            }
-            tx.commit()?;
-            Ok(snapshot)
-        })
+            snapshot.jobs.push(StoredJob {
+                id: rows::job_id(&id)?,
+                meta: rows::meta(&row.get::<_, String>(1))?,
+                created_at: rows::time(&row.get::<_, String>(2))?,
+                end: rows::end(row.get(3), row.get(4), row.get(5))?,
+                chunks: stored,
+            });
+        }
+        for row in tx.query("SELECT key, job_id, digest FROM muster_idempotency", &[])? {
+            let job: String = row.get(1);
+            snapshot
+                .idempotency
+                .push((row.get(0), rows::job_id(&job)?, rows::digest(row.get(2))?));
+        }
+        commit_fenced(tx, self.epoch)?;
+        Ok(snapshot)
     }
 }

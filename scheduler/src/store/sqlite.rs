@@ -1,22 +1,17 @@
 //! The embedded default store: SQLite in the data dir, in WAL mode.
 //!
-//! A job insert commits at once (with whatever was buffered before it, to keep order); attempt
-//! records, partial results and job ends are buffered and written in one transaction when the
-//! coordinator calls [`Store::commit`] after each message it handles, so a frame full of outcomes
-//! costs one transaction. `synchronous = FULL` makes each commit reach the disk before it returns,
-//! so an accepted job survives a power cut as well as a crash; group commit keeps that to one sync
-//! per batch rather than one per chunk.
+//! `synchronous = FULL` makes each commit reach the disk before it returns, so an accepted job
+//! survives a power cut as well as a crash; the writer thread's group commit shares that sync among
+//! every write queued meanwhile.
 
 use std::path::Path;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use muster_shared::ids::{ChunkIndex, JobId};
 use rusqlite::{params, Connection, Transaction};
 
-use super::rows::{self, Buffer, Pending};
-use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob};
-use crate::state::job::AttemptRecord;
+use super::rows::{self, Pending};
+use super::writer::{Backend, InsertJob, Op, Writer};
+use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
@@ -51,16 +46,21 @@ CREATE TABLE IF NOT EXISTS idempotency (
 ) WITHOUT ROWID;
 ";
 
-/// SQLite-backed [`Store`].
-#[derive(Debug)]
-pub struct SqliteStore {
+/// The SQLite database the writer thread owns.
+struct Sqlite {
     conn: Connection,
-    pending: Buffer,
 }
 
-impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+/// Opens (creating if needed) the database at `path` and starts its writer thread.
+pub fn open(path: &Path) -> Result<Box<dyn Store>, StoreError> {
+    let path = path.to_owned();
+    Ok(Box::new(Writer::start("sqlite", move || {
+        Sqlite::open(&path)
+    })?))
+}
+
+impl Sqlite {
+    fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
         conn.execute_batch(
@@ -75,132 +75,77 @@ impl SqliteStore {
         }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
-        Ok(Self {
-            conn,
-            pending: Buffer::default(),
-        })
-    }
-
-    fn write_pending(tx: &Transaction<'_>, pending: &[Pending]) -> Result<(), StoreError> {
-        let mut attempt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut result =
-            tx.prepare_cached("UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2")?;
-        let mut finish = tx.prepare_cached(
-            "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
-        )?;
-        // A succeeded chunk keeps an empty result as the mark that it succeeded.
-        let mut drop_data = tx.prepare_cached(
-            "UPDATE chunks SET input = x'', result = CASE WHEN result IS NULL THEN NULL ELSE x'' END \
-             WHERE job_id = ?1",
-        )?;
-        for op in pending {
-            match op {
-                Pending::Attempt {
-                    job,
-                    chunk,
-                    attempt: n,
-                    record,
-                } => {
-                    attempt.execute(params![job, chunk, n, record])?;
-                }
-                Pending::Result {
-                    job,
-                    chunk,
-                    result: bytes,
-                } => {
-                    result.execute(params![job, chunk, &bytes[..]])?;
-                }
-                Pending::Finish {
-                    job,
-                    kind,
-                    text,
-                    at,
-                } => {
-                    finish.execute(params![job, kind, text, at])?;
-                    drop_data.execute(params![job])?;
-                }
-            }
-        }
-        Ok(())
+        Ok(Self { conn })
     }
 }
 
-impl Store for SqliteStore {
-    fn kind(&self) -> &'static str {
-        "sqlite"
+fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO jobs (id, meta, created_at) VALUES (?1, ?2, ?3)")?
+        .execute(params![job.id, job.meta, job.created_at])?;
+    let mut chunk =
+        tx.prepare_cached("INSERT INTO chunks (job_id, idx, input) VALUES (?1, ?2, ?3)")?;
+    for (i, input) in job.inputs.iter().enumerate() {
+        chunk.execute(params![job.id, i as u32, &input[..]])?;
     }
+    if let Some((key, digest)) = &job.idempotency {
+        tx.prepare_cached("INSERT INTO idempotency (key, job_id, digest) VALUES (?1, ?2, ?3)")?
+            .execute(params![key, job.id, digest])?;
+    }
+    Ok(())
+}
 
-    fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
-        let meta = rows::encode_meta(job.meta)?;
-        let id = job.id.to_string();
-        let pending = self.pending.take();
+fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
+    match op {
+        Pending::Attempt {
+            job,
+            chunk,
+            attempt,
+            record,
+        } => {
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![job, chunk, attempt, record])?;
+        }
+        Pending::Result { job, chunk, result } => {
+            tx.prepare_cached("UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2")?
+                .execute(params![job, chunk, &result[..]])?;
+        }
+        Pending::Finish {
+            job,
+            kind,
+            text,
+            at,
+        } => {
+            tx.prepare_cached(
+                "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
+            )?
+            .execute(params![job, kind, text, at])?;
+            // A succeeded chunk keeps an empty result as the mark that it succeeded.
+            tx.prepare_cached(
+                "UPDATE chunks SET input = x'', result = CASE WHEN result IS NULL THEN NULL ELSE x'' END \
+                 WHERE job_id = ?1",
+            )?
+            .execute(params![job])?;
+        }
+    }
+    Ok(())
+}
+
+impl Backend for Sqlite {
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        Self::write_pending(&tx, &pending)?;
-        tx.execute(
-            "INSERT INTO jobs (id, meta, created_at) VALUES (?1, ?2, ?3)",
-            params![id, meta, job.created_at.to_rfc3339()],
-        )?;
-        {
-            let mut chunk =
-                tx.prepare_cached("INSERT INTO chunks (job_id, idx, input) VALUES (?1, ?2, ?3)")?;
-            for (i, input) in job.inputs.iter().enumerate() {
-                chunk.execute(params![id, i as u32, &input[..]])?;
+        for op in ops {
+            match op {
+                Op::Write(pending) => apply(&tx, pending)?,
+                Op::Insert(job) => insert(&tx, job)?,
             }
         }
-        if let Some((key, digest)) = job.idempotency {
-            tx.execute(
-                "INSERT INTO idempotency (key, job_id, digest) VALUES (?1, ?2, ?3)",
-                params![key, id, &digest[..]],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    fn record_attempt(
-        &mut self,
-        job: JobId,
-        chunk: ChunkIndex,
-        record: &AttemptRecord,
-    ) -> Result<(), StoreError> {
-        self.pending.attempt(job, chunk, record)
-    }
-
-    fn chunk_succeeded(
-        &mut self,
-        job: JobId,
-        chunk: ChunkIndex,
-        result: &Bytes,
-    ) -> Result<(), StoreError> {
-        self.pending.result(job, chunk, result);
-        Ok(())
-    }
-
-    fn finish_job(
-        &mut self,
-        job: JobId,
-        end: &JobEnd,
-        at: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        self.pending.finish(job, end, at);
-        Ok(())
-    }
-
-    fn commit(&mut self) -> Result<(), StoreError> {
-        let pending = self.pending.take();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.transaction()?;
-        Self::write_pending(&tx, &pending)?;
         tx.commit()?;
         Ok(())
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
-        self.commit()?;
         let mut snapshot = Snapshot::default();
         let mut jobs = self.conn.prepare(
             "SELECT id, meta, created_at, end_kind, end_text, finished_at FROM jobs ORDER BY id",

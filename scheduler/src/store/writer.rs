@@ -1,0 +1,232 @@
+//! Group commit on a thread of its own, for the SQL stores.
+//!
+//! The coordinator hands writes to [`Writer`] and goes on at once; the writer thread takes every
+//! write that has queued up since its last transaction and commits them together. When the
+//! coordinator is busy, batches grow and the cost of each commit (an fsync for SQLite, a round trip
+//! for PostgreSQL) is shared by many writes; when it is idle, a write is committed at once. Inserts
+//! of new jobs, [`Store::sync`] and [`Store::load`] wait for their answer, after every earlier write.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use muster_shared::ids::{ChunkIndex, JobId};
+use tracing::error;
+
+use super::rows::{self, Buffer, Pending};
+use super::{JobEnd, NewJob, Snapshot, Store, StoreError};
+use crate::state::job::AttemptRecord;
+
+/// A new job, owned, ready to send to the writer thread.
+#[derive(Debug)]
+pub(super) struct InsertJob {
+    pub(super) id: String,
+    pub(super) meta: String,
+    pub(super) created_at: String,
+    pub(super) inputs: Vec<Bytes>,
+    pub(super) idempotency: Option<(String, Vec<u8>)>,
+}
+
+/// One write, in the order the coordinator made it.
+#[derive(Debug)]
+pub(super) enum Op {
+    /// An attempt, result or end.
+    Write(Pending),
+    /// A new job.
+    Insert(InsertJob),
+}
+
+/// A database the writer thread owns.
+pub(super) trait Backend: Send + 'static {
+    /// Applies the ops in one transaction.
+    fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Reads everything back.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+type Reply<T> = mpsc::SyncSender<Result<T, StoreError>>;
+
+enum Msg {
+    Op(Op),
+    /// Reply once every earlier op is committed.
+    Sync(Reply<()>),
+    Load(Reply<Snapshot>),
+}
+
+/// Most ops folded into one transaction, so a flood of writes still commits now and then.
+const MAX_BATCH: usize = 50_000;
+
+/// The coordinator's side of the writer thread.
+#[derive(Debug)]
+pub(super) struct Writer {
+    kind: &'static str,
+    queue: mpsc::Sender<Msg>,
+    /// The first failure of a write nobody waited for, reported by the next call.
+    failed: Arc<Mutex<Option<StoreError>>>,
+    buffer: Buffer,
+}
+
+fn run<B: Backend>(
+    mut backend: B,
+    incoming: mpsc::Receiver<Msg>,
+    failed: Arc<Mutex<Option<StoreError>>>,
+) {
+    let mut ops: Vec<Op> = Vec::new();
+    let mut waiting: Vec<Reply<()>> = Vec::new();
+    while let Ok(first) = incoming.recv() {
+        let mut next = Some(first);
+        let mut load: Option<Reply<Snapshot>> = None;
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Op(op) => ops.push(op),
+                Msg::Sync(reply) => waiting.push(reply),
+                Msg::Load(reply) => {
+                    load = Some(reply);
+                    break;
+                }
+            }
+            if ops.len() < MAX_BATCH {
+                next = incoming.try_recv().ok();
+            }
+        }
+        let written = if ops.is_empty() {
+            Ok(())
+        } else {
+            backend.write(&ops)
+        };
+        ops.clear();
+        if let Err(e) = &written {
+            error!(error = %e, "store write failed");
+            let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(e.clone());
+            }
+        }
+        for reply in waiting.drain(..) {
+            let _ = reply.send(written.clone());
+        }
+        if let Some(reply) = load {
+            let _ = reply.send(written.and_then(|()| backend.load()));
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writer thread over a backend made on that thread (some clients must be created
+    /// off the async runtime); fails if `make` does.
+    pub(super) fn start<B: Backend>(
+        kind: &'static str,
+        make: impl FnOnce() -> Result<B, StoreError> + Send + 'static,
+    ) -> Result<Self, StoreError> {
+        let (queue, incoming) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let failed = Arc::new(Mutex::new(None));
+        let slot = failed.clone();
+        std::thread::Builder::new()
+            .name(format!("muster-{kind}"))
+            .spawn(move || match make() {
+                Ok(backend) => {
+                    let _ = ready_tx.send(Ok(()));
+                    run(backend, incoming, slot);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| StoreError::Other(format!("cannot start the {kind} writer: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| StoreError::Other(format!("the {kind} writer ended")))??;
+        Ok(Self {
+            kind,
+            queue,
+            failed,
+            buffer: Buffer::default(),
+        })
+    }
+
+    fn gone(&self) -> StoreError {
+        StoreError::Other(format!("the {} writer ended", self.kind))
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), StoreError> {
+        self.queue.send(msg).map_err(|_| self.gone())
+    }
+
+    /// Queues what the buffer holds.
+    fn flush_buffer(&mut self) -> Result<(), StoreError> {
+        for pending in self.buffer.take() {
+            self.send(Msg::Op(Op::Write(pending)))?;
+        }
+        Ok(())
+    }
+
+    fn ask<T>(&mut self, msg: impl FnOnce(Reply<T>) -> Msg) -> Result<T, StoreError> {
+        self.flush_buffer()?;
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(msg(reply))?;
+        answer.recv().map_err(|_| self.gone())?
+    }
+}
+
+impl Store for Writer {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
+        let insert = InsertJob {
+            id: job.id.to_string(),
+            meta: rows::encode_meta(job.meta)?,
+            created_at: job.created_at.to_rfc3339(),
+            inputs: job.inputs.to_vec(),
+            idempotency: job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec())),
+        };
+        self.flush_buffer()?;
+        self.send(Msg::Op(Op::Insert(insert)))?;
+        self.ask(Msg::Sync)
+    }
+
+    fn record_attempt(
+        &mut self,
+        job: JobId,
+        chunk: ChunkIndex,
+        record: &AttemptRecord,
+    ) -> Result<(), StoreError> {
+        self.buffer.attempt(job, chunk, record)?;
+        self.flush_buffer()
+    }
+
+    fn chunk_succeeded(
+        &mut self,
+        job: JobId,
+        chunk: ChunkIndex,
+        result: &Bytes,
+    ) -> Result<(), StoreError> {
+        self.buffer.result(job, chunk, result);
+        self.flush_buffer()
+    }
+
+    fn finish_job(
+        &mut self,
+        job: JobId,
+        end: &JobEnd,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.buffer.finish(job, end, at);
+        self.flush_buffer()
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.ask(Msg::Sync)
+    }
+
+    fn failure(&mut self) -> Option<StoreError> {
+        self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        self.ask(Msg::Load)
+    }
+}
