@@ -294,7 +294,7 @@ impl Api {
         }
     }
 
-    /// Sends a request; `body` is sent as is with `application/json`.
+    /// Sends a request; `body` is sent as is with `application/json`. Panics if no answer comes.
     pub fn call(
         &self,
         method: &str,
@@ -302,6 +302,18 @@ impl Api {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Answer {
+        self.try_call(method, path, body, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// Sends a request; an error when no HTTP answer came (connection refused or closed).
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
         let mut req = self.agent.request(method, &format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
@@ -316,16 +328,16 @@ impl Api {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
+            Err(e) => return Err(e.to_string()),
         };
         let status = response.status();
         let content_type = response.header("content-type").unwrap_or("").to_owned();
         let text = response.into_string().unwrap_or_default();
-        Answer {
+        Ok(Answer {
             status,
             content_type,
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
-        }
+        })
     }
 
     /// A request that does not follow redirects: status and `Location` header.

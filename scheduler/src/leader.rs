@@ -6,7 +6,7 @@
 //! agree. Locally, a leader trusts its lease only until the renewal it last saw succeed would
 //! expire, measured from *before* that renewal was sent, on the monotonic clock: a leader that was
 //! frozen (SIGSTOP, a long pause) knows on waking that it may have been replaced and refuses work,
-//! and the store's epoch check ([`crate::store::PostgresStore`]) refuses any write it still tries.
+//! and the store's epoch check (see [`crate::store::open_postgres`]) refuses any write it still tries.
 //!
 //! A coordinator with a single-node store (SQLite, memory) is always the leader.
 

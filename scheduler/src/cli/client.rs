@@ -80,9 +80,21 @@ pub struct Reply {
     pub status: StatusCode,
     /// Parsed body (problem+json for errors).
     pub body: Value,
+    /// Where a standby's redirect points.
+    pub location: Option<String>,
 }
 
+/// How long a client keeps trying while coordinators answer that they stand by.
+const FOLLOW_LEADER_FOR: Duration = Duration::from_secs(15);
+
 impl Reply {
+    /// True for a standby's refusal (no leader known, or a redirect not followed).
+    pub fn is_standby_refusal(&self) -> bool {
+        self.status == StatusCode::TEMPORARY_REDIRECT
+            || (self.status == StatusCode::SERVICE_UNAVAILABLE
+                && self.body.get("title").and_then(Value::as_str) == Some("not the leader"))
+    }
+
     /// The problem's `detail` with the status, for a one-line error.
     pub fn problem(&self) -> String {
         let detail = self
@@ -124,8 +136,10 @@ impl Client {
                     .transpose()?
             }
         };
+        // Redirects are followed by hand: awc drops the token when following one to another port.
         let http = awc::Client::builder()
             .timeout(Duration::from_secs(600))
+            .disable_redirects()
             .finish();
         Ok(Self { bases, token, http })
     }
@@ -137,46 +151,85 @@ impl Client {
         path: &str,
         body: Option<(bytes::Bytes, Option<&str>)>,
     ) -> Result<Reply, CliError> {
-        let mut last_error = String::new();
-        for base in &self.bases {
-            let mut req = self.http.request(method.clone(), format!("{base}{path}"));
-            if let Some(token) = &self.token {
-                req = req.bearer_auth(token);
-            }
-            let sent = match &body {
-                Some((bytes, key)) => {
-                    req = req.content_type("application/json");
-                    if let Some(key) = key {
-                        req = req.insert_header(("Idempotency-Key", *key));
+        let deadline = std::time::Instant::now() + FOLLOW_LEADER_FOR;
+        loop {
+            let mut last_error = String::new();
+            let mut standby = false;
+            for base in &self.bases {
+                let mut answer = self.call_one(base, method.clone(), path, &body).await;
+                // A standby names the leader: ask it there, once.
+                let leader = answer.as_ref().ok().and_then(|reply| {
+                    let location = reply.location.as_deref()?;
+                    location.strip_suffix(path).map(str::to_owned)
+                });
+                if let Some(leader) = leader {
+                    answer = self.call_one(&leader, method.clone(), path, &body).await;
+                }
+                match answer {
+                    Ok(reply) if reply.is_standby_refusal() => {
+                        standby = true;
+                        last_error = reply.problem();
                     }
-                    req.send_body(bytes.clone()).await
+                    Ok(reply) => return Ok(reply),
+                    Err(e) => last_error = e,
                 }
-                None => req.send().await,
-            };
-            let mut response = match sent {
-                Ok(r) => r,
-                Err(e) => {
-                    last_error = format!("cannot reach {base}: {e}");
-                    continue;
-                }
-            };
-            let bytes =
-                response.body().limit(1 << 30).await.map_err(|e| {
-                    CliError::Failed(format!("cannot read the answer of {base}: {e}"))
-                })?;
-            let body = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).map_err(|e| {
-                    CliError::Failed(format!("{base} answered something that is not json: {e}"))
-                })?
-            };
-            return Ok(Reply {
-                status: response.status(),
-                body,
-            });
+            }
+            // Only a coordinator that says it stands by makes waiting worthwhile: a leader is being
+            // chosen. Unreachable addresses alone fail at once.
+            if !standby || std::time::Instant::now() >= deadline {
+                return Err(CliError::Failed(last_error));
+            }
+            actix_rt::time::sleep(Duration::from_millis(200)).await;
         }
-        Err(CliError::Failed(last_error))
+    }
+
+    async fn call_one(
+        &self,
+        base: &str,
+        method: awc::http::Method,
+        path: &str,
+        body: &Option<(bytes::Bytes, Option<&str>)>,
+    ) -> Result<Reply, String> {
+        let mut req = self.http.request(method, format!("{base}{path}"));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        let sent = match body {
+            Some((bytes, key)) => {
+                req = req.content_type("application/json");
+                if let Some(key) = key {
+                    req = req.insert_header(("Idempotency-Key", *key));
+                }
+                req.send_body(bytes.clone()).await
+            }
+            None => req.send().await,
+        };
+        let mut response = sent.map_err(|e| format!("cannot reach {base}: {e}"))?;
+        let bytes = response
+            .body()
+            .limit(1 << 30)
+            .await
+            .map_err(|e| format!("cannot read the answer of {base}: {e}"))?;
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{base} answered something that is not json: {e}"))?
+        };
+        let location = (response.status() == StatusCode::TEMPORARY_REDIRECT)
+            .then(|| {
+                response
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .flatten();
+        Ok(Reply {
+            status: response.status(),
+            body,
+            location,
+        })
     }
 
     /// GET that must succeed.
