@@ -1,72 +1,297 @@
-//! Muster's benchmark: runs workloads through the real stack (a coordinator process, worker
-//! processes, REST on 127.0.0.1) and prints a table plus one machine-readable line per workload.
+//! Muster's benchmark: runs the published workloads through the real stack (a `muster serve`
+//! process, worker processes, REST on 127.0.0.1), checks every result, and prints a table plus one
+//! machine-readable line per workload. See BENCHMARKS.md.
 //!
 //! ```text
 //! cargo build --release --workspace --bins --examples
-//! ./target/release/examples/bench --workload W1 --store memory,sqlite,postgres
+//! ./target/release/examples/bench                      # every workload, default store
+//! ./target/release/examples/bench --workload W1,W5 --store memory,sqlite,postgres
 //! ```
-//! Workloads:
-//! - `W1`: one job of 20,000 tiny chunks (`{"task": "sum", "chunks": [[10 integers], ...]}`), two
-//!   workers of one slot; the figure is chunks per second from submit to merged result.
-//!
-//! Each workload runs 3 times per store; the median is reported. Correctness is checked on every
-//! run. `postgres` starts a throwaway server from the system's binaries (see the test harness).
 
-use std::time::Instant;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
-use muster_suite::{bin, Coordinator, Postgres, Proc};
+use muster_suite::{bin, Api, Coordinator, Postgres, Proc, WORKER_TOKEN};
 use rand::{Rng, SeedableRng};
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmark")]
 struct Args {
-    /// Workloads to run, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "W1")]
+    /// Workloads, comma-separated: W0, W1, W2, W3, W4, W5, S1.
+    #[arg(long, value_delimiter = ',', default_value = "W0,W1,W2,W3,W4,W5,S1")]
     workload: Vec<String>,
-    /// Stores to run them on, comma-separated: memory, sqlite, postgres.
+    /// Stores, comma-separated: sqlite (the default store), memory, postgres.
     #[arg(long, value_delimiter = ',', default_value = "sqlite")]
     store: Vec<String>,
     /// Runs per workload and store.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Workers in the S1 swarm.
+    #[arg(long, default_value_t = 1000)]
+    s1_workers: u32,
+    /// Chunks in the S1 job.
+    #[arg(long, default_value_t = 1_000_000)]
+    s1_chunks: usize,
 }
 
-/// One measured run: the figure, and whether the result was right.
+/// One run: named figures (the first is the headline), and whether the result was right.
 struct Run {
-    value: f64,
+    figures: Vec<(&'static str, f64, &'static str)>,
     correct: bool,
 }
 
-fn w1(coordinator: &Coordinator, seed: u64) -> Run {
+/// A coordinator and its workers for one workload.
+struct Cluster {
+    coordinator: Coordinator,
+    workers: Vec<Proc>,
+    store: String,
+}
+
+impl Cluster {
+    fn start(store: &str, pg: &mut Option<Postgres>) -> Self {
+        let store_arg = match store {
+            "postgres" => pg.get_or_insert_with(Postgres::start).url(),
+            other => other.to_owned(),
+        };
+        let coordinator =
+            Coordinator::start_with(&["--store", &store_arg, "--max-body-bytes", "400000000"]);
+        let mut cluster = Self {
+            coordinator,
+            workers: Vec::new(),
+            store: store_arg,
+        };
+        cluster.add_worker();
+        cluster.add_worker();
+        cluster
+    }
+
+    fn add_worker(&mut self) {
+        let name = format!("bench-{}", self.workers.len() + 1);
+        let w = self
+            .coordinator
+            .worker_with(bin("muster-worker"), &name, 1, &[]);
+        self.workers.push(w);
+    }
+
+    fn api(&self) -> Api {
+        self.coordinator.api()
+    }
+}
+
+fn ints(seed: u64, n: usize) -> Vec<u64> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(0..1u64 << 32)).collect()
+}
+
+fn json_array(values: &[u64]) -> String {
+    let mut out = String::with_capacity(values.len() * 11 + 2);
+    out.push('[');
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{v}");
+    }
+    out.push(']');
+    out
+}
+
+/// Submits a raw body and waits for the result; returns (seconds, result).
+fn timed(api: &Api, body: &str) -> (f64, Value) {
+    let start = Instant::now();
+    let answer = api.call("POST", "/v1/jobs", Some(body), &[]);
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    let id = answer.body["id"].as_str().expect("id").to_owned();
+    let result = api.result(&id);
+    (start.elapsed().as_secs_f64(), result)
+}
+
+fn w0(store: &str, pg: &mut Option<Postgres>) -> Run {
+    let start = Instant::now();
+    let cluster = Cluster::start(store, pg);
+    let answer = cluster.api().call(
+        "POST",
+        "/v1/jobs",
+        Some(r#"{"kind": "sum", "input": [1]}"#),
+        &[],
+    );
+    let secs = start.elapsed().as_secs_f64();
+    let _ = &cluster.workers;
+    Run {
+        figures: vec![("seconds", secs, "s")],
+        correct: answer.status == 201,
+    }
+}
+
+fn w1(cluster: &Cluster, seed: u64) -> Run {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let chunks: Vec<Vec<i64>> = (0..20_000)
         .map(|_| (0..10).map(|_| rng.gen_range(0..1_000_000)).collect())
         .collect();
     let expected: i64 = chunks.iter().flatten().sum();
-    let body = json!({"task": "sum", "chunks": chunks, "reduce": "sum"});
-    let api = coordinator.api();
-    let start = Instant::now();
-    let id = api.submit(&body);
-    let result = api.result(&id);
-    let secs = start.elapsed().as_secs_f64();
+    let body = json!({"task": "sum", "chunks": chunks, "reduce": "sum"}).to_string();
+    let (secs, result) = timed(&cluster.api(), &body);
     Run {
-        value: 20_000.0 / secs,
+        figures: vec![("chunks_per_s", 20_000.0 / secs, "chunks/s")],
         correct: result == json!(expected),
     }
 }
 
-fn cluster(store: &str, pg: &mut Option<Postgres>) -> (Coordinator, Vec<Proc>) {
-    let store_arg = match store {
-        "postgres" => pg.get_or_insert_with(Postgres::start).url(),
-        other => other.to_owned(),
-    };
-    let coordinator = Coordinator::start_with(&["--store", &store_arg]);
-    let workers = (1..=2)
-        .map(|i| coordinator.worker_with(bin("muster-worker"), &format!("bench-{i}"), 1, &[]))
-        .collect();
-    (coordinator, workers)
+fn w2_body(seed: u64) -> (String, u128) {
+    let values = ints(seed, 10_000_000);
+    let expected: u128 = values.iter().map(|&v| u128::from(v)).sum();
+    let body = format!(
+        r#"{{"kind": "sum", "chunks": 100, "input": {}}}"#,
+        json_array(&values)
+    );
+    (body, expected)
+}
+
+fn w2(cluster: &Cluster, seed: u64) -> Run {
+    let (body, expected) = w2_body(seed);
+    let (secs, result) = timed(&cluster.api(), &body);
+    Run {
+        figures: vec![
+            ("seconds", secs, "s"),
+            ("input_mb_per_s", body.len() as f64 / 1e6 / secs, "MB/s"),
+        ],
+        correct: result.as_u64().map(u128::from) == Some(expected),
+    }
+}
+
+fn w3(cluster: &Cluster, seed: u64) -> Run {
+    let values = ints(seed, 2_000_000);
+    let body = format!(
+        r#"{{"kind": "sort", "chunks": 16, "input": {}}}"#,
+        json_array(&values)
+    );
+    let (secs, result) = timed(&cluster.api(), &body);
+    let mut sorted = values;
+    sorted.sort_unstable();
+    let correct = result.as_array().is_some_and(|r| {
+        r.len() == sorted.len() && r.iter().zip(&sorted).all(|(a, b)| a.as_u64() == Some(*b))
+    });
+    Run {
+        figures: vec![("seconds", secs, "s")],
+        correct,
+    }
+}
+
+fn w4(cluster: &mut Cluster, seed: u64) -> Run {
+    let (body, expected) = w2_body(seed);
+    let api = cluster.api();
+    let start = Instant::now();
+    let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
+    assert_eq!(answer.status, 201, "{:?}", answer.body);
+    let id = answer.body["id"].as_str().expect("id").to_owned();
+    // Kill a worker once about 30% of the chunks are done; start a fresh one a second later.
+    let mut killed_at = None;
+    loop {
+        let status = api.status(&id);
+        if status["chunks"]["succeeded"].as_u64() >= Some(30)
+            || status["status"] != "running" && status["status"] != "queued"
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if let Some(victim) = cluster.workers.first() {
+        victim.signal("KILL");
+        killed_at = Some(Instant::now());
+    }
+    let result = api.result(&id);
+    let secs = start.elapsed().as_secs_f64();
+    if let Some(at) = killed_at {
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(at.elapsed()));
+    }
+    cluster.workers.remove(0);
+    cluster.add_worker();
+    Run {
+        figures: vec![("seconds", secs, "s")],
+        correct: result.as_u64().map(u128::from) == Some(expected),
+    }
+}
+
+fn w5(cluster: &Cluster) -> Run {
+    let api = cluster.api();
+    let mut latencies = Vec::with_capacity(200);
+    let mut correct = true;
+    for i in 0..200u64 {
+        let body = format!(r#"{{"task": "sum", "chunks": [[{i}, 1]], "reduce": "sum"}}"#);
+        let start = Instant::now();
+        let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
+        let id = answer.body["id"].as_str().unwrap_or_default().to_owned();
+        let result = api.get(&format!("/v1/jobs/{id}/result?wait=10"));
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        correct &= result.status == 200 && result.body["result"] == json!(i + 1);
+    }
+    latencies.sort_by(f64::total_cmp);
+    Run {
+        figures: vec![
+            ("p50_ms", latencies[latencies.len() / 2], "ms"),
+            ("p99_ms", latencies[latencies.len() * 99 / 100], "ms"),
+        ],
+        correct,
+    }
+}
+
+fn rss_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0.0)
+}
+
+fn s1(cluster: &Cluster, workers: u32, chunks: usize) -> Run {
+    let c = &cluster.coordinator;
+    let mut cmd = std::process::Command::new(bin("examples/swarm"));
+    cmd.args(["--scheduler", &c.url, "--workers", &workers.to_string()])
+        .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
+        .env("RUST_LOG", "warn");
+    let _swarm = Proc::spawn("swarm", cmd);
+    let api = cluster.api();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = api.get("/v1/workers").body["workers"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if n >= workers as usize + cluster.workers.len() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut body = String::with_capacity(chunks * 4 + 64);
+    body.push_str(r#"{"task": "sum", "reduce": "sum", "chunks": ["#);
+    for i in 0..chunks {
+        body.push_str(if i == 0 { "[1]" } else { ",[1]" });
+    }
+    body.push_str("]}");
+    let pid = c.proc.pid();
+    let before = rss_kib(pid, "VmRSS:");
+    let start = Instant::now();
+    let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
+    let queued = rss_kib(pid, "VmRSS:");
+    let id = answer.body["id"].as_str().unwrap_or_default().to_owned();
+    let result = api.result(&id);
+    let secs = start.elapsed().as_secs_f64();
+    Run {
+        figures: vec![
+            ("chunks_per_s", chunks as f64 / secs, "chunks/s"),
+            ("peak_rss_mb", rss_kib(pid, "VmHWM:") / 1024.0, "MB"),
+            (
+                "bytes_per_queued_chunk",
+                (queued - before).max(0.0) * 1024.0 / chunks as f64,
+                "B",
+            ),
+        ],
+        correct: result == json!(chunks),
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -78,29 +303,48 @@ fn main() {
     let args = Args::parse();
     let mut pg: Option<Postgres> = None;
     let mut lines = Vec::new();
-    println!("workload  store             median unit           runs");
+    println!(
+        "{:<9} {:<9} {:<24} {:>12}  runs",
+        "workload", "store", "figure", "median"
+    );
     for workload in &args.workload {
         for store in &args.store {
-            let (coordinator, _workers) = cluster(store, &mut pg);
-            let runs: Vec<Run> = (0..args.runs)
-                .map(|i| match workload.as_str() {
-                    "W1" => w1(&coordinator, i as u64),
-                    other => panic!("unknown workload {other}"),
-                })
-                .collect();
+            let mut runs = Vec::new();
+            let mut cluster = (workload != "W0").then(|| Cluster::start(store, &mut pg));
+            for i in 0..args.runs {
+                let seed = i as u64;
+                let run = match (workload.as_str(), cluster.as_mut()) {
+                    ("W0", _) => w0(store, &mut pg),
+                    ("W1", Some(c)) => w1(c, seed),
+                    ("W2", Some(c)) => w2(c, seed),
+                    ("W3", Some(c)) => w3(c, seed),
+                    ("W4", Some(c)) => w4(c, seed),
+                    ("W5", Some(c)) => w5(c),
+                    ("S1", Some(c)) => s1(c, args.s1_workers, args.s1_chunks),
+                    (other, _) => panic!("unknown workload {other}"),
+                };
+                runs.push(run);
+                if workload == "S1" {
+                    // One run: the swarm and a million chunks are minutes of work, not seconds.
+                    break;
+                }
+            }
+            let _ = cluster.as_ref().map(|c| &c.store);
             let correct = runs.iter().all(|r| r.correct);
-            let values: Vec<f64> = runs.iter().map(|r| r.value).collect();
-            let m = median(values.clone());
-            let shown: Vec<String> = values.iter().map(|v| format!("{v:.0}")).collect();
-            println!(
-                "{workload:<9} {store:<9} {m:>14.0} {:<14} {}",
-                "chunks_per_s",
-                shown.join(" ")
-            );
-            lines.push(format!(
-                "workload={workload} store={store} runs={} median={m:.0} unit=chunks_per_s correct={correct}",
-                runs.len()
-            ));
+            for (k, (name, _, unit)) in runs[0].figures.iter().enumerate() {
+                let values: Vec<f64> = runs.iter().map(|r| r.figures[k].1).collect();
+                let m = median(values.clone());
+                let shown: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+                println!(
+                    "{workload:<9} {store:<9} {:<24} {m:>12.3}  {}",
+                    format!("{name} ({unit})"),
+                    shown.join(" ")
+                );
+                lines.push(format!(
+                    "workload={workload} store={store} figure={name} runs={} median={m:.4} unit={unit} correct={correct}",
+                    runs.len()
+                ));
+            }
         }
     }
     for line in lines {

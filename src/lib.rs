@@ -332,11 +332,16 @@ impl Api {
         };
         let status = response.status();
         let content_type = response.header("content-type").unwrap_or("").to_owned();
-        let text = response.into_string().unwrap_or_default();
+        // `into_string` stops at 10 MB; results of big jobs are larger.
+        let mut text = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut text)
+            .map_err(|e| format!("cannot read the answer: {e}"))?;
         Ok(Answer {
             status,
             content_type,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            body: serde_json::from_slice(&text).unwrap_or(Value::Null),
         })
     }
 
