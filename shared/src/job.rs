@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::ints::IntArray;
 
 use crate::reduce::Reducer;
 
@@ -34,9 +37,10 @@ pub struct RawJob {
     /// Custom task name (with explicit `chunks`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
-    /// Input of a built-in kind.
+    /// Input of a built-in kind, as JSON text: big integer arrays are checked and cut without
+    /// ever becoming a value tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub input: Option<Value>,
+    pub input: Option<Box<RawValue>>,
     /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Value>,
@@ -145,8 +149,8 @@ pub enum Work {
 /// A built-in kind's input, checked for the element type the kind needs.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// `sum`: integers.
-    Ints(Vec<i64>),
+    /// `sum`, and `sort` of integers: 64-bit integers, as JSON text.
+    Ints(IntArray),
     /// `sort`: numbers or strings (never mixed).
     Items(Vec<Value>),
     /// `wordcount`: text.
@@ -157,7 +161,7 @@ impl Input {
     /// Number of splittable units: elements, or bytes of text.
     pub fn len(&self) -> usize {
         match self {
-            Input::Ints(v) => v.len(),
+            Input::Ints(a) => a.len(),
             Input::Items(v) => v.len(),
             Input::Text(s) => s.len(),
         }
@@ -313,17 +317,29 @@ impl RawJob {
             .input
             .as_ref()
             .ok_or_else(|| invalid(format!("missing `input` for kind {}", kind.name())))?;
-        let input = match kind {
-            Kind::Sum => Input::Ints(int_array(input)?),
-            Kind::Sort { .. } => Input::Items(sortable_array(input)?),
-            Kind::Wordcount { .. } => match input {
-                Value::String(s) => Input::Text(s.clone()),
-                other => {
+        let text = input.get();
+        let input = match (&kind, IntArray::parse(text)) {
+            (Kind::Sum | Kind::Sort { .. }, Ok(ints)) => Input::Ints(ints),
+            // Errors and other element types take the slow path, which names what is wrong.
+            (Kind::Sum, Err(_)) => {
+                let value: Value =
+                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+                return Err(int_array_error(&value));
+            }
+            (Kind::Sort { .. }, Err(_)) => {
+                let value: Value =
+                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+                Input::Items(sortable_array(&value)?)
+            }
+            (Kind::Wordcount { .. }, _) => match serde_json::from_str::<Value>(text) {
+                Ok(Value::String(s)) => Input::Text(s),
+                Ok(other) => {
                     return Err(invalid(format!(
                         "`input` of wordcount must be a string, got {}",
-                        type_name(other)
+                        type_name(&other)
                     )))
                 }
+                Err(e) => return Err(invalid(e.to_string())),
             },
         };
         Ok(Work::Builtin {
@@ -388,24 +404,21 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn int_array(input: &Value) -> Result<Vec<i64>, InvalidJob> {
-    let items = input.as_array().ok_or_else(|| {
-        invalid(format!(
+/// Says which element of a `sum` input is not a 64-bit integer.
+fn int_array_error(input: &Value) -> InvalidJob {
+    let Some(items) = input.as_array() else {
+        return invalid(format!(
             "`input` of sum must be an array of integers, got {}",
             type_name(input)
-        ))
-    })?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_i64().ok_or_else(|| {
-                invalid(format!(
-                    "`input[{i}]` must be an integer that fits in 64 bits, got {v}"
-                ))
-            })
-        })
-        .collect()
+        ));
+    };
+    match items.iter().position(|v| v.as_i64().is_none()) {
+        Some(i) => invalid(format!(
+            "`input[{i}]` must be an integer that fits in 64 bits, got {}",
+            items[i]
+        )),
+        None => invalid("`input` of sum must be an array of integers"),
+    }
 }
 
 fn sortable_array(input: &Value) -> Result<Vec<Value>, InvalidJob> {

@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`ids`]: typed identifiers (`JobId`, `WorkerId`, `ChunkIndex`, `Attempt`).
+//! - [`ints`]: the fast path for arrays of 64-bit integers, kept and cut as JSON text.
 //! - [`job`]: the job request body, parsed raw and then validated into a [`job::JobSpec`].
 //! - [`split`]: how a built-in job's input becomes chunk payloads.
 //! - [`task`]: the built-in chunk tasks every stock worker runs, and the task error type.
@@ -13,6 +14,7 @@
 //! chunks they run, and a store can keep the bytes as they are.
 
 pub mod ids;
+pub mod ints;
 pub mod job;
 pub mod protocol;
 pub mod reduce;

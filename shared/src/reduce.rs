@@ -99,6 +99,9 @@ impl Reducer {
                 Ok(to_text(&out))
             }
             Reducer::MergeSorted { descending } => {
+                if let Some(merged) = merge_sorted_ints(partials, descending) {
+                    return Ok(merged);
+                }
                 let mut runs = Vec::with_capacity(partials.len());
                 for (i, p) in partials.iter().enumerate() {
                     runs.push(parse_partial::<Vec<Value>>(i, p, "an array")?);
@@ -187,6 +190,39 @@ impl PartialEq for Head {
     }
 }
 impl Eq for Head {}
+
+/// Fast path of `merge_sorted` when every partial is an array of 64-bit integers: a k-way merge
+/// on plain integers. `None` when some partial is anything else.
+fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
+    let runs: Vec<Vec<i64>> = partials
+        .iter()
+        .map(|p| serde_json::from_slice(p).ok())
+        .collect::<Option<_>>()?;
+    let total = runs.iter().map(Vec::len).sum();
+    let mut out: Vec<i64> = Vec::with_capacity(total);
+    let mut at = vec![0usize; runs.len()];
+    // Heap of (key, run); the key is negated for descending so one min-heap serves both orders.
+    let key = |v: i64| {
+        if descending {
+            -i128::from(v)
+        } else {
+            i128::from(v)
+        }
+    };
+    let mut heap: BinaryHeap<std::cmp::Reverse<(i128, usize)>> = runs
+        .iter()
+        .enumerate()
+        .filter_map(|(r, run)| run.first().map(|&v| std::cmp::Reverse((key(v), r))))
+        .collect();
+    while let Some(std::cmp::Reverse((_, r))) = heap.pop() {
+        out.push(runs[r][at[r]]);
+        at[r] += 1;
+        if let Some(&v) = runs[r].get(at[r]) {
+            heap.push(std::cmp::Reverse((key(v), r)));
+        }
+    }
+    Some(to_text(&out))
+}
 
 /// Merges sorted runs (in chunk order) into one sorted, stable sequence.
 pub fn merge_sorted(runs: Vec<Vec<Value>>, descending: bool) -> Vec<Value> {

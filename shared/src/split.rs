@@ -38,9 +38,10 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Bytes {
 pub fn split(kind: &Kind, input: &Input, chunking: Chunking, slots: u64) -> Vec<Bytes> {
     let n = chunk_count(input.len(), chunking, slots);
     match (input, kind) {
-        (Input::Ints(v), _) => even_bounds(v.len(), n)
-            .map(|(a, b)| to_json(&v[a..b]))
-            .collect(),
+        (Input::Ints(a), Kind::Sort { descending: true }) => {
+            a.split(n, "{\"items\":", ",\"descending\":true}")
+        }
+        (Input::Ints(a), _) => a.split(n, "", ""),
         (Input::Items(v), Kind::Sort { descending: true }) => even_bounds(v.len(), n)
             .map(|(a, b)| to_json(&serde_json::json!({"items": &v[a..b], "descending": true})))
             .collect(),
@@ -113,7 +114,7 @@ mod tests {
 
     #[test]
     fn int_splits_cover_the_input_once() {
-        let input = Input::Ints((0..10).collect());
+        let input = Input::Ints(crate::ints::IntArray::parse("[0,1,2,3,4,5,6,7,8,9]").unwrap());
         let chunks = split(&Kind::Sum, &input, Chunking::Count(3), 1);
         let back: Vec<i64> = chunks
             .iter()

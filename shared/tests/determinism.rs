@@ -2,6 +2,7 @@
 //! gives exactly the single-chunk result. Seeded, so every run checks the same cases.
 
 use bytes::Bytes;
+use muster_shared::ints::IntArray;
 use muster_shared::job::{Chunking, Input, Kind};
 use muster_shared::split::split;
 use muster_shared::task::BUILTIN_TASKS;
@@ -67,7 +68,7 @@ proptest! {
 
     #[test]
     fn sum_is_the_same_for_any_chunking(items in proptest::collection::vec(any::<i64>(), 0..300), n in 1u64..40) {
-        let input = Input::Ints(items.clone());
+        let input = Input::Ints(IntArray::parse(&serde_json::to_string(&items).unwrap()).unwrap());
         let expected: i128 = items.iter().map(|&v| i128::from(v)).sum();
         prop_assert_eq!(run(&Kind::Sum, &input, n), expected.to_string());
         prop_assert_eq!(run(&Kind::Sum, &input, n), run(&Kind::Sum, &input, 1));
@@ -92,5 +93,21 @@ proptest! {
         let kind = Kind::Wordcount { top };
         let input = Input::Text(text);
         prop_assert_eq!(run(&kind, &input, n), run(&kind, &input, 1));
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn integer_sort_is_the_same_for_any_chunking(items in proptest::collection::vec(any::<i64>(), 0..300), n in 1u64..40, descending: bool) {
+        let kind = Kind::Sort { descending };
+        let input = Input::Ints(IntArray::parse(&serde_json::to_string(&items).unwrap()).unwrap());
+        let mut expected = items.clone();
+        expected.sort();
+        if descending {
+            expected.reverse();
+        }
+        prop_assert_eq!(run(&kind, &input, n), serde_json::to_string(&expected).unwrap());
     }
 }

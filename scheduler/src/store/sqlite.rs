@@ -25,13 +25,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     end_text    TEXT,
     finished_at TEXT
 ) WITHOUT ROWID;
+-- A rowid table: chunk payloads can be large, and WITHOUT ROWID tables keep whole rows in the
+-- index b-tree, which makes large rows slow to write.
 CREATE TABLE IF NOT EXISTS chunks (
     job_id TEXT NOT NULL,
     idx    INTEGER NOT NULL,
     input  BLOB NOT NULL,
     result BLOB,
-    PRIMARY KEY (job_id, idx)
-) WITHOUT ROWID;
+    UNIQUE (job_id, idx)
+);
 CREATE TABLE IF NOT EXISTS attempts (
     job_id  TEXT NOT NULL,
     idx     INTEGER NOT NULL,

@@ -1,0 +1,194 @@
+//! The fast path for the commonest input, a JSON array of 64-bit integers: it is checked in one
+//! pass over its text and kept as that text, and chunks are cut from the text at element
+//! boundaries. No integer is parsed into a value tree or printed again on the coordinator.
+
+use bytes::Bytes;
+
+/// A JSON array of integers that all fit in `i64`, kept as JSON text.
+#[derive(Debug, Clone)]
+pub struct IntArray {
+    text: String,
+    len: usize,
+}
+
+/// Why a text is not an array of 64-bit integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotInts {
+    /// The text is not an array at all.
+    NotArray,
+    /// Element `index` is not an integer, or does not fit in 64 bits.
+    Element {
+        /// Its position.
+        index: usize,
+    },
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+        i += 1;
+    }
+    i
+}
+
+impl IntArray {
+    /// Checks `text` (valid JSON) is an array of integers in `i64` range.
+    pub fn parse(text: &str) -> Result<Self, NotInts> {
+        let b = text.as_bytes();
+        let mut i = skip_ws(b, 0);
+        if b.get(i) != Some(&b'[') {
+            return Err(NotInts::NotArray);
+        }
+        i = skip_ws(b, i + 1);
+        if b.get(i) == Some(&b']') {
+            return Ok(Self {
+                text: text.to_owned(),
+                len: 0,
+            });
+        }
+        let mut len = 0;
+        loop {
+            let bad = NotInts::Element { index: len };
+            let negative = b.get(i) == Some(&b'-');
+            if negative {
+                i += 1;
+            }
+            let start = i;
+            let mut value: u64 = 0;
+            while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
+                value = value
+                    .checked_mul(10)
+                    .and_then(|v| v.checked_add(u64::from(d - b'0')))
+                    .ok_or(bad)?;
+                i += 1;
+            }
+            let limit = if negative {
+                1u64 << 63
+            } else {
+                i64::MAX as u64
+            };
+            if i == start || value > limit {
+                return Err(bad);
+            }
+            len += 1;
+            i = skip_ws(b, i);
+            match b.get(i) {
+                Some(b',') => i = skip_ws(b, i + 1),
+                Some(b']') => break,
+                // A fraction, an exponent, or anything but a separator: not an integer.
+                _ => return Err(bad),
+            }
+        }
+        Ok(Self {
+            text: text.to_owned(),
+            len,
+        })
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the array is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The integers (for tests and small inputs).
+    pub fn values(&self) -> Vec<i64> {
+        serde_json::from_str(&self.text).unwrap_or_default()
+    }
+
+    /// Cuts the array into `n` near-equal contiguous runs and writes each as
+    /// `prefix` + `[elements]` + `suffix`.
+    pub fn split(&self, n: usize, prefix: &str, suffix: &str) -> Vec<Bytes> {
+        let n = n.max(1);
+        let b = self.text.as_bytes();
+        let open = b.iter().position(|&c| c == b'[').unwrap_or(0);
+        let close = b.iter().rposition(|&c| c == b']').unwrap_or(b.len());
+        let body = &b[open + 1..close];
+        // Byte offsets (in `body`) of the commas after element i*len/n - 1, for each boundary.
+        let mut cuts = Vec::with_capacity(n + 1);
+        cuts.push(0usize);
+        let mut next = 1;
+        let mut seen = 0usize;
+        for (pos, &c) in body.iter().enumerate() {
+            if next >= n {
+                break;
+            }
+            if c == b',' {
+                seen += 1;
+                while next < n && seen == next * self.len / n {
+                    cuts.push(pos);
+                    next += 1;
+                }
+            }
+        }
+        while cuts.len() < n {
+            cuts.push(body.len());
+        }
+        cuts.push(body.len());
+        cuts.windows(2)
+            .map(|w| {
+                let (a, z) = (w[0], w[1]);
+                // Every run but the first starts at a comma; skip it.
+                let a = if a > 0 && a < body.len() && body[a] == b',' {
+                    a + 1
+                } else {
+                    a
+                };
+                let run = &body[a.min(z)..z];
+                let mut out = Vec::with_capacity(run.len() + prefix.len() + suffix.len() + 2);
+                out.extend_from_slice(prefix.as_bytes());
+                out.push(b'[');
+                out.extend_from_slice(run);
+                out.push(b']');
+                out.extend_from_slice(suffix.as_bytes());
+                Bytes::from(out)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_integer_arrays_and_names_the_first_bad_element() {
+        assert_eq!(IntArray::parse("[ 1, -2 ,3 ]").unwrap().len(), 3);
+        assert_eq!(IntArray::parse("[]").unwrap().len(), 0);
+        assert_eq!(
+            IntArray::parse("[1, 2.5]").unwrap_err(),
+            NotInts::Element { index: 1 }
+        );
+        assert_eq!(
+            IntArray::parse("[1, \"x\"]").unwrap_err(),
+            NotInts::Element { index: 1 }
+        );
+        assert_eq!(
+            IntArray::parse("[9223372036854775808]").unwrap_err(),
+            NotInts::Element { index: 0 }
+        );
+        assert!(IntArray::parse("[-9223372036854775808, 9223372036854775807]").is_ok());
+        assert_eq!(
+            IntArray::parse("{\"a\": 1}").unwrap_err(),
+            NotInts::NotArray
+        );
+    }
+
+    #[test]
+    fn splits_cover_every_element_once() {
+        let values: Vec<i64> = (0..23).map(|v| v * 7 - 40).collect();
+        let array = IntArray::parse(&serde_json::to_string(&values).unwrap()).unwrap();
+        for n in 1..30 {
+            let back: Vec<i64> = array
+                .split(n, "", "")
+                .iter()
+                .flat_map(|c| serde_json::from_slice::<Vec<i64>>(c).unwrap())
+                .collect();
+            assert_eq!(back, values, "n = {n}");
+            assert_eq!(array.split(n, "", "").len(), n);
+        }
+    }
+}
