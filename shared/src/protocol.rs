@@ -68,6 +68,9 @@ pub struct Hello {
     pub name: String,
     /// Chunks the worker runs at once.
     pub slots: u32,
+    /// Chunks the worker holds, queued, beyond its slots, so that a new chunk is at hand the moment
+    /// a slot frees (no round trip to the coordinator in between).
+    pub prefetch: u32,
     /// Task names the worker can run.
     pub tasks: Vec<String>,
     /// Labels jobs may require.

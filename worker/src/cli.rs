@@ -30,6 +30,10 @@ pub struct WorkerArgs {
     /// Chunks run at once (default: one per CPU).
     #[arg(long, env = "MUSTER_SLOTS")]
     pub slots: Option<u32>,
+    /// Chunks held queued beyond the slots, so the next one is at hand when a slot frees
+    /// (default: as many as slots; 0 turns prefetching off).
+    #[arg(long, env = "MUSTER_PREFETCH")]
+    pub prefetch: Option<u32>,
     /// Name shown in `muster workers` (default: host name and process id).
     #[arg(long, env = "MUSTER_WORKER_NAME")]
     pub name: Option<String>,
@@ -107,6 +111,11 @@ impl WorkerArgs {
             }
             config.slots = slots;
         }
+        config.prefetch = match self.prefetch {
+            Some(p) if p > 65_536 => anyhow::bail!("--prefetch must be at most 65536, got {p}"),
+            Some(p) => p,
+            None => config.slots,
+        };
         if let Some(name) = self.name {
             config.name = name;
         }

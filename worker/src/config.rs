@@ -15,6 +15,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// Chunks run at once.
     pub slots: u32,
+    /// Chunks held queued beyond `slots`.
+    pub prefetch: u32,
     /// Labels jobs can require.
     pub labels: BTreeMap<String, String>,
     /// First wait before reconnecting; doubles up to `reconnect_max`.
@@ -36,6 +38,7 @@ impl WorkerConfig {
             token: None,
             name: default_name(),
             slots: cpus,
+            prefetch: cpus,
             labels: BTreeMap::new(),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),

@@ -1,7 +1,7 @@
 //! One connection to a coordinator: upgrade, hello, then assignments in and outcomes out until the
 //! connection drops or the worker has drained.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +50,8 @@ pub(crate) struct Worker {
     tasks: Tasks,
     /// Attempts running now, with their cancel flags.
     running: HashMap<ChunkRef, Arc<AtomicBool>>,
+    /// Attempts received beyond the slots, started in order as slots free.
+    queued: VecDeque<Assignment>,
     /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
     outbox: Vec<ChunkOutcome>,
     outcomes_tx: mpsc::UnboundedSender<ChunkOutcome>,
@@ -65,6 +67,7 @@ impl Worker {
             config,
             tasks,
             running: HashMap::new(),
+            queued: VecDeque::new(),
             outbox: Vec::new(),
             outcomes_tx,
             outcomes_rx,
@@ -86,6 +89,8 @@ impl Worker {
         // after the next hello (the coordinator has re-queued them and will ignore them, but their
         // slots stay honestly busy until then).
         let end = self.serve(&mut socket, base).await;
+        // Queued chunks never started; the coordinator re-queues them with the connection.
+        self.queued.clear();
         if matches!(end, SessionEnd::Drained) {
             close_handshake(&mut socket).await;
         }
@@ -121,6 +126,7 @@ impl Worker {
             protocol: PROTOCOL_VERSION,
             name: self.config.name.clone(),
             slots: self.config.slots,
+            prefetch: self.config.prefetch,
             tasks: self.tasks.names(),
             labels: self.config.labels.clone(),
             running: self.running.keys().copied().collect(),
@@ -154,7 +160,11 @@ impl Worker {
         let mut drain_deadline: Option<Instant> = None;
         let disconnected = |reason: String, welcomed| SessionEnd::Disconnected { reason, welcomed };
         loop {
-            if drain_deadline.is_some() && self.running.is_empty() && self.outbox.is_empty() {
+            if drain_deadline.is_some()
+                && self.running.is_empty()
+                && self.queued.is_empty()
+                && self.outbox.is_empty()
+            {
                 info!(worker = %self.id, "drained: no chunks left");
                 return SessionEnd::Drained;
             }
@@ -209,6 +219,9 @@ impl Worker {
                     while let Ok(more) = self.outcomes_rx.try_recv() {
                         self.collect_outcome(more, &mut batch);
                     }
+                    for refusal in self.start_queued() {
+                        batch.push(refusal);
+                    }
                     if batch.is_empty() {
                         continue;
                     }
@@ -232,7 +245,12 @@ impl Worker {
                 _ = shutdown.wait_for(|stop| *stop), if drain_deadline.is_none() => {
                     info!(worker = %self.id, running = self.running.len(), "draining: taking no new chunks");
                     drain_deadline = Some(Instant::now() + self.config.drain_timeout);
-                    if let Err(reason) = self.send(socket, vec![WorkerMessage::Draining]).await {
+                    let mut msgs = vec![WorkerMessage::Draining];
+                    // Chunks not started yet go back at once.
+                    msgs.extend(self.queued.drain(..).map(|a| {
+                        WorkerMessage::Outcome(failure(a.chunk, FailureClass::HandedBack, "worker shut down before the chunk started"))
+                    }));
+                    if let Err(reason) = self.send(socket, msgs).await {
                         warn!(%reason, "could not announce draining");
                         return SessionEnd::Drained;
                     }
@@ -314,6 +332,10 @@ impl Worker {
                     if let Some(flag) = self.running.remove(&chunk) {
                         flag.store(true, Ordering::Relaxed);
                         info!(%chunk, "cancelled chunk");
+                        replies.extend(self.start_queued().into_iter().map(WorkerMessage::Outcome));
+                    } else if let Some(at) = self.queued.iter().position(|a| a.chunk == chunk) {
+                        self.queued.remove(at);
+                        info!(%chunk, "cancelled chunk before it started");
                     }
                 }
                 CoordinatorMessage::Heartbeat => {}
@@ -322,16 +344,44 @@ impl Worker {
         Ok(replies)
     }
 
-    /// Starts an attempt on a blocking thread; returns a failure to send at once when it cannot.
+    /// Starts queued attempts while slots are free; returns failures to report at once.
+    fn start_queued(&mut self) -> Vec<ChunkOutcome> {
+        let mut refusals = Vec::new();
+        while self.running.len() < self.config.slots as usize {
+            let Some(next) = self.queued.pop_front() else {
+                break;
+            };
+            refusals.extend(self.launch(next));
+        }
+        refusals
+    }
+
+    /// Runs an attempt now if a slot is free, queues it if the prefetch allows, or refuses it.
     fn start(&mut self, assignment: Assignment) -> Option<ChunkOutcome> {
-        let Assignment { chunk, task, input } = assignment;
-        if self.shutting_down() || self.running.len() >= self.config.slots as usize {
+        if self.shutting_down() {
             return Some(failure(
-                chunk,
+                assignment.chunk,
                 FailureClass::HandedBack,
-                "worker has no free slot",
+                "worker is shutting down",
             ));
         }
+        if self.running.len() < self.config.slots as usize {
+            return self.launch(assignment);
+        }
+        if self.queued.len() < self.config.prefetch as usize {
+            self.queued.push_back(assignment);
+            return None;
+        }
+        Some(failure(
+            assignment.chunk,
+            FailureClass::HandedBack,
+            "worker has no free slot",
+        ))
+    }
+
+    /// Starts an attempt on a blocking thread; returns a failure to send at once when it cannot.
+    fn launch(&mut self, assignment: Assignment) -> Option<ChunkOutcome> {
+        let Assignment { chunk, task, input } = assignment;
         let Some(f) = self.tasks.get(&task).cloned() else {
             return Some(failure(
                 chunk,

@@ -665,6 +665,7 @@ mod tests {
             protocol: 1,
             name: id.to_string(),
             slots,
+            prefetch: 0,
             tasks: vec!["sum".into()],
             labels: BTreeMap::new(),
             running: Vec::new(),

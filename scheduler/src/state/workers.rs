@@ -20,6 +20,8 @@ pub struct WorkerEntry {
     pub address: String,
     /// Chunks it runs at once.
     pub slots: u32,
+    /// Chunks it holds queued beyond its slots.
+    pub prefetch: u32,
     /// Tasks it can run.
     pub tasks: HashSet<String>,
     /// Its labels.
@@ -44,6 +46,7 @@ impl WorkerEntry {
             name: hello.name,
             address,
             slots: hello.slots,
+            prefetch: hello.prefetch,
             tasks: hello.tasks.into_iter().collect(),
             labels: hello.labels,
             draining: false,
@@ -53,9 +56,9 @@ impl WorkerEntry {
         }
     }
 
-    /// Slots not in use.
+    /// Chunks it can still take: free slots plus room in its prefetch queue.
     pub fn free(&self) -> u32 {
-        self.slots.saturating_sub(self.running.len() as u32)
+        (self.slots + self.prefetch).saturating_sub(self.running.len() as u32)
     }
 
     /// True when the worker could ever run this job's chunks (task and labels), busy or not.
@@ -161,7 +164,7 @@ impl Workers {
             .sum()
     }
 
-    /// Total slots over workers that take chunks.
+    /// Total slots (not counting prefetch) over workers that take chunks.
     pub fn capacity(&self) -> u64 {
         self.iter()
             .filter(|w| !w.draining)
