@@ -40,7 +40,7 @@ fn main() -> ExitCode {
             let mut config = WorkerConfig::new(vec![args.scheduler.clone()]);
             config.token = token.clone();
             config.slots = args.slots;
-            config.prefetch = args.slots;
+            config.prefetch = args.slots * muster_worker::cli::PREFETCH_PER_SLOT;
             config.name = format!("swarm-{i}");
             let mut stop = stop_rx.clone();
             let shutdown = async move {

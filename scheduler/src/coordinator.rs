@@ -90,7 +90,7 @@ impl Coordinator {
                 }
             }
         }
-        self.state.check_store();
+        self.state.flush_store();
         if self.stop_if_fenced(ctx) {
             return;
         }

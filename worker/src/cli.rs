@@ -9,6 +9,9 @@ use clap::Parser;
 
 use crate::{Tasks, WorkerConfig};
 
+/// Default chunks held queued per slot.
+pub const PREFETCH_PER_SLOT: u32 = 4;
+
 /// Where `muster serve` keeps its data by default; a worker on the same machine finds its token there.
 pub const DEFAULT_DATA_DIR: &str = "muster-data";
 
@@ -31,7 +34,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "MUSTER_SLOTS")]
     pub slots: Option<u32>,
     /// Chunks held queued beyond the slots, so the next one is at hand when a slot frees
-    /// (default: as many as slots; 0 turns prefetching off).
+    /// (default: 4 per slot, as Celery's prefetch multiplier; 0 turns prefetching off).
     #[arg(long, env = "MUSTER_PREFETCH")]
     pub prefetch: Option<u32>,
     /// Name shown in `muster workers` (default: host name and process id).
@@ -114,7 +117,7 @@ impl WorkerArgs {
         config.prefetch = match self.prefetch {
             Some(p) if p > 65_536 => anyhow::bail!("--prefetch must be at most 65536, got {p}"),
             Some(p) => p,
-            None => config.slots,
+            None => config.slots.saturating_mul(PREFETCH_PER_SLOT),
         };
         if let Some(name) = self.name {
             config.name = name;

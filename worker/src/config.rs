@@ -38,7 +38,7 @@ impl WorkerConfig {
             token: None,
             name: default_name(),
             slots: cpus,
-            prefetch: cpus,
+            prefetch: cpus * crate::cli::PREFETCH_PER_SLOT,
             labels: BTreeMap::new(),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),

@@ -145,7 +145,7 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         let mut wc = WorkerConfig::new(vec![url.clone()]);
         wc.token = worker_token.clone();
         wc.slots = args.slots;
-        wc.prefetch = args.slots;
+        wc.prefetch = args.slots * muster_worker::cli::PREFETCH_PER_SLOT;
         wc.name = format!("local-{}", i + 1);
         let mut stop = stop_rx.clone();
         threads.push(thread::spawn(move || {

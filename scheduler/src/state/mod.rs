@@ -116,8 +116,11 @@ impl ClusterState {
         }
     }
 
-    /// Notes a failure of a queued store write, if one happened.
-    pub fn check_store(&mut self) {
+    /// Hands this message's writes to the store and notes any failure of earlier queued writes.
+    pub fn flush_store(&mut self) {
+        if let Err(e) = self.store.flush() {
+            self.store_failed(&e, "flush");
+        }
         if let Some(e) = self.store.failure() {
             self.store_failed(&e, "write");
         }

@@ -105,6 +105,10 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -148,6 +148,8 @@ pub trait Store: Send {
     /// Records a job's end (queued); its chunk payloads and partial results may then be dropped.
     fn finish_job(&mut self, job: JobId, end: &JobEnd, at: DateTime<Utc>)
         -> Result<(), StoreError>;
+    /// Hands queued writes on to be committed, without waiting.
+    fn flush(&mut self) -> Result<(), StoreError>;
     /// Waits until every earlier write is durable.
     fn sync(&mut self) -> Result<(), StoreError>;
     /// A failure of a queued write since the last call, if any (never blocks).

@@ -3,7 +3,9 @@
 //! The coordinator hands writes to [`Writer`] and goes on at once; the writer thread takes every
 //! write that has queued up since its last transaction and commits them together. When the
 //! coordinator is busy, batches grow and the cost of each commit (an fsync for SQLite, a round trip
-//! for PostgreSQL) is shared by many writes; when it is idle, a write is committed at once. Inserts
+//! for PostgreSQL) is shared by many writes; when it is idle, a write is committed at once. Writes
+//! are buffered on the coordinator's side until [`Store::flush`] (once per coordinator message), so
+//! the writer thread is woken once per batch rather than once per write. Inserts
 //! of new jobs, [`Store::sync`] and [`Store::load`] wait for their answer, after every earlier write.
 
 use std::sync::mpsc;
@@ -48,7 +50,7 @@ pub(super) trait Backend: Send + 'static {
 type Reply<T> = mpsc::SyncSender<Result<T, StoreError>>;
 
 enum Msg {
-    Op(Op),
+    Ops(Vec<Op>),
     /// Reply once every earlier op is committed.
     Sync(Reply<()>),
     Load(Reply<Snapshot>),
@@ -79,7 +81,7 @@ fn run<B: Backend>(
         let mut load: Option<Reply<Snapshot>> = None;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Op(op) => ops.push(op),
+                Msg::Ops(batch) => ops.extend(batch),
                 Msg::Sync(reply) => waiting.push(reply),
                 Msg::Load(reply) => {
                     load = Some(reply);
@@ -154,12 +156,13 @@ impl Writer {
         self.queue.send(msg).map_err(|_| self.gone())
     }
 
-    /// Queues what the buffer holds.
+    /// Hands what the buffer holds to the writer thread, in one message (one wake-up).
     fn flush_buffer(&mut self) -> Result<(), StoreError> {
-        for pending in self.buffer.take() {
-            self.send(Msg::Op(Op::Write(pending)))?;
+        let ops: Vec<Op> = self.buffer.take().into_iter().map(Op::Write).collect();
+        if ops.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        self.send(Msg::Ops(ops))
     }
 
     fn ask<T>(&mut self, msg: impl FnOnce(Reply<T>) -> Msg) -> Result<T, StoreError> {
@@ -184,7 +187,7 @@ impl Store for Writer {
             idempotency: job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec())),
         };
         self.flush_buffer()?;
-        self.send(Msg::Op(Op::Insert(insert)))?;
+        self.send(Msg::Ops(vec![Op::Insert(insert)]))?;
         self.ask(Msg::Sync)
     }
 
@@ -194,8 +197,7 @@ impl Store for Writer {
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
-        self.buffer.attempt(job, chunk, record)?;
-        self.flush_buffer()
+        self.buffer.attempt(job, chunk, record)
     }
 
     fn chunk_succeeded(
@@ -205,7 +207,7 @@ impl Store for Writer {
         result: &Bytes,
     ) -> Result<(), StoreError> {
         self.buffer.result(job, chunk, result);
-        self.flush_buffer()
+        Ok(())
     }
 
     fn finish_job(
@@ -215,6 +217,10 @@ impl Store for Writer {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.buffer.finish(job, end, at);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
         self.flush_buffer()
     }
 
