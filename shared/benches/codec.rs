@@ -1,0 +1,93 @@
+//! Micro-benchmarks of the hot paths that do not need a network: the frame codec, the integer
+//! fast path, and the reducers. `cargo bench -p muster-shared`.
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
+use muster_shared::ints::IntArray;
+use muster_shared::protocol::{decode, encode, Assignment, ChunkRef, CoordinatorMessage, Frame};
+use muster_shared::reduce::Reducer;
+
+fn frame(chunks: usize, payload: &Bytes) -> Frame<CoordinatorMessage> {
+    let job = JobId::new();
+    Frame {
+        worker: WorkerId::new(),
+        messages: (0..chunks as u32)
+            .map(|i| {
+                CoordinatorMessage::Assign(Assignment {
+                    chunk: ChunkRef {
+                        job,
+                        chunk: ChunkIndex(i),
+                        attempt: Attempt(1),
+                    },
+                    task: "sum".into(),
+                    input: payload.clone(),
+                })
+            })
+            .collect(),
+    }
+}
+
+fn codec(c: &mut Criterion) {
+    let tiny = Bytes::from_static(b"[1,2,3,4,5,6,7,8,9,10]");
+    let batch = frame(64, &tiny);
+    let mut g = c.benchmark_group("codec");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("encode 64 tiny assignments", |b| {
+        b.iter(|| encode(black_box(&batch)))
+    });
+    let bytes = encode(&batch);
+    g.bench_function("decode 64 tiny assignments", |b| {
+        b.iter(|| decode::<CoordinatorMessage>(black_box(&bytes)).map(|f| f.messages.len()))
+    });
+    g.finish();
+}
+
+fn ints(c: &mut Criterion) {
+    let values: Vec<i64> = (0..1_000_000)
+        .map(|v| v * 4_294_967 % 4_294_967_296)
+        .collect();
+    let text = serde_json::to_string(&values).unwrap_or_default();
+    let mut g = c.benchmark_group("ints");
+    g.throughput(Throughput::Bytes(text.len() as u64));
+    g.bench_function("check 1M integers", |b| {
+        b.iter(|| IntArray::parse(black_box(&text)).map(|a| a.len()))
+    });
+    if let Ok(array) = IntArray::parse(&text) {
+        g.bench_function("cut 1M integers into 100 chunks", |b| {
+            b.iter(|| array.split(black_box(100), "", "").len())
+        });
+    }
+    g.finish();
+}
+
+fn reducers(c: &mut Criterion) {
+    let partials: Vec<Bytes> = (0..100)
+        .map(|i| Bytes::from(format!("{}", i * 1_000_003)))
+        .collect();
+    let runs: Vec<Bytes> = (0..16)
+        .map(|r| {
+            let run: Vec<i64> = (0..10_000).map(|v| v * 16 + r).collect();
+            Bytes::from(serde_json::to_vec(&run).unwrap_or_default())
+        })
+        .collect();
+    let counts: Vec<Bytes> = (0..16)
+        .map(|r| Bytes::from(format!(r#"{{"a": {r}, "b{r}": 2, "c": 3}}"#)))
+        .collect();
+    let mut g = c.benchmark_group("reduce");
+    g.bench_function("sum of 100 partials", |b| {
+        b.iter(|| Reducer::Sum.reduce(black_box(&partials)))
+    });
+    g.throughput(Throughput::Elements(160_000));
+    g.bench_function("merge 16 sorted runs of 10k integers", |b| {
+        b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&runs)))
+    });
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("count_map of 16 partials", |b| {
+        b.iter(|| Reducer::CountMap { top: Some(2) }.reduce(black_box(&counts)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, ints, reducers);
+criterion_main!(benches);
