@@ -280,17 +280,15 @@ impl ClusterState {
 
     /// Notes that a worker is alive.
     pub fn worker_heartbeat(&mut self, id: WorkerId) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.last_heartbeat = chrono::Utc::now();
-        }
+        self.workers.heard_from(id);
     }
 
     /// A worker announced shutdown: it gets no new chunks.
     pub fn worker_draining(&mut self, id: WorkerId) {
-        if let Some(w) = self.workers.get_mut(id) {
+        if let Some(w) = self.workers.get(id) {
             info!(worker = %id, running = w.running.len(), "worker draining");
-            w.draining = true;
         }
+        self.workers.set_draining(id);
     }
 
     /// A worker is gone: every attempt it was running fails with `reason` and is retried.
@@ -315,9 +313,7 @@ impl ClusterState {
     /// Applies a worker's outcome; late and duplicate outcomes are ignored and logged.
     pub fn outcome(&mut self, worker: WorkerId, outcome: ChunkOutcome) {
         let chunk = outcome.chunk;
-        if let Some(w) = self.workers.get_mut(worker) {
-            w.running.remove(&chunk);
-        }
+        self.workers.release(worker, &chunk);
         if !self.is_current(chunk, worker) {
             self.ignored_outcomes += 1;
             info!(%worker, %chunk, "ignored late or duplicate outcome");
@@ -435,9 +431,7 @@ impl ClusterState {
                     chunk: ChunkIndex(i as u32),
                     attempt,
                 };
-                if let Some(w) = self.workers.get_mut(worker) {
-                    w.running.remove(&chunk_ref);
-                }
+                self.workers.release(worker, &chunk_ref);
                 self.effects.push(Effect::Cancel {
                     worker,
                     chunk: chunk_ref,
@@ -495,9 +489,7 @@ impl ClusterState {
             if !self.is_current(chunk_ref, worker) {
                 continue;
             }
-            if let Some(w) = self.workers.get_mut(worker) {
-                w.running.remove(&chunk_ref);
-            }
+            self.workers.release(worker, &chunk_ref);
             self.effects.push(Effect::Cancel {
                 worker,
                 chunk: chunk_ref,
@@ -576,7 +568,7 @@ impl ClusterState {
     }
 
     fn assign(&mut self, id: JobId, index: ChunkIndex, worker: WorkerId) {
-        let Some(entry) = self.workers.get_mut(worker) else {
+        let Some(entry) = self.workers.get(worker) else {
             return;
         };
         let Some(job) = self.jobs.get_mut(&id) else {
@@ -590,7 +582,7 @@ impl ClusterState {
             chunk: index,
             attempt,
         };
-        entry.running.insert(chunk);
+        self.workers.occupy(worker, chunk);
         if let Some(ChunkState::Running {
             deadline: Some(at), ..
         }) = job.chunk(index).map(|c| &c.state)

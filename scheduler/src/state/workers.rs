@@ -1,6 +1,6 @@
 //! The coordinator's view of connected workers: capacity, what they run, what they can run.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use muster_shared::ids::WorkerId;
@@ -120,17 +120,60 @@ pub struct WorkerView {
     pub last_heartbeat: DateTime<Utc>,
 }
 
-/// Connected workers by id.
+/// Connected workers by id, with an index of those that can take a chunk, least loaded first, so
+/// that placing a chunk does not look at every worker.
 #[derive(Debug, Default)]
 pub struct Workers {
     by_id: HashMap<WorkerId, WorkerEntry>,
+    /// `(load, id)` of every worker that takes chunks and has room for one.
+    ready: BTreeSet<(u64, WorkerId)>,
+    /// Sum of `free()` over workers that take chunks.
+    free_total: u64,
+}
+
+/// Where a worker sits in the ready index, if it is there: load in millionths of its slots.
+fn ready_key(w: &WorkerEntry) -> Option<(u64, WorkerId)> {
+    (!w.draining && w.free() > 0).then(|| {
+        (
+            w.running.len() as u64 * 1_000_000 / u64::from(w.slots.max(1)),
+            w.id,
+        )
+    })
+}
+
+fn free_of(w: &WorkerEntry) -> u64 {
+    if w.draining {
+        0
+    } else {
+        u64::from(w.free())
+    }
 }
 
 impl Workers {
+    /// Changes a worker through `f`, keeping the index and the free count right.
+    fn update(&mut self, id: WorkerId, f: impl FnOnce(&mut WorkerEntry)) {
+        let Some(w) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if let Some(key) = ready_key(w) {
+            self.ready.remove(&key);
+        }
+        self.free_total -= free_of(w);
+        f(w);
+        self.free_total += free_of(w);
+        if let Some(key) = ready_key(w) {
+            self.ready.insert(key);
+        }
+    }
+
     /// Adds a worker; refuses a second connection under an id already connected.
     pub fn add(&mut self, entry: WorkerEntry) -> Result<(), String> {
         if self.by_id.contains_key(&entry.id) {
             return Err(format!("worker id {} is already connected", entry.id));
+        }
+        self.free_total += free_of(&entry);
+        if let Some(key) = ready_key(&entry) {
+            self.ready.insert(key);
         }
         self.by_id.insert(entry.id, entry);
         Ok(())
@@ -138,7 +181,12 @@ impl Workers {
 
     /// Removes a worker, returning what it was running.
     pub fn remove(&mut self, id: WorkerId) -> Option<WorkerEntry> {
-        self.by_id.remove(&id)
+        let entry = self.by_id.remove(&id)?;
+        if let Some(key) = ready_key(&entry) {
+            self.ready.remove(&key);
+        }
+        self.free_total -= free_of(&entry);
+        Some(entry)
     }
 
     /// The worker, if connected.
@@ -146,9 +194,30 @@ impl Workers {
         self.by_id.get(&id)
     }
 
-    /// The worker, if connected.
-    pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut WorkerEntry> {
-        self.by_id.get_mut(&id)
+    /// Notes that a worker is alive.
+    pub fn heard_from(&mut self, id: WorkerId) {
+        if let Some(w) = self.by_id.get_mut(&id) {
+            w.last_heartbeat = chrono::Utc::now();
+        }
+    }
+
+    /// The worker now runs (or holds) this attempt.
+    pub fn occupy(&mut self, id: WorkerId, chunk: ChunkRef) {
+        self.update(id, |w| {
+            w.running.insert(chunk);
+        });
+    }
+
+    /// The worker no longer runs this attempt.
+    pub fn release(&mut self, id: WorkerId, chunk: &ChunkRef) {
+        self.update(id, |w| {
+            w.running.remove(chunk);
+        });
+    }
+
+    /// The worker takes no new chunks.
+    pub fn set_draining(&mut self, id: WorkerId) {
+        self.update(id, |w| w.draining = true);
     }
 
     /// Every connected worker.
@@ -156,12 +225,9 @@ impl Workers {
         self.by_id.values()
     }
 
-    /// Total free slots over workers that take chunks.
+    /// Chunks all workers that take chunks can still take (free slots and prefetch room).
     pub fn free_slots(&self) -> u64 {
-        self.iter()
-            .filter(|w| !w.draining)
-            .map(|w| u64::from(w.free()))
-            .sum()
+        self.free_total
     }
 
     /// Total slots (not counting prefetch) over workers that take chunks.
@@ -177,21 +243,17 @@ impl Workers {
         self.iter().any(|w| w.tasks.contains(task))
     }
 
-    /// Picks the least-loaded worker with a free slot that suits the job, avoiding `avoid` (workers
-    /// whose attempts at this chunk failed) whenever any other suitable worker is connected, even a
-    /// busy one: the chunk then waits for it rather than return to a worker that failed it.
+    /// Picks the least-loaded worker with room that suits the job, avoiding `avoid` (workers whose
+    /// attempts at this chunk failed) whenever any other suitable worker is connected, even a busy
+    /// one: the chunk then waits for it rather than return to a worker that failed it. Walks the
+    /// ready index from the least loaded, so the usual cost is one step, not one per worker.
     pub fn place(&self, meta: &JobMeta, avoid: &[WorkerId]) -> Option<WorkerId> {
         let avoid_any =
             !avoid.is_empty() && self.iter().any(|w| w.suits(meta) && !avoid.contains(&w.id));
-        self.iter()
-            .filter(|w| w.free() > 0 && w.suits(meta))
-            .filter(|w| !avoid_any || !avoid.contains(&w.id))
-            .min_by(|a, b| {
-                a.load()
-                    .total_cmp(&b.load())
-                    .then_with(|| b.free().cmp(&a.free()))
-                    .then_with(|| a.id.cmp(&b.id))
-            })
+        self.ready
+            .iter()
+            .filter_map(|(_, id)| self.by_id.get(id))
+            .find(|w| w.suits(meta) && !(avoid_any && avoid.contains(&w.id)))
             .map(|w| w.id)
     }
 }
