@@ -278,7 +278,7 @@ fn s1(cluster: &Cluster, workers: u32, chunks: usize) -> Run {
     let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
     let queued = rss_kib(pid, "VmRSS:");
     let id = answer.body["id"].as_str().unwrap_or_default().to_owned();
-    let result = api.result(&id);
+    let result = api.wait_result_within(&id, Duration::from_secs(900)).body["result"].clone();
     let secs = start.elapsed().as_secs_f64();
     Run {
         figures: vec![

@@ -377,7 +377,12 @@ impl Api {
 
     /// Long-polls until the job ends; returns the final result answer.
     pub fn wait_result(&self, id: &str) -> Answer {
-        let deadline = Instant::now() + WAIT;
+        self.wait_result_within(id, WAIT)
+    }
+
+    /// Long-polls until the job ends or `limit` passes; returns the last answer.
+    pub fn wait_result_within(&self, id: &str, limit: Duration) -> Answer {
+        let deadline = Instant::now() + limit;
         loop {
             let a = self.get(&format!("/v1/jobs/{id}/result?wait=5"));
             let running = a.status == 409

@@ -144,8 +144,13 @@ impl ClusterState {
     pub fn restore(&mut self) -> Result<(), crate::store::StoreError> {
         let Snapshot { jobs, idempotency } = self.store.load()?;
         let (mut unfinished, mut requeued) = (0, 0);
+        let mut complete = Vec::new();
         for stored in jobs {
             let (job, interrupted) = Job::restore(stored);
+            if !job.state.is_terminal() && job.counts.succeeded == job.counts.total {
+                // Every result was stored but the job's end was not: merge it now.
+                complete.push(job.id);
+            }
             if !job.state.is_terminal() {
                 unfinished += 1;
                 let pending: Vec<ChunkIndex> = job
@@ -167,6 +172,10 @@ impl ClusterState {
         for (key, id, digest) in idempotency {
             self.idempotency.insert(key, (id, digest));
         }
+        for id in complete {
+            self.reduce(id);
+        }
+        self.take_effects();
         self.sync();
         info!(
             jobs = self.jobs.len(),
@@ -791,6 +800,70 @@ mod tests {
         assert_eq!(s.ignored_outcomes, 1);
         assert!(
             matches!(&s.job(job.id).unwrap().state, JobState::Succeeded { result } if &**result == "7")
+        );
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+    use muster_shared::reduce::Reducer;
+
+    use super::*;
+    use crate::state::job::{AttemptRecord, JobMeta};
+    use crate::store::{MemoryStore, NewJob};
+
+    #[test]
+    fn a_job_whose_results_were_all_stored_but_not_its_end_finishes_on_restore() {
+        let mut store = MemoryStore::new();
+        let meta = JobMeta {
+            name: "sum".into(),
+            builtin: true,
+            task: "sum".into(),
+            reducer: Reducer::Sum,
+            max_attempts: 3,
+            chunk_timeout: None,
+            labels: BTreeMap::new(),
+            priority: 0,
+        };
+        let id = JobId::new();
+        let inputs = [Bytes::from_static(b"[1]"), Bytes::from_static(b"[2]")];
+        store
+            .insert_job(NewJob {
+                id,
+                meta: &meta,
+                inputs: &inputs,
+                idempotency: None,
+                created_at: Utc::now(),
+            })
+            .unwrap();
+        for (i, result) in [b"1", b"2"].iter().enumerate() {
+            let record = AttemptRecord {
+                attempt: Attempt(1),
+                worker: WorkerId::new(),
+                worker_name: "w".into(),
+                started_at: Utc::now(),
+                finished_at: Some(Utc::now()),
+                error: None,
+            };
+            store
+                .record_attempt(id, ChunkIndex(i as u32), &record)
+                .unwrap();
+            store
+                .chunk_succeeded(id, ChunkIndex(i as u32), &Bytes::from_static(*result))
+                .unwrap();
+        }
+        let mut state = ClusterState::new(
+            Box::new(store),
+            Policy {
+                retry_backoff: Duration::ZERO,
+            },
+        );
+        state.restore().unwrap();
+        assert!(
+            matches!(&state.job(id).unwrap().state, JobState::Succeeded { result } if &**result == "3")
         );
     }
 }
