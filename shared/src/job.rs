@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -43,7 +44,7 @@ pub struct RawJob {
     pub input: Option<Box<RawValue>>,
     /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub chunks: Option<Value>,
+    pub chunks: Option<Box<RawValue>>,
     /// Elements per chunk (built-in kinds; bytes of text for `wordcount`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<Value>,
@@ -139,8 +140,8 @@ pub enum Work {
     Custom {
         /// Task name workers advertise.
         task: String,
-        /// One JSON value per chunk.
-        chunks: Vec<Value>,
+        /// One JSON payload per chunk, cut from the request text as it was sent.
+        chunks: Vec<Bytes>,
         /// How partial results are merged.
         reduce: Reducer,
     },
@@ -302,7 +303,12 @@ impl RawJob {
             "top",
             kind.name(),
         )?;
-        let chunking = match (&self.chunks, &self.chunk_size) {
+        let chunks: Option<Value> = self
+            .chunks
+            .as_deref()
+            .map(|raw| serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string())))
+            .transpose()?;
+        let chunking = match (&chunks, &self.chunk_size) {
             (Some(_), Some(_)) => return Err(invalid("give either `chunks` or `chunk_size`, not both")),
             (Some(Value::Array(_)), None) => {
                 return Err(invalid(
@@ -361,16 +367,25 @@ impl RawJob {
         refuse_option(self.chunk_size.is_some(), "chunk_size", "custom tasks")?;
         refuse_option(self.descending.is_some(), "descending", "custom tasks")?;
         refuse_option(self.top.is_some(), "top", "custom tasks")?;
-        let chunks = match &self.chunks {
-            Some(Value::Array(items)) if !items.is_empty() => items.clone(),
-            Some(Value::Array(_)) => return Err(invalid("`chunks` must not be empty")),
-            Some(other) => {
+        let raw = self
+            .chunks
+            .as_deref()
+            .ok_or_else(|| invalid("missing `chunks` for custom task"))?;
+        // Each chunk is cut from the request text as it is: no value tree is built for it.
+        let chunks: Vec<Bytes> = match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+            Ok(items) if !items.is_empty() => items
+                .into_iter()
+                .map(|c| Bytes::copy_from_slice(c.get().as_bytes()))
+                .collect(),
+            Ok(_) => return Err(invalid("`chunks` must not be empty")),
+            Err(_) => {
+                let other: Value =
+                    serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string()))?;
                 return Err(invalid(format!(
                     "`chunks` of a custom task must be an array of chunk inputs, got {}",
-                    type_name(other)
-                )))
+                    type_name(&other)
+                )));
             }
-            None => return Err(invalid("missing `chunks` for custom task")),
         };
         if chunks.len() as u64 > MAX_CHUNKS {
             return Err(invalid(format!(

@@ -239,10 +239,7 @@ impl ClusterState {
                 input,
                 chunking,
             } => split(kind, input, *chunking, self.workers.capacity()),
-            Work::Custom { chunks, .. } => chunks
-                .iter()
-                .map(|c| Bytes::from(serde_json::to_vec(c).unwrap_or_default()))
-                .collect(),
+            Work::Custom { chunks, .. } => chunks.clone(),
         };
         let id = JobId::new();
         let job = Job::new(id, meta, inputs);
