@@ -382,6 +382,10 @@ impl Handler<FromWorker> for Coordinator {
                     self.state.worker_draining(msg.id);
                     changed = true;
                 }
+                WorkerMessage::Capacity { prefetch } => {
+                    self.state.worker_prefetch(msg.id, prefetch);
+                    changed = true;
+                }
                 WorkerMessage::Hello(_) => warn!(worker = %msg.id, "ignored a second hello"),
             }
         }

@@ -91,6 +91,11 @@ pub enum WorkerMessage {
     Outcome(ChunkOutcome),
     /// The worker is shutting down: assign it nothing more.
     Draining,
+    /// The worker now holds this many chunks queued beyond its slots (its chunks are short).
+    Capacity {
+        /// New prefetch.
+        prefetch: u32,
+    },
 }
 
 /// Messages from the coordinator to a worker.

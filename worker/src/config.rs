@@ -17,6 +17,8 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Chunks held queued beyond `slots`.
     pub prefetch: u32,
+    /// Grow `prefetch` (up to 64 per slot) when chunks turn out to be short.
+    pub adaptive_prefetch: bool,
     /// Labels jobs can require.
     pub labels: BTreeMap<String, String>,
     /// First wait before reconnecting; doubles up to `reconnect_max`.
@@ -39,6 +41,7 @@ impl WorkerConfig {
             name: default_name(),
             slots: cpus,
             prefetch: cpus * crate::cli::PREFETCH_PER_SLOT,
+            adaptive_prefetch: true,
             labels: BTreeMap::new(),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),

@@ -23,10 +23,19 @@ use tracing::{debug, info, warn};
 
 use crate::daemon::WorkerError;
 use crate::tasks::TaskContext;
+use crate::TaskError;
 use crate::{Tasks, WorkerConfig};
 
 /// Heartbeat interval used until the coordinator's welcome names one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Queued work an adaptive prefetch aims to hold per slot.
+const PREFETCH_QUEUE_TIME: Duration = Duration::from_millis(5);
+/// Most chunks an adaptive prefetch holds queued per slot.
+const MAX_PREFETCH_PER_SLOT: u32 = 64;
+/// Longest an outcome is held back to share a frame with others.
+const HOLD_OUTCOMES_FOR: Duration = Duration::from_millis(1);
+/// Most outcomes held back before a frame goes anyway.
+const MAX_HELD_OUTCOMES: usize = 64;
 /// How long the coordinator has to answer a hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -54,8 +63,10 @@ pub(crate) struct Worker {
     queued: VecDeque<Assignment>,
     /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
     outbox: Vec<ChunkOutcome>,
-    outcomes_tx: mpsc::UnboundedSender<ChunkOutcome>,
-    outcomes_rx: mpsc::UnboundedReceiver<ChunkOutcome>,
+    outcomes_tx: mpsc::UnboundedSender<(ChunkOutcome, Duration)>,
+    outcomes_rx: mpsc::UnboundedReceiver<(ChunkOutcome, Duration)>,
+    /// Moving average of how long a chunk runs, for the adaptive prefetch.
+    run_time: Option<Duration>,
     pub(crate) shutdown: watch::Receiver<bool>,
 }
 
@@ -71,6 +82,7 @@ impl Worker {
             outbox: Vec::new(),
             outcomes_tx,
             outcomes_rx,
+            run_time: None,
             shutdown,
         }
     }
@@ -158,6 +170,10 @@ impl Worker {
         let mut last_heard = Instant::now();
         let welcome_deadline = Instant::now() + WELCOME_TIMEOUT;
         let mut drain_deadline: Option<Instant> = None;
+        // Outcomes held back briefly while plenty of queued work remains, so that tiny chunks are
+        // reported several to a frame; `flush_at` is when they must go at the latest.
+        let mut held: Vec<ChunkOutcome> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
         let disconnected = |reason: String, welcomed| SessionEnd::Disconnected { reason, welcomed };
         loop {
             if drain_deadline.is_some()
@@ -222,12 +238,28 @@ impl Worker {
                     for refusal in self.start_queued() {
                         batch.push(refusal);
                     }
-                    if batch.is_empty() {
+                    if let Some(prefetch) = self.grow_prefetch() {
+                        if let Err(reason) = self.send(socket, vec![WorkerMessage::Capacity { prefetch }]).await {
+                            return disconnected(reason, welcomed);
+                        }
+                    }
+                    held.extend(batch);
+                    if held.is_empty() {
                         continue;
                     }
-                    let msgs: Vec<WorkerMessage> = batch.iter().cloned().map(WorkerMessage::Outcome).collect();
-                    if let Err(reason) = self.send(socket, msgs).await {
-                        self.outbox.extend(batch);
+                    let plenty_queued = self.queued.len() > self.config.prefetch as usize / 2;
+                    if plenty_queued && held.len() < MAX_HELD_OUTCOMES && drain_deadline.is_none() {
+                        flush_at.get_or_insert_with(|| Instant::now() + HOLD_OUTCOMES_FOR);
+                        continue;
+                    }
+                    flush_at = None;
+                    if let Err(reason) = self.send_outcomes(socket, &mut held).await {
+                        return disconnected(reason, welcomed);
+                    }
+                }
+                _ = sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
+                    flush_at = None;
+                    if let Err(reason) = self.send_outcomes(socket, &mut held).await {
                         return disconnected(reason, welcomed);
                     }
                 }
@@ -268,6 +300,45 @@ impl Worker {
         }
     }
 
+    /// With an adaptive prefetch, holds enough queued chunks for about [`PREFETCH_QUEUE_TIME`] of
+    /// work per slot when chunks turn out to be short; returns the new prefetch to announce. It
+    /// only grows, so the coordinator never has to take chunks back.
+    fn grow_prefetch(&mut self) -> Option<u32> {
+        if !self.config.adaptive_prefetch {
+            return None;
+        }
+        let avg = self.run_time?.max(Duration::from_micros(1));
+        let per_slot = (PREFETCH_QUEUE_TIME.as_nanos() / avg.as_nanos())
+            .min(MAX_PREFETCH_PER_SLOT as u128) as u32;
+        let wanted = per_slot.saturating_mul(self.config.slots);
+        // Announce only clear growth, so a few fast chunks do not cause a message per outcome.
+        if wanted >= self.config.prefetch.saturating_mul(2) {
+            info!(
+                prefetch = wanted,
+                avg_us = avg.as_micros() as u64,
+                "short chunks: holding more queued"
+            );
+            self.config.prefetch = wanted;
+            return Some(wanted);
+        }
+        None
+    }
+
+    /// Sends held outcomes in one frame; on failure they wait in the outbox for the next session.
+    async fn send_outcomes(
+        &mut self,
+        socket: &mut Socket,
+        held: &mut Vec<ChunkOutcome>,
+    ) -> Result<(), String> {
+        let batch = std::mem::take(held);
+        let msgs: Vec<WorkerMessage> = batch.iter().cloned().map(WorkerMessage::Outcome).collect();
+        let sent = self.send(socket, msgs).await;
+        if sent.is_err() {
+            self.outbox.extend(batch);
+        }
+        sent
+    }
+
     fn closed_by_coordinator(
         &self,
         reason: Option<ws::CloseReason>,
@@ -291,7 +362,15 @@ impl Worker {
     }
 
     /// Outcomes of attempts that were cancelled meanwhile are dropped: nobody wants them.
-    fn collect_outcome(&mut self, outcome: ChunkOutcome, batch: &mut Vec<ChunkOutcome>) {
+    fn collect_outcome(
+        &mut self,
+        (outcome, took): (ChunkOutcome, Duration),
+        batch: &mut Vec<ChunkOutcome>,
+    ) {
+        self.run_time = Some(match self.run_time {
+            None => took,
+            Some(avg) => (avg * 7 + took) / 8,
+        });
         if self.running.remove(&outcome.chunk).is_some() {
             batch.push(outcome);
         } else {
@@ -393,12 +472,23 @@ impl Worker {
         let flag = Arc::new(AtomicBool::new(false));
         self.running.insert(chunk, flag.clone());
         let ctx = TaskContext::new(chunk, flag);
-        let handle = tokio::task::spawn_blocking(move || f(&ctx, &input));
+        let handle = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let output = f(&ctx, &input);
+            (output, started.elapsed())
+        });
         let tx = self.outcomes_tx.clone();
         actix_rt::spawn(async move {
-            let result = match handle.await {
-                Ok(Ok(output)) => Outcome::Succeeded(output),
-                Ok(Err(e)) => Outcome::Failed(Failure {
+            let (result, took) = match handle.await {
+                Ok((output, took)) => (output, took),
+                Err(e) => (
+                    Err(TaskError::retryable(format!("task `{task}` panicked: {e}"))),
+                    Duration::ZERO,
+                ),
+            };
+            let result = match result {
+                Ok(output) => Outcome::Succeeded(output),
+                Err(e) => Outcome::Failed(Failure {
                     class: if e.permanent {
                         FailureClass::Permanent
                     } else {
@@ -406,12 +496,8 @@ impl Worker {
                     },
                     message: e.message,
                 }),
-                Err(e) => Outcome::Failed(Failure {
-                    class: FailureClass::TaskError,
-                    message: format!("task `{task}` panicked: {e}"),
-                }),
             };
-            let _ = tx.send(ChunkOutcome { chunk, result });
+            let _ = tx.send((ChunkOutcome { chunk, result }, took));
         });
         None
     }

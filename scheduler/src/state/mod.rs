@@ -289,6 +289,11 @@ impl ClusterState {
         self.workers.heard_from(id);
     }
 
+    /// A worker holds this many queued chunks beyond its slots from now on.
+    pub fn worker_prefetch(&mut self, id: WorkerId, prefetch: u32) {
+        self.workers.set_prefetch(id, prefetch);
+    }
+
     /// A worker announced shutdown: it gets no new chunks.
     pub fn worker_draining(&mut self, id: WorkerId) {
         if let Some(w) = self.workers.get(id) {

@@ -215,6 +215,11 @@ impl Workers {
         });
     }
 
+    /// The worker holds this many chunks queued beyond its slots.
+    pub fn set_prefetch(&mut self, id: WorkerId, prefetch: u32) {
+        self.update(id, |w| w.prefetch = prefetch);
+    }
+
     /// The worker takes no new chunks.
     pub fn set_draining(&mut self, id: WorkerId) {
         self.update(id, |w| w.draining = true);
