@@ -363,6 +363,31 @@ impl Api {
         )
     }
 
+    /// A request whose answer body is returned as bytes, unparsed (for timing a transfer without the
+    /// client's own JSON decoding): status and body.
+    pub fn call_bytes(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
+        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let result = match body {
+            Some(b) => req.set("Content-Type", "application/json").send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = response.status();
+        let mut bytes = Vec::new();
+        response
+            .into_reader()
+            .read_to_end(&mut bytes)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        (status, bytes)
+    }
+
     /// GET.
     pub fn get(&self, path: &str) -> Answer {
         self.call("GET", path, None, &[])

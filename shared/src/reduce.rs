@@ -196,7 +196,7 @@ impl Eq for Head {}
 fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
     let runs: Vec<Vec<i64>> = partials
         .iter()
-        .map(|p| serde_json::from_slice(p).ok())
+        .map(|p| crate::ints::parse_ints(p))
         .collect::<Option<_>>()?;
     let total = runs.iter().map(Vec::len).sum();
     let mut out: Vec<i64> = Vec::with_capacity(total);

@@ -84,7 +84,10 @@ pub fn int_from_json(v: &Value) -> Option<i128> {
 
 /// `sum`: the exact sum of an array of 64-bit integers.
 pub fn sum(input: &[u8]) -> Result<Bytes, TaskError> {
-    let items: Vec<i64> = parse("sum", input, "an array of 64-bit integers")?;
+    let items: Vec<i64> = match crate::ints::parse_ints(input) {
+        Some(items) => items,
+        None => parse("sum", input, "an array of 64-bit integers")?,
+    };
     let total: i128 = items.iter().map(|&v| i128::from(v)).sum();
     Ok(to_bytes(&int_to_json(total)))
 }
@@ -141,7 +144,11 @@ enum SortChunk {
 pub fn sort(input: &[u8]) -> Result<Bytes, TaskError> {
     // Fast path: integers sort as integers (equal integers are indistinguishable, so an unstable
     // sort is still a stable one).
-    if let Ok(chunk) = serde_json::from_slice::<IntSortChunk>(input) {
+    let fast = match crate::ints::parse_ints(input) {
+        Some(items) => Some(IntSortChunk::Plain(items)),
+        None => serde_json::from_slice::<IntSortChunk>(input).ok(),
+    };
+    if let Some(chunk) = fast {
         let (mut items, descending) = match chunk {
             IntSortChunk::Plain(items) => (items, false),
             IntSortChunk::WithOptions { items, descending } => (items, descending),
