@@ -60,6 +60,7 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
     let body = read_body(&req, payload, app.max_body_bytes).await?;
+    tracing::debug!(bytes = body.len(), "job body read");
     let raw: RawJob = serde_json::from_slice(&body).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
         _ => ApiError::MalformedJson(e.to_string()),
@@ -80,6 +81,7 @@ pub(super) async fn submit(
         }
     };
     let spec = raw.validate().map_err(|e| ApiError::Invalid(e.0))?;
+    tracing::debug!("job body validated");
     let (submitted, view) = app
         .coordinator(&req)?
         .send(Submit { spec, idempotency })

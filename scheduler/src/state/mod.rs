@@ -241,6 +241,7 @@ impl ClusterState {
             } => split(kind, input, *chunking, self.workers.capacity()),
             Work::Custom { chunks, .. } => chunks.clone(),
         };
+        debug!(chunks = inputs.len(), "job split");
         let id = JobId::new();
         let job = Job::new(id, meta, inputs);
         self.store
