@@ -306,15 +306,17 @@ impl Api {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    /// Sends a request; an error when no HTTP answer came (connection refused or closed).
-    pub fn try_call(
+    /// Sends a request with the token, `headers` and a JSON `body`; an error when no HTTP answer
+    /// came (connection refused or closed).
+    fn send(
         &self,
+        agent: &ureq::Agent,
         method: &str,
         path: &str,
         body: Option<&str>,
         headers: &[(&str, &str)],
-    ) -> Result<Answer, String> {
-        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
+    ) -> Result<ureq::Response, String> {
+        let mut req = agent.request(method, &format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.set("Authorization", &format!("Bearer {t}"));
         }
@@ -325,65 +327,59 @@ impl Api {
             Some(b) => req.set("Content-Type", "application/json").send_string(b),
             None => req.call(),
         };
-        let response = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
+        match result {
+            Ok(r) => Ok(r),
+            Err(ureq::Error::Status(_, r)) => Ok(r),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Status, content type and the whole body (`into_string` stops at 10 MB; results of big jobs
+    /// are larger).
+    fn read(response: ureq::Response) -> Result<(u16, String, Vec<u8>), String> {
         let status = response.status();
         let content_type = response.header("content-type").unwrap_or("").to_owned();
-        // `into_string` stops at 10 MB; results of big jobs are larger.
-        let mut text = Vec::new();
+        let mut bytes = Vec::new();
         response
             .into_reader()
-            .read_to_end(&mut text)
+            .read_to_end(&mut bytes)
             .map_err(|e| format!("cannot read the answer: {e}"))?;
+        Ok((status, content_type, bytes))
+    }
+
+    /// Sends a request; an error when no HTTP answer came (connection refused or closed).
+    pub fn try_call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, String> {
+        let (status, content_type, bytes) =
+            Self::read(self.send(&self.agent, method, path, body, headers)?)?;
         Ok(Answer {
             status,
             content_type,
-            body: serde_json::from_slice(&text).unwrap_or(Value::Null),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         })
     }
 
     /// A request that does not follow redirects: status and `Location` header.
     pub fn call_raw(&self, method: &str, path: &str) -> (u16, String) {
         let agent = ureq::AgentBuilder::new().redirects(0).timeout(WAIT).build();
-        let mut req = agent.request(method, &format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let response = match req.call() {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        (
-            response.status(),
-            response.header("location").unwrap_or("").to_owned(),
-        )
+        let response = self
+            .send(&agent, method, path, None, &[])
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let location = response.header("location").unwrap_or("").to_owned();
+        (response.status(), location)
     }
 
     /// A request whose answer body is returned as bytes, unparsed (for timing a transfer without the
     /// client's own JSON decoding): status and body.
     pub fn call_bytes(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
-        let mut req = self.agent.request(method, &format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.set("Authorization", &format!("Bearer {t}"));
-        }
-        let result = match body {
-            Some(b) => req.set("Content-Type", "application/json").send_string(b),
-            None => req.call(),
-        };
-        let response = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path}: {e}"),
-        };
-        let status = response.status();
-        let mut bytes = Vec::new();
-        response
-            .into_reader()
-            .read_to_end(&mut bytes)
+        let (status, _, bytes) = self
+            .send(&self.agent, method, path, body, &[])
+            .and_then(Self::read)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
         (status, bytes)
     }
