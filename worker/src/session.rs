@@ -569,6 +569,27 @@ mod tests {
     }
 
     #[test]
+    fn short_chunks_grow_the_prefetch_once_and_only_when_adaptive() {
+        let mut w = worker();
+        w.config.slots = 2;
+        w.config.prefetch = 8;
+        w.run_time = Some(Duration::from_micros(50));
+        assert_eq!(w.grow_prefetch(), Some(128));
+        assert_eq!(
+            w.grow_prefetch(),
+            None,
+            "no second announcement without further growth"
+        );
+        let mut slow = worker();
+        slow.run_time = Some(Duration::from_millis(20));
+        assert_eq!(slow.grow_prefetch(), None);
+        let mut fixed = worker();
+        fixed.config.adaptive_prefetch = false;
+        fixed.run_time = Some(Duration::from_micros(50));
+        assert_eq!(fixed.grow_prefetch(), None);
+    }
+
+    #[test]
     fn a_heartbeat_timeout_close_means_reconnect() {
         let reason = ws::CloseReason {
             code: ws::CloseCode::Other(muster_shared::protocol::CLOSE_HEARTBEAT_TIMEOUT),

@@ -786,6 +786,23 @@ mod tests {
     }
 
     #[test]
+    fn a_larger_prefetch_lets_a_worker_take_more_chunks() {
+        let mut s = state();
+        let w = worker(&mut s, 1);
+        s.submit(
+            spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3, 4, 5], "chunks": 5})),
+            None,
+        )
+        .unwrap();
+        s.dispatch();
+        assert_eq!(assignments(&mut s).len(), 1);
+        s.worker_prefetch(w, 3);
+        s.dispatch();
+        assert_eq!(assignments(&mut s).len(), 3);
+        assert_eq!(s.workers().free_slots(), 0);
+    }
+
+    #[test]
     fn duplicate_outcomes_count_once() {
         let mut s = state();
         let w = worker(&mut s, 1);

@@ -8,6 +8,7 @@
 //! the writer thread is woken once per batch rather than once per write. Inserts
 //! of new jobs, [`Store::sync`] and [`Store::load`] wait for their answer, after every earlier write.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -67,21 +68,31 @@ pub(super) struct Writer {
     /// The first failure of a write nobody waited for, reported by the next call.
     failed: Arc<Mutex<Option<StoreError>>>,
     buffer: Buffer,
+    /// Batches handed to the writer thread.
+    sent: u64,
+    /// Batches the writer thread has written (or failed to write); equal to `sent` when nothing
+    /// is outstanding, so [`Store::sync`] need not ask.
+    done: Arc<AtomicU64>,
 }
 
 fn run<B: Backend>(
     mut backend: B,
+    done: Arc<AtomicU64>,
     incoming: mpsc::Receiver<Msg>,
     failed: Arc<Mutex<Option<StoreError>>>,
 ) {
     let mut ops: Vec<Op> = Vec::new();
     let mut waiting: Vec<Reply<()>> = Vec::new();
+    let mut batches = 0u64;
     while let Ok(first) = incoming.recv() {
         let mut next = Some(first);
         let mut load: Option<Reply<Snapshot>> = None;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Ops(batch) => ops.extend(batch),
+                Msg::Ops(batch) => {
+                    ops.extend(batch);
+                    batches += 1;
+                }
                 Msg::Sync(reply) => waiting.push(reply),
                 Msg::Load(reply) => {
                     load = Some(reply);
@@ -98,6 +109,7 @@ fn run<B: Backend>(
             backend.write(&ops)
         };
         ops.clear();
+        done.fetch_add(std::mem::take(&mut batches), Ordering::Release);
         if let Err(e) = &written {
             error!(error = %e, "store write failed");
             let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
@@ -125,12 +137,14 @@ impl Writer {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let failed = Arc::new(Mutex::new(None));
         let slot = failed.clone();
+        let done = Arc::new(AtomicU64::new(0));
+        let counter = done.clone();
         std::thread::Builder::new()
             .name(format!("muster-{kind}"))
             .spawn(move || match make() {
                 Ok(backend) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(backend, incoming, slot);
+                    run(backend, counter, incoming, slot);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -145,6 +159,8 @@ impl Writer {
             queue,
             failed,
             buffer: Buffer::default(),
+            sent: 0,
+            done,
         })
     }
 
@@ -162,6 +178,11 @@ impl Writer {
         if ops.is_empty() {
             return Ok(());
         }
+        self.send_ops(ops)
+    }
+
+    fn send_ops(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
+        self.sent += 1;
         self.send(Msg::Ops(ops))
     }
 
@@ -187,7 +208,7 @@ impl Store for Writer {
             idempotency: job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec())),
         };
         self.flush_buffer()?;
-        self.send(Msg::Ops(vec![Op::Insert(insert)]))?;
+        self.send_ops(vec![Op::Insert(insert)])?;
         self.ask(Msg::Sync)
     }
 
@@ -225,6 +246,12 @@ impl Store for Writer {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush_buffer()?;
+        let clean = self.failed.lock().map(|f| f.is_none()).unwrap_or(false);
+        if clean && self.done.load(Ordering::Acquire) == self.sent {
+            // Everything handed over is already committed.
+            return Ok(());
+        }
         self.ask(Msg::Sync)
     }
 
