@@ -101,6 +101,19 @@ impl IntArray {
         })
     }
 
+    /// Like [`IntArray::parse`], keeping the request's own text instead of copying it.
+    pub fn from_raw(
+        raw: Box<serde_json::value::RawValue>,
+    ) -> Result<Self, (NotInts, Box<serde_json::value::RawValue>)> {
+        match walk(raw.get().as_bytes(), |_| ()) {
+            Ok(len) => Ok(Self {
+                text: Box::<str>::from(raw).into_string(),
+                len,
+            }),
+            Err(e) => Err((e, raw)),
+        }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -128,17 +141,14 @@ impl IntArray {
         let mut cuts = Vec::with_capacity(n + 1);
         cuts.push(0usize);
         let mut next = 1;
-        let mut seen = 0usize;
-        for (pos, &c) in body.iter().enumerate() {
+        // Integers hold no commas, so the k-th comma ends the k-th element.
+        for (seen, pos) in memchr::memchr_iter(b',', body).enumerate() {
             if next >= n {
                 break;
             }
-            if c == b',' {
-                seen += 1;
-                while next < n && seen == next * self.len / n {
-                    cuts.push(pos);
-                    next += 1;
-                }
+            while next < n && seen + 1 == next * self.len / n {
+                cuts.push(pos);
+                next += 1;
             }
         }
         while cuts.len() < n {

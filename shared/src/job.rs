@@ -262,7 +262,12 @@ impl RawJob {
                     "missing `kind` (sum, sort, wordcount) or `task` (with explicit `chunks`)",
                 ));
             }
-            (Some(kind), None) => self.builtin(kind)?,
+            (Some(kind), None) => {
+                let kind = kind.clone();
+                let mut this = self;
+                let input = this.input.take();
+                this.builtin(&kind, input)?
+            }
             (None, Some(task)) => self.custom(task)?,
         };
         Ok(JobSpec {
@@ -274,7 +279,7 @@ impl RawJob {
         })
     }
 
-    fn builtin(&self, kind: &str) -> Result<Work, InvalidJob> {
+    fn builtin(&self, kind: &str, input: Option<Box<RawValue>>) -> Result<Work, InvalidJob> {
         refuse_option(self.reduce.is_some(), "reduce", "built-in kinds")?;
         let kind = match kind {
             "sum" => Kind::Sum,
@@ -319,13 +324,20 @@ impl RawJob {
             (None, Some(v)) => Chunking::Size(positive_int("chunk_size", v, u64::MAX >> 1)?),
             (None, None) => Chunking::Auto,
         };
-        let input = self
-            .input
-            .as_ref()
-            .ok_or_else(|| invalid(format!("missing `input` for kind {}", kind.name())))?;
-        let text = input.get();
-        let input = match (&kind, IntArray::parse(text)) {
+        let raw =
+            input.ok_or_else(|| invalid(format!("missing `input` for kind {}", kind.name())))?;
+        let (ints, raw) = match IntArray::from_raw(raw) {
+            Ok(ints) => (Ok(ints), None),
+            Err((e, raw)) => (Err(e), Some(raw)),
+        };
+        let text = raw.as_deref().map_or("", RawValue::get);
+        let input = match (&kind, ints) {
             (Kind::Sum | Kind::Sort { .. }, Ok(ints)) => Input::Ints(ints),
+            (Kind::Wordcount { .. }, Ok(_)) => {
+                return Err(invalid(
+                    "`input` of wordcount must be a string, got an array",
+                ))
+            }
             // Errors and other element types take the slow path, which names what is wrong.
             (Kind::Sum, Err(_)) => {
                 let value: Value =
