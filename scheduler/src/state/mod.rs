@@ -633,11 +633,6 @@ impl ClusterState {
     pub fn workers(&self) -> &Workers {
         &self.workers
     }
-
-    /// Chunks waiting for a slot.
-    pub fn queued_chunks(&self) -> usize {
-        self.queue.ready_len()
-    }
 }
 
 #[cfg(test)]

@@ -82,9 +82,4 @@ impl ChunkQueue {
     pub fn unpop(&mut self, key: JobKey, chunk: ChunkIndex) {
         self.ready.entry(key).or_default().push_front(chunk);
     }
-
-    /// Chunks ready now.
-    pub fn ready_len(&self) -> usize {
-        self.ready.values().map(VecDeque::len).sum()
-    }
 }
