@@ -340,6 +340,23 @@ impl Job {
             Some((end, at)) => {
                 counts.pending = 0;
                 let state = match end {
+                    JobEnd::Succeeded(result) if result.is_empty() => {
+                        let partials: Vec<Bytes> = chunks
+                            .iter()
+                            .filter_map(|c| match &c.state {
+                                ChunkState::Succeeded { result } => Some(result.clone()),
+                                _ => None,
+                            })
+                            .collect();
+                        match stored.meta.reducer.reduce(&partials) {
+                            Ok(result) => JobState::Succeeded {
+                                result: Arc::from(result),
+                            },
+                            Err(e) => JobState::Failed {
+                                error: format!("cannot merge the stored results: {e}"),
+                            },
+                        }
+                    }
                     JobEnd::Succeeded(result) => JobState::Succeeded {
                         result: Arc::from(result),
                     },
@@ -351,6 +368,16 @@ impl Job {
             None if attempts > 0 => (JobState::Running, None),
             None => (JobState::Queued, None),
         };
+        let mut chunks = chunks;
+        if state.is_terminal() {
+            // A finished job keeps its attempt history in memory, not its data.
+            for chunk in &mut chunks {
+                chunk.input = Bytes::new();
+                if let ChunkState::Succeeded { result } = &mut chunk.state {
+                    *result = Bytes::new();
+                }
+            }
+        }
         if let JobState::Failed { .. } = state {
             counts.failed = chunks
                 .iter()

@@ -96,10 +96,6 @@ impl Store for MemoryStore {
             stored.end = Some((end.clone(), at));
             for chunk in &mut stored.chunks {
                 chunk.input = Bytes::new();
-                // A succeeded chunk keeps an empty result as the mark that it succeeded.
-                if chunk.result.is_some() {
-                    chunk.result = Some(Bytes::new());
-                }
             }
         }
         Ok(())

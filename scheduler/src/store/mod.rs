@@ -82,7 +82,8 @@ pub struct NewJob<'a> {
 /// How a job ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobEnd {
-    /// With this result (JSON).
+    /// With this result (JSON). Read back empty from the SQL stores, which keep the partial
+    /// results instead; the job is then merged again.
     Succeeded(String),
     /// With this error.
     Failed(String),
@@ -95,7 +96,7 @@ pub enum JobEnd {
 pub struct StoredChunk {
     /// Its payload (empty once the job ended).
     pub input: Bytes,
-    /// Its partial result, if it succeeded (dropped once the job ended).
+    /// Its partial result, if it succeeded.
     pub result: Option<Bytes>,
     /// Its attempts, in order.
     pub attempts: Vec<AttemptRecord>,

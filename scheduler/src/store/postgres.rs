@@ -201,10 +201,9 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                 "UPDATE muster_jobs SET end_kind = $2, end_text = $3, finished_at = $4 WHERE id = $1",
                 &[job, kind, text, at],
             )?;
-            // A succeeded chunk keeps an empty result as the mark that it succeeded.
+            // Partial results stay: a succeeded job's result is merged from them on restart.
             tx.execute(
-                "UPDATE muster_chunks SET input = ''::bytea, \
-                 result = CASE WHEN result IS NULL THEN NULL ELSE ''::bytea END WHERE job_id = $1",
+                "UPDATE muster_chunks SET input = ''::bytea WHERE job_id = $1",
                 &[job],
             )?;
         }

@@ -67,7 +67,10 @@ impl Buffer {
 
     pub(super) fn finish(&mut self, job: JobId, end: &JobEnd, at: DateTime<Utc>) {
         let (kind, text) = match end {
-            JobEnd::Succeeded(result) => ("succeeded", Some(result.clone())),
+            // The result is not written again: the partial results are stored already, and a
+            // restarted coordinator merges them anew (reducers are deterministic). Writing a large
+            // result a second time cost more than merging it.
+            JobEnd::Succeeded(_) => ("succeeded", None),
             JobEnd::Failed(error) => ("failed", Some(error.clone())),
             JobEnd::Cancelled => ("cancelled", None),
         };

@@ -126,12 +126,9 @@ fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
                 "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
             )?
             .execute(params![job, kind, text, at])?;
-            // A succeeded chunk keeps an empty result as the mark that it succeeded.
-            tx.prepare_cached(
-                "UPDATE chunks SET input = x'', result = CASE WHEN result IS NULL THEN NULL ELSE x'' END \
-                 WHERE job_id = ?1",
-            )?
-            .execute(params![job])?;
+            // Partial results stay: a succeeded job's result is merged from them on restart.
+            tx.prepare_cached("UPDATE chunks SET input = x'' WHERE job_id = ?1")?
+                .execute(params![job])?;
         }
     }
     Ok(())
