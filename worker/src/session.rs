@@ -28,6 +28,10 @@ use crate::{Tasks, WorkerConfig};
 
 /// Heartbeat interval used until the coordinator's welcome names one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Chunks shorter than this on average are run several per blocking hand-off.
+const SHORT_CHUNK: Duration = Duration::from_micros(200);
+/// Most chunks one blocking hand-off runs.
+const MAX_CHUNKS_PER_HANDOFF: usize = 32;
 /// Queued work an adaptive prefetch aims to hold per slot.
 const PREFETCH_QUEUE_TIME: Duration = Duration::from_millis(5);
 /// Most chunks an adaptive prefetch holds queued per slot.
@@ -63,8 +67,10 @@ pub(crate) struct Worker {
     queued: VecDeque<Assignment>,
     /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
     outbox: Vec<ChunkOutcome>,
-    outcomes_tx: mpsc::UnboundedSender<(ChunkOutcome, Duration)>,
-    outcomes_rx: mpsc::UnboundedReceiver<(ChunkOutcome, Duration)>,
+    outcomes_tx: mpsc::UnboundedSender<Done>,
+    outcomes_rx: mpsc::UnboundedReceiver<Done>,
+    /// Blocking hand-offs in flight: each holds one slot while it runs its chunks.
+    busy: usize,
     /// Moving average of how long a chunk runs, for the adaptive prefetch.
     run_time: Option<Duration>,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -82,6 +88,7 @@ impl Worker {
             outbox: Vec::new(),
             outcomes_tx,
             outcomes_rx,
+            busy: 0,
             run_time: None,
             shutdown,
         }
@@ -229,11 +236,11 @@ impl Worker {
                         ws::Frame::Pong(_) | ws::Frame::Text(_) | ws::Frame::Continuation(_) => {}
                     }
                 }
-                Some(outcome) = self.outcomes_rx.recv() => {
+                Some(done) = self.outcomes_rx.recv() => {
                     let mut batch = Vec::new();
-                    self.collect_outcome(outcome, &mut batch);
+                    self.collect(done, &mut batch);
                     while let Ok(more) = self.outcomes_rx.try_recv() {
-                        self.collect_outcome(more, &mut batch);
+                        self.collect(more, &mut batch);
                     }
                     for refusal in self.start_queued() {
                         batch.push(refusal);
@@ -361,12 +368,16 @@ impl Worker {
         }
     }
 
-    /// Outcomes of attempts that were cancelled meanwhile are dropped: nobody wants them.
-    fn collect_outcome(
-        &mut self,
-        (outcome, took): (ChunkOutcome, Duration),
-        batch: &mut Vec<ChunkOutcome>,
-    ) {
+    /// Takes a report of a blocking thread: a freed slot, or an outcome. Outcomes of attempts that
+    /// were cancelled meanwhile are dropped: nobody wants them.
+    fn collect(&mut self, done: Done, batch: &mut Vec<ChunkOutcome>) {
+        let (outcome, took) = match done {
+            Done::SlotFree => {
+                self.busy = self.busy.saturating_sub(1);
+                return;
+            }
+            Done::Outcome(outcome, took) => (outcome, took),
+        };
         self.run_time = Some(match self.run_time {
             None => took,
             Some(avg) => (avg * 7 + took) / 8,
@@ -423,14 +434,21 @@ impl Worker {
         Ok(replies)
     }
 
-    /// Starts queued attempts while slots are free; returns failures to report at once.
+    /// Starts queued attempts while slots are free; returns failures to report at once. When
+    /// chunks are short, one slot takes several queued chunks in a single blocking hand-off.
     fn start_queued(&mut self) -> Vec<ChunkOutcome> {
         let mut refusals = Vec::new();
-        while self.running.len() < self.config.slots as usize {
-            let Some(next) = self.queued.pop_front() else {
-                break;
+        let slots = self.config.slots as usize;
+        while self.busy < slots && !self.queued.is_empty() {
+            let short = self.run_time.is_some_and(|t| t < SHORT_CHUNK);
+            let share = self.queued.len().div_ceil(slots - self.busy);
+            let take = if short {
+                share.min(MAX_CHUNKS_PER_HANDOFF)
+            } else {
+                1
             };
-            refusals.extend(self.launch(next));
+            let batch: Vec<Assignment> = self.queued.drain(..take).collect();
+            refusals.extend(self.launch(batch));
         }
         refusals
     }
@@ -444,8 +462,8 @@ impl Worker {
                 "worker is shutting down",
             ));
         }
-        if self.running.len() < self.config.slots as usize {
-            return self.launch(assignment);
+        if self.busy < self.config.slots as usize {
+            return self.launch(vec![assignment]).pop();
         }
         if self.queued.len() < self.config.prefetch as usize {
             self.queued.push_back(assignment);
@@ -458,49 +476,78 @@ impl Worker {
         ))
     }
 
-    /// Starts an attempt on a blocking thread; returns a failure to send at once when it cannot.
-    fn launch(&mut self, assignment: Assignment) -> Option<ChunkOutcome> {
-        let Assignment { chunk, task, input } = assignment;
-        let Some(f) = self.tasks.get(&task).cloned() else {
-            return Some(failure(
-                chunk,
-                FailureClass::UnknownTask,
-                &format!("worker does not know task `{task}`"),
-            ));
-        };
-        debug!(%chunk, %task, "running chunk");
-        let flag = Arc::new(AtomicBool::new(false));
-        self.running.insert(chunk, flag.clone());
-        let ctx = TaskContext::new(chunk, flag);
-        let handle = tokio::task::spawn_blocking(move || {
-            let started = std::time::Instant::now();
-            let output = f(&ctx, &input);
-            (output, started.elapsed())
-        });
+    /// Runs attempts one after another on one blocking thread (one slot); returns failures to
+    /// send at once for those it cannot run.
+    fn launch(&mut self, assignments: Vec<Assignment>) -> Vec<ChunkOutcome> {
+        let mut refusals = Vec::new();
+        let mut work = Vec::with_capacity(assignments.len());
+        for Assignment { chunk, task, input } in assignments {
+            let Some(f) = self.tasks.get(&task).cloned() else {
+                refusals.push(failure(
+                    chunk,
+                    FailureClass::UnknownTask,
+                    &format!("worker does not know task `{task}`"),
+                ));
+                continue;
+            };
+            debug!(%chunk, %task, "running chunk");
+            let flag = Arc::new(AtomicBool::new(false));
+            self.running.insert(chunk, flag.clone());
+            work.push((TaskContext::new(chunk, flag), task, f, input));
+        }
+        if work.is_empty() {
+            return refusals;
+        }
+        self.busy += 1;
         let tx = self.outcomes_tx.clone();
-        actix_rt::spawn(async move {
-            let (result, took) = match handle.await {
-                Ok((output, took)) => (output, took),
-                Err(e) => (
-                    Err(TaskError::retryable(format!("task `{task}` panicked: {e}"))),
-                    Duration::ZERO,
-                ),
-            };
-            let result = match result {
-                Ok(output) => Outcome::Succeeded(output),
-                Err(e) => Outcome::Failed(Failure {
-                    class: if e.permanent {
-                        FailureClass::Permanent
-                    } else {
-                        FailureClass::TaskError
-                    },
-                    message: e.message,
-                }),
-            };
-            let _ = tx.send((ChunkOutcome { chunk, result }, took));
-        });
-        None
+        // Detached: the thread reports through the channel, and a freed slot last.
+        drop(tokio::task::spawn_blocking(move || {
+            for (ctx, task, f, input) in work {
+                if ctx.is_cancelled() {
+                    continue;
+                }
+                let started = std::time::Instant::now();
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx, &input)))
+                        .unwrap_or_else(|panic| {
+                            let what = panic
+                                .downcast_ref::<&str>()
+                                .map(|s| (*s).to_owned())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default();
+                            Err(TaskError::retryable(format!(
+                                "task `{task}` panicked: {what}"
+                            )))
+                        });
+                let result = match result {
+                    Ok(output) => Outcome::Succeeded(output),
+                    Err(e) => Outcome::Failed(Failure {
+                        class: if e.permanent {
+                            FailureClass::Permanent
+                        } else {
+                            FailureClass::TaskError
+                        },
+                        message: e.message,
+                    }),
+                };
+                let outcome = ChunkOutcome {
+                    chunk: ctx.chunk(),
+                    result,
+                };
+                let _ = tx.send(Done::Outcome(outcome, started.elapsed()));
+            }
+            let _ = tx.send(Done::SlotFree);
+        }));
+        refusals
     }
+}
+
+/// What a blocking thread reports to the session loop.
+pub(crate) enum Done {
+    /// One attempt ended, after running this long.
+    Outcome(ChunkOutcome, Duration),
+    /// The hand-off finished: its slot is free.
+    SlotFree,
 }
 
 /// Sends a close frame and waits (briefly) for the coordinator's: once it answers, it has handled
