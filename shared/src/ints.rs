@@ -124,11 +124,6 @@ impl IntArray {
         self.len == 0
     }
 
-    /// The integers (for tests and small inputs).
-    pub fn values(&self) -> Vec<i64> {
-        serde_json::from_str(&self.text).unwrap_or_default()
-    }
-
     /// Cuts the array into `n` near-equal contiguous runs and writes each as
     /// `prefix` + `[elements]` + `suffix`.
     pub fn split(&self, n: usize, prefix: &str, suffix: &str) -> Vec<Bytes> {

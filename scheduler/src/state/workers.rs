@@ -71,11 +71,6 @@ impl WorkerEntry {
                 .all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
-    /// Load as a fraction of slots; placement picks the lowest.
-    pub fn load(&self) -> f64 {
-        self.running.len() as f64 / self.slots.max(1) as f64
-    }
-
     /// The public view.
     pub fn view(&self) -> WorkerView {
         let mut tasks: Vec<String> = self.tasks.iter().cloned().collect();
