@@ -465,7 +465,11 @@ impl Worker {
         if self.busy < self.config.slots as usize {
             return self.launch(vec![assignment]).pop();
         }
-        if self.queued.len() < self.config.prefetch as usize {
+        // The coordinator counts a chunk as outstanding until it hears its outcome; counting the
+        // same way here (a finished chunk whose slot is not yet marked free no longer counts)
+        // means an assignment that crossed an outcome on the wire is never refused.
+        let outstanding = self.running.len() + self.queued.len();
+        if outstanding < (self.config.slots + self.config.prefetch) as usize {
             self.queued.push_back(assignment);
             return None;
         }
@@ -634,6 +638,30 @@ mod tests {
         fixed.config.adaptive_prefetch = false;
         fixed.run_time = Some(Duration::from_micros(50));
         assert_eq!(fixed.grow_prefetch(), None);
+    }
+
+    #[test]
+    fn an_assignment_crossing_an_outcome_is_queued_not_refused() {
+        let mut w = worker();
+        w.config.slots = 1;
+        w.config.prefetch = 1;
+        // The only slot's chunk has reported, but its thread has not yet marked the slot free.
+        w.busy = 1;
+        let assignment = |n| Assignment {
+            chunk: ChunkRef {
+                job: muster_shared::ids::JobId::new(),
+                chunk: muster_shared::ids::ChunkIndex(n),
+                attempt: muster_shared::ids::Attempt(1),
+            },
+            task: "sum".into(),
+            input: Bytes::from_static(b"[1]"),
+        };
+        assert!(w.start(assignment(0)).is_none());
+        assert!(w.start(assignment(1)).is_none());
+        assert!(
+            w.start(assignment(2)).is_some(),
+            "past slots + prefetch outstanding, a chunk is handed back"
+        );
     }
 
     #[test]
