@@ -28,7 +28,7 @@ pub mod worker_session;
 use std::future::Future;
 use std::net::TcpListener;
 use std::sync::atomic::AtomicU64;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use actix::{Actor, Arbiter};
 use actix_web::{web, App, HttpServer};
@@ -98,6 +98,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         heartbeat_timeout: config.heartbeat_timeout,
         next_session: AtomicU64::new(1),
+        capacity: Arc::new(AtomicU64::new(0)),
     });
     let routes = app.clone();
     let server =
@@ -127,6 +128,7 @@ pub async fn run(
         },
     );
     state.restore()?;
+    state.publish_capacity_to(app.capacity.clone());
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
     let interval = config.heartbeat_interval();
     // The coordinator gets a thread of its own so that HTTP and socket work never delays it.

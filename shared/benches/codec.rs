@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
-use muster_shared::ints::IntArray;
+use muster_shared::ints::{pack_chunks, parse_ints};
 use muster_shared::protocol::{decode, encode, Assignment, ChunkRef, CoordinatorMessage, Frame};
 use muster_shared::reduce::Reducer;
 
@@ -50,14 +50,12 @@ fn ints(c: &mut Criterion) {
     let text = serde_json::to_string(&values).unwrap_or_default();
     let mut g = c.benchmark_group("ints");
     g.throughput(Throughput::Bytes(text.len() as u64));
-    g.bench_function("check 1M integers", |b| {
-        b.iter(|| IntArray::parse(black_box(&text)).map(|a| a.len()))
+    g.bench_function("check, cut into 100 chunks and pack 1M integers", |b| {
+        b.iter(|| pack_chunks(black_box(text.as_bytes()), |_| 100, false).map(|c| c.len()))
     });
-    if let Ok(array) = IntArray::parse(&text) {
-        g.bench_function("cut 1M integers into 100 chunks", |b| {
-            b.iter(|| array.split(black_box(100), "", "").len())
-        });
-    }
+    g.bench_function("parse 1M integers from JSON", |b| {
+        b.iter(|| parse_ints(black_box(text.as_bytes())).map(|v| v.len()))
+    });
     g.finish();
 }
 

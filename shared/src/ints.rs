@@ -1,202 +1,283 @@
-//! The fast path for the commonest input, a JSON array of 64-bit integers: it is checked in one
-//! pass over its text and kept as that text, and chunks are cut from the text at element
-//! boundaries. No integer is parsed into a value tree or printed again on the coordinator.
+//! The fast path for the commonest input, a JSON array of 64-bit integers: one pass over its text
+//! checks it, cuts it into chunks and packs each chunk (see [`crate::packed`]), with large arrays
+//! cut on several threads. No value tree is built and no integer is printed again.
 
 use bytes::Bytes;
 
-/// A JSON array of integers that all fit in `i64`, kept as JSON text.
-#[derive(Debug, Clone)]
-pub struct IntArray {
-    text: String,
-    len: usize,
-}
+use crate::packed;
 
 /// Why a text is not an array of 64-bit integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotInts {
     /// The text is not an array at all.
     NotArray,
-    /// Element `index` is not an integer, or does not fit in 64 bits.
+    /// Element `index` is not an integer, does not fit in 64 bits, or is not followed by a
+    /// separator.
     Element {
         /// Its position.
         index: usize,
     },
 }
 
+fn is_ws(c: u8) -> bool {
+    matches!(c, b' ' | b'\n' | b'\r' | b'\t')
+}
+
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
-    while i < b.len() && matches!(b[i], b' ' | b'\n' | b'\r' | b'\t') {
+    while i < b.len() && is_ws(b[i]) {
         i += 1;
     }
     i
 }
 
-/// Walks a JSON array of 64-bit integers, calling `each` with every value; returns the count.
-/// `text` must be valid JSON (the request parser checked it, or it came from serde_json).
-fn walk(text: &[u8], mut each: impl FnMut(i64)) -> Result<usize, NotInts> {
-    let b = text;
+/// Reads one JSON integer at `b[i..]` that fits in `i64`; returns it and the index after it.
+#[inline]
+fn int_at(b: &[u8], mut i: usize) -> Option<(i64, usize)> {
+    let negative = b.get(i) == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let start = i;
+    let mut value: u64 = 0;
+    // Eighteen decimal digits always fit in a u64: no overflow check until then.
+    let fast_end = b.len().min(start + 18);
+    while i < fast_end {
+        let d = b[i].wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        value = value * 10 + u64::from(d);
+        i += 1;
+    }
+    while i < b.len() {
+        let d = b[i].wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(d))?;
+        i += 1;
+    }
+    // JSON has no leading zeros; serde reads `-0` as a float, so it is not an integer here either.
+    if i == start || (b[start] == b'0' && (i - start > 1 || negative)) {
+        return None;
+    }
+    let limit = if negative {
+        1u64 << 63
+    } else {
+        i64::MAX as u64
+    };
+    if value > limit {
+        return None;
+    }
+    // `value` fits: as i64 for positives, or as the magnitude of a negative (2^63 included).
+    let v = if negative {
+        (value as i64).wrapping_neg()
+    } else {
+        value as i64
+    };
+    Some((v, i))
+}
+
+/// Parses the comma-separated integers of `b` (the inside of an array, or a run of it) into `out`;
+/// on failure, the index within `b` of the element at fault.
+fn parse_run(b: &[u8], out: &mut Vec<i64>) -> Result<(), usize> {
+    let first = out.len();
     let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'[') {
+    if i == b.len() {
+        return Ok(());
+    }
+    loop {
+        let bad = out.len() - first;
+        let (v, next) = int_at(b, i).ok_or(bad)?;
+        out.push(v);
+        i = skip_ws(b, next);
+        match b.get(i) {
+            None => return Ok(()),
+            Some(b',') => i = skip_ws(b, i + 1),
+            // A fraction, an exponent, or anything but a separator: not an integer.
+            Some(_) => return Err(bad),
+        }
+    }
+}
+
+/// The inside of a JSON array text (without its brackets and surrounding whitespace).
+fn inside(text: &[u8]) -> Result<&[u8], NotInts> {
+    let open = skip_ws(text, 0);
+    let mut close = text.len();
+    while close > open && is_ws(text[close - 1]) {
+        close -= 1;
+    }
+    if text.get(open) != Some(&b'[') || close < open + 2 || text[close - 1] != b']' {
         return Err(NotInts::NotArray);
     }
-    i = skip_ws(b, i + 1);
-    if b.get(i) == Some(&b']') {
-        return Ok(0);
-    }
-    let mut len = 0;
-    loop {
-        let bad = NotInts::Element { index: len };
-        let negative = b.get(i) == Some(&b'-');
-        if negative {
-            i += 1;
-        }
-        let start = i;
-        let mut value: u64 = 0;
-        while let Some(d) = b.get(i).filter(|c| c.is_ascii_digit()) {
-            value = value
-                .checked_mul(10)
-                .and_then(|v| v.checked_add(u64::from(d - b'0')))
-                .ok_or(bad)?;
-            i += 1;
-        }
-        let limit = if negative {
-            1u64 << 63
-        } else {
-            i64::MAX as u64
-        };
-        if i == start || value > limit {
-            return Err(bad);
-        }
-        // `value` fits: as i64 for positives, or as the magnitude of a negative (2^63 included).
-        each(if negative {
-            (value as i64).wrapping_neg()
-        } else {
-            value as i64
-        });
-        len += 1;
-        i = skip_ws(b, i);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b']') => return Ok(len),
-            // A fraction, an exponent, or anything but a separator: not an integer.
-            _ => return Err(bad),
-        }
-    }
+    Ok(&text[open + 1..close - 1])
 }
 
 /// Parses a JSON array of 64-bit integers about three times faster than a generic JSON parser;
 /// `None` when the text is anything else.
 pub fn parse_ints(text: &[u8]) -> Option<Vec<i64>> {
-    let mut values = Vec::with_capacity(text.len() / 8);
-    walk(text, |v| values.push(v)).ok()?;
+    let body = inside(text).ok()?;
+    let mut values = Vec::with_capacity(body.len() / 8);
+    parse_run(body, &mut values).ok()?;
     Some(values)
 }
 
-impl IntArray {
-    /// Checks `text` (valid JSON) is an array of integers in `i64` range.
-    pub fn parse(text: &str) -> Result<Self, NotInts> {
-        let len = walk(text.as_bytes(), |_| ())?;
-        Ok(Self {
-            text: text.to_owned(),
-            len,
+/// Number of elements the array holds if it is an array of integers: commas plus one.
+fn element_count(body: &[u8]) -> usize {
+    match memchr::memchr_iter(b',', body).count() {
+        0 if body.iter().all(|&c| is_ws(c)) => 0,
+        commas => commas + 1,
+    }
+}
+
+/// One chunk to cut: its byte range in the array's inside, first element and element count.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    from: usize,
+    to: usize,
+    first: usize,
+    count: usize,
+}
+
+/// Byte ranges of `n` near-equal runs of the `len` elements of `body`. Integers hold no commas,
+/// so the k-th comma ends the k-th element; a text that is not all integers fails when parsed.
+fn cuts(body: &[u8], len: usize, n: usize) -> Vec<Cut> {
+    let starts: Vec<usize> = (0..=n).map(|k| k * len / n).collect();
+    // Byte offsets of the comma ending element starts[k] - 1, for k in 1..n.
+    let mut ends = Vec::with_capacity(n);
+    let mut want = 1;
+    for (seen, pos) in memchr::memchr_iter(b',', body).enumerate() {
+        while want < n && starts[want] == seen + 1 {
+            ends.push(pos);
+            want += 1;
+        }
+        if want >= n {
+            break;
+        }
+    }
+    ends.resize(n - 1, body.len());
+    ends.push(body.len());
+    let mut from = 0;
+    (0..n)
+        .map(|k| {
+            let cut = Cut {
+                from,
+                to: ends[k],
+                first: starts[k],
+                count: starts[k + 1] - starts[k],
+            };
+            from = (ends[k] + 1).min(body.len());
+            cut
         })
-    }
+        .collect()
+}
 
-    /// Like [`IntArray::parse`], keeping the request's own text instead of copying it.
-    pub fn from_raw(
-        raw: Box<serde_json::value::RawValue>,
-    ) -> Result<Self, (NotInts, Box<serde_json::value::RawValue>)> {
-        match walk(raw.get().as_bytes(), |_| ()) {
-            Ok(len) => Ok(Self {
-                text: Box::<str>::from(raw).into_string(),
-                len,
-            }),
-            Err(e) => Err((e, raw)),
-        }
-    }
-
-    /// Number of elements.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when the array is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Cuts the array into `n` near-equal contiguous runs and writes each as
-    /// `prefix` + `[elements]` + `suffix`.
-    pub fn split(&self, n: usize, prefix: &str, suffix: &str) -> Vec<Bytes> {
-        let n = n.max(1);
-        let b = self.text.as_bytes();
-        let open = b.iter().position(|&c| c == b'[').unwrap_or(0);
-        let close = b.iter().rposition(|&c| c == b']').unwrap_or(b.len());
-        let body = &b[open + 1..close];
-        // Byte offsets (in `body`) of the commas after element i*len/n - 1, for each boundary.
-        let mut cuts = Vec::with_capacity(n + 1);
-        cuts.push(0usize);
-        let mut next = 1;
-        // Integers hold no commas, so the k-th comma ends the k-th element.
-        for (seen, pos) in memchr::memchr_iter(b',', body).enumerate() {
-            if next >= n {
-                break;
+/// Parses and packs each cut; on failure, the index (in the whole array) of the element at fault.
+fn pack_cuts(body: &[u8], cuts: &[Cut], descending: bool) -> Result<Vec<Bytes>, usize> {
+    let mut values = Vec::new();
+    cuts.iter()
+        .map(|cut| {
+            values.clear();
+            parse_run(&body[cut.from..cut.to], &mut values).map_err(|i| cut.first + i)?;
+            if values.len() != cut.count {
+                return Err(cut.first + values.len().min(cut.count));
             }
-            while next < n && seen + 1 == next * self.len / n {
-                cuts.push(pos);
-                next += 1;
+            Ok(packed::pack(&values, descending))
+        })
+        .collect()
+}
+
+/// Arrays at least this large are cut on several threads.
+const PARALLEL_BYTES: usize = 4 << 20;
+
+/// Checks that `text` is a JSON array of 64-bit integers, cuts it into `chunks(len)` near-equal
+/// contiguous runs and packs each one, in a single pass over the text.
+pub fn pack_chunks(
+    text: &[u8],
+    chunks: impl FnOnce(usize) -> usize,
+    descending: bool,
+) -> Result<Vec<Bytes>, NotInts> {
+    let body = inside(text)?;
+    let len = element_count(body);
+    let n = chunks(len).clamp(1, len.max(1));
+    let cuts = cuts(body, len, n);
+    let threads = if body.len() >= PARALLEL_BYTES {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 4)
+            .min(n)
+    } else {
+        1
+    };
+    let packed = if threads == 1 {
+        pack_cuts(body, &cuts, descending)
+    } else {
+        let per = n.div_ceil(threads);
+        std::thread::scope(|scope| {
+            let parts: Vec<_> = cuts
+                .chunks(per)
+                .map(|group| scope.spawn(move || pack_cuts(body, group, descending)))
+                .collect();
+            let mut all = Vec::with_capacity(n);
+            let mut bad: Option<usize> = None;
+            for part in parts {
+                match part.join() {
+                    Ok(Ok(chunks)) => all.extend(chunks),
+                    Ok(Err(i)) => bad = Some(bad.map_or(i, |b| b.min(i))),
+                    // A panic while parsing is a bug; report it as an unreadable array.
+                    Err(_) => bad = Some(bad.unwrap_or(0)),
+                }
             }
-        }
-        while cuts.len() < n {
-            cuts.push(body.len());
-        }
-        cuts.push(body.len());
-        cuts.windows(2)
-            .map(|w| {
-                let (a, z) = (w[0], w[1]);
-                // Every run but the first starts at a comma; skip it.
-                let a = if a > 0 && a < body.len() && body[a] == b',' {
-                    a + 1
-                } else {
-                    a
-                };
-                let run = &body[a.min(z)..z];
-                let mut out = Vec::with_capacity(run.len() + prefix.len() + suffix.len() + 2);
-                out.extend_from_slice(prefix.as_bytes());
-                out.push(b'[');
-                out.extend_from_slice(run);
-                out.push(b']');
-                out.extend_from_slice(suffix.as_bytes());
-                Bytes::from(out)
-            })
-            .collect()
-    }
+            bad.map_or(Ok(all), Err)
+        })
+    };
+    packed.map_err(|index| NotInts::Element { index })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packed::Packed;
+
+    fn pack_all(text: &str, n: usize) -> Result<Vec<Vec<i64>>, NotInts> {
+        pack_chunks(text.as_bytes(), |_| n, false).map(|chunks| {
+            chunks
+                .iter()
+                .map(|c| Packed::read(c).expect("packed").values())
+                .collect()
+        })
+    }
 
     #[test]
     fn accepts_integer_arrays_and_names_the_first_bad_element() {
-        assert_eq!(IntArray::parse("[ 1, -2 ,3 ]").unwrap().len(), 3);
-        assert_eq!(IntArray::parse("[]").unwrap().len(), 0);
+        assert_eq!(pack_all("[ 1, -2 ,3 ]", 1).unwrap(), vec![vec![1, -2, 3]]);
+        assert_eq!(pack_all(" [] ", 1).unwrap(), vec![Vec::<i64>::new()]);
+        assert_eq!(pack_all("[ ]", 3).unwrap(), vec![Vec::<i64>::new()]);
+        for (text, index) in [
+            ("[1, 2.5]", 1),
+            ("[1, \"x\"]", 1),
+            ("[9223372036854775808]", 0),
+            ("[1, 01]", 1),
+            ("[1,]", 1),
+            ("[1,,2]", 1),
+            ("[1 2]", 0),
+            ("[-]", 0),
+            ("[1, 2, 3e4]", 2),
+            ("[1, -0]", 1),
+        ] {
+            assert_eq!(
+                pack_all(text, 2).unwrap_err(),
+                NotInts::Element { index },
+                "{text}"
+            );
+        }
         assert_eq!(
-            IntArray::parse("[1, 2.5]").unwrap_err(),
-            NotInts::Element { index: 1 }
+            pack_all("[-9223372036854775808, 9223372036854775807]", 1).unwrap(),
+            vec![vec![i64::MIN, i64::MAX]]
         );
-        assert_eq!(
-            IntArray::parse("[1, \"x\"]").unwrap_err(),
-            NotInts::Element { index: 1 }
-        );
-        assert_eq!(
-            IntArray::parse("[9223372036854775808]").unwrap_err(),
-            NotInts::Element { index: 0 }
-        );
-        assert!(IntArray::parse("[-9223372036854775808, 9223372036854775807]").is_ok());
-        assert_eq!(
-            IntArray::parse("{\"a\": 1}").unwrap_err(),
-            NotInts::NotArray
-        );
+        for text in ["{\"a\": 1}", "[1", "1]", "", "[1]x"] {
+            assert_eq!(pack_all(text, 1).unwrap_err(), NotInts::NotArray, "{text}");
+        }
     }
 
     #[test]
@@ -211,17 +292,34 @@ mod tests {
     }
 
     #[test]
-    fn splits_cover_every_element_once() {
+    fn cuts_cover_every_element_once_in_near_equal_runs() {
         let values: Vec<i64> = (0..23).map(|v| v * 7 - 40).collect();
-        let array = IntArray::parse(&serde_json::to_string(&values).unwrap()).unwrap();
+        let text = serde_json::to_string(&values).unwrap();
         for n in 1..30 {
-            let back: Vec<i64> = array
-                .split(n, "", "")
-                .iter()
-                .flat_map(|c| serde_json::from_slice::<Vec<i64>>(c).unwrap())
-                .collect();
-            assert_eq!(back, values, "n = {n}");
-            assert_eq!(array.split(n, "", "").len(), n);
+            let chunks = pack_all(&text, n).unwrap();
+            assert_eq!(chunks.len(), n.min(values.len()), "n = {n}");
+            let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+            let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(hi - lo <= 1, "n = {n}: {sizes:?}");
+            assert_eq!(chunks.concat(), values, "n = {n}");
         }
+    }
+
+    #[test]
+    fn large_arrays_cut_on_several_threads_report_the_first_bad_element() {
+        let mut values: Vec<String> = (0..1_000_000).map(|v: i64| (v * 37).to_string()).collect();
+        let text = format!("[{}]", values.join(","));
+        let chunks = pack_all(&text, 10).unwrap();
+        assert_eq!(
+            chunks.concat(),
+            (0..1_000_000).map(|v| v * 37).collect::<Vec<_>>()
+        );
+        values[999_000] = "1.5".into();
+        values[700_001] = "x".into();
+        let text = format!("[{}]", values.join(","));
+        assert_eq!(
+            pack_all(&text, 10).unwrap_err(),
+            NotInts::Element { index: 700_001 }
+        );
     }
 }

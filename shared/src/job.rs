@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::ints::IntArray;
-
 use crate::reduce::Reducer;
+use crate::split::{chunk_count, split};
 
 /// Attempts a chunk gets when the job does not say.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -42,6 +41,10 @@ pub struct RawJob {
     /// ever becoming a value tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Box<RawValue>>,
+    /// The text of an `input` that looked like an integer array, found without parsing it (see
+    /// [`crate::body`]); used instead of `input` when set.
+    #[serde(skip)]
+    pub int_input: Option<Bytes>,
     /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Box<RawValue>>,
@@ -127,14 +130,12 @@ pub enum Chunking {
 /// What a job computes.
 #[derive(Debug, Clone)]
 pub enum Work {
-    /// A built-in kind over an input the coordinator splits.
+    /// A built-in kind over an input cut into chunks when the job was validated.
     Builtin {
         /// Which kind, with its options.
         kind: Kind,
-        /// The validated input.
-        input: Input,
-        /// How to cut it.
-        chunking: Chunking,
+        /// One payload per chunk: packed integers (see [`crate::packed`]) or JSON.
+        chunks: Vec<Bytes>,
     },
     /// A named task over explicit chunks.
     Custom {
@@ -147,11 +148,10 @@ pub enum Work {
     },
 }
 
-/// A built-in kind's input, checked for the element type the kind needs.
+/// A built-in kind's input other than an integer array (those are cut by
+/// [`crate::ints::pack_chunks`]), checked for the element type the kind needs.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// `sum`, and `sort` of integers: 64-bit integers, as JSON text.
-    Ints(IntArray),
     /// `sort`: numbers or strings (never mixed).
     Items(Vec<Value>),
     /// `wordcount`: text.
@@ -162,7 +162,6 @@ impl Input {
     /// Number of splittable units: elements, or bytes of text.
     pub fn len(&self) -> usize {
         match self {
-            Input::Ints(a) => a.len(),
             Input::Items(v) => v.len(),
             Input::Text(s) => s.len(),
         }
@@ -229,8 +228,10 @@ fn refuse_option(present: bool, field: &str, kind: &str) -> Result<(), InvalidJo
 }
 
 impl RawJob {
-    /// Checks every field and builds the job; the error names the first field at fault.
-    pub fn validate(self) -> Result<JobSpec, InvalidJob> {
+    /// Checks every field and builds the job, its input cut into chunks (`slots`, the connected
+    /// capacity, sets the chunk count when the job leaves it open); the error names the first
+    /// field at fault.
+    pub fn validate(self, slots: u64) -> Result<JobSpec, InvalidJob> {
         let max_attempts = match &self.max_attempts {
             None => DEFAULT_MAX_ATTEMPTS,
             Some(v) => positive_int("max_attempts", v, MAX_MAX_ATTEMPTS as u64)? as u32,
@@ -266,7 +267,7 @@ impl RawJob {
                 let kind = kind.clone();
                 let mut this = self;
                 let input = this.input.take();
-                this.builtin(&kind, input)?
+                this.builtin(&kind, input, slots)?
             }
             (None, Some(task)) => self.custom(task)?,
         };
@@ -279,7 +280,12 @@ impl RawJob {
         })
     }
 
-    fn builtin(&self, kind: &str, input: Option<Box<RawValue>>) -> Result<Work, InvalidJob> {
+    fn builtin(
+        &self,
+        kind: &str,
+        input: Option<Box<RawValue>>,
+        slots: u64,
+    ) -> Result<Work, InvalidJob> {
         refuse_option(self.reduce.is_some(), "reduce", "built-in kinds")?;
         let kind = match kind {
             "sum" => Kind::Sum,
@@ -324,47 +330,38 @@ impl RawJob {
             (None, Some(v)) => Chunking::Size(positive_int("chunk_size", v, u64::MAX >> 1)?),
             (None, None) => Chunking::Auto,
         };
-        let raw =
-            input.ok_or_else(|| invalid(format!("missing `input` for kind {}", kind.name())))?;
-        let (ints, raw) = match IntArray::from_raw(raw) {
-            Ok(ints) => (Ok(ints), None),
-            Err((e, raw)) => (Err(e), Some(raw)),
+        let text: &[u8] = match (&self.int_input, &input) {
+            (Some(ints), _) => ints,
+            (None, Some(raw)) => raw.get().as_bytes(),
+            (None, None) => {
+                return Err(invalid(format!("missing `input` for kind {}", kind.name())))
+            }
         };
-        let text = raw.as_deref().map_or("", RawValue::get);
-        let input = match (&kind, ints) {
-            (Kind::Sum | Kind::Sort { .. }, Ok(ints)) => Input::Ints(ints),
-            (Kind::Wordcount { .. }, Ok(_)) => {
-                return Err(invalid(
-                    "`input` of wordcount must be a string, got an array",
-                ))
+        let descending = matches!(kind, Kind::Sort { descending: true });
+        if matches!(kind, Kind::Sum | Kind::Sort { .. }) {
+            let packed =
+                crate::ints::pack_chunks(text, |len| chunk_count(len, chunking, slots), descending);
+            if let Ok(chunks) = packed {
+                return Ok(Work::Builtin { kind, chunks });
             }
-            // Errors and other element types take the slow path, which names what is wrong.
-            (Kind::Sum, Err(_)) => {
-                let value: Value =
-                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-                return Err(int_array_error(&value));
-            }
-            (Kind::Sort { .. }, Err(_)) => {
-                let value: Value =
-                    serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
-                Input::Items(sortable_array(&value)?)
-            }
-            (Kind::Wordcount { .. }, _) => match serde_json::from_str::<Value>(text) {
-                Ok(Value::String(s)) => Input::Text(s),
-                Ok(other) => {
+        }
+        // Errors and other element types take the slow path, which names what is wrong.
+        let value: Value = serde_json::from_slice(text).map_err(|e| invalid(e.to_string()))?;
+        let input = match &kind {
+            Kind::Sum => return Err(int_array_error(&value)),
+            Kind::Sort { .. } => Input::Items(sortable_array(&value)?),
+            Kind::Wordcount { .. } => match value {
+                Value::String(s) => Input::Text(s),
+                other => {
                     return Err(invalid(format!(
                         "`input` of wordcount must be a string, got {}",
                         type_name(&other)
                     )))
                 }
-                Err(e) => return Err(invalid(e.to_string())),
             },
         };
-        Ok(Work::Builtin {
-            kind,
-            input,
-            chunking,
-        })
+        let chunks = split(&kind, &input, chunking, slots);
+        Ok(Work::Builtin { kind, chunks })
     }
 
     fn custom(&self, task: &str) -> Result<Work, InvalidJob> {
@@ -372,7 +369,7 @@ impl RawJob {
             return Err(invalid("`task` must be a name of 1 to 128 characters"));
         }
         refuse_option(
-            self.input.is_some(),
+            self.input.is_some() || self.int_input.is_some(),
             "input",
             "custom tasks (give `chunks`)",
         )?;
@@ -481,7 +478,7 @@ mod tests {
     fn parse(v: Value) -> Result<JobSpec, InvalidJob> {
         serde_json::from_value::<RawJob>(v)
             .map_err(|e| InvalidJob(e.to_string()))?
-            .validate()
+            .validate(1)
     }
 
     #[test]

@@ -11,6 +11,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::packed::Packed;
 use crate::task::{compare, int_from_json};
 
 /// The reducers a job may name.
@@ -196,7 +197,10 @@ impl Eq for Head {}
 fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
     let runs: Vec<Vec<i64>> = partials
         .iter()
-        .map(|p| crate::ints::parse_ints(p))
+        .map(|p| match Packed::read(p) {
+            Some(run) => Some(run.values()),
+            None => crate::ints::parse_ints(p),
+        })
         .collect::<Option<_>>()?;
     let total = runs.iter().map(Vec::len).sum();
     let mut out: Vec<i64> = Vec::with_capacity(total);

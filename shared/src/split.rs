@@ -34,14 +34,11 @@ fn to_json<T: Serialize + ?Sized>(value: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(value).unwrap_or_default())
 }
 
-/// Cuts `input` into JSON chunk payloads for the chunk task of `kind`.
+/// Cuts `input` into JSON chunk payloads for the chunk task of `kind` (integer arrays are cut by
+/// [`crate::ints::pack_chunks`] instead).
 pub fn split(kind: &Kind, input: &Input, chunking: Chunking, slots: u64) -> Vec<Bytes> {
     let n = chunk_count(input.len(), chunking, slots);
     match (input, kind) {
-        (Input::Ints(a), Kind::Sort { descending: true }) => {
-            a.split(n, "{\"items\":", ",\"descending\":true}")
-        }
-        (Input::Ints(a), _) => a.split(n, "", ""),
         (Input::Items(v), Kind::Sort { descending: true }) => even_bounds(v.len(), n)
             .map(|(a, b)| to_json(&serde_json::json!({"items": &v[a..b], "descending": true})))
             .collect(),
@@ -110,16 +107,5 @@ mod tests {
         assert_eq!(chunk_count(0, Chunking::Count(5), 1), 1);
         assert_eq!(chunk_count(10, Chunking::Size(3), 1), 4);
         assert_eq!(chunk_count(1000, Chunking::Auto, 2), 8);
-    }
-
-    #[test]
-    fn int_splits_cover_the_input_once() {
-        let input = Input::Ints(crate::ints::IntArray::parse("[0,1,2,3,4,5,6,7,8,9]").unwrap());
-        let chunks = split(&Kind::Sum, &input, Chunking::Count(3), 1);
-        let back: Vec<i64> = chunks
-            .iter()
-            .flat_map(|c| serde_json::from_slice::<Vec<i64>>(c).unwrap())
-            .collect();
-        assert_eq!(back, (0..10).collect::<Vec<_>>());
     }
 }

@@ -1,7 +1,9 @@
 //! The chunk tasks every stock worker runs (`sum`, `sort`, `wordcount`), and the task error type.
 //!
 //! A task takes one chunk payload (JSON bytes) and returns a partial result (JSON bytes). Custom
-//! tasks registered with the worker library follow the same shape.
+//! tasks registered with the worker library follow the same shape. The built-in `sum` and `sort`
+//! also take packed integers (see [`crate::packed`]), which is how the coordinator cuts integer
+//! inputs; `sort` then answers a packed run.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -9,6 +11,8 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::packed::{self, Packed};
 
 /// A task's failure. Permanent errors mean the input can never succeed, so the job fails at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,8 +86,11 @@ pub fn int_from_json(v: &Value) -> Option<i128> {
     }
 }
 
-/// `sum`: the exact sum of an array of 64-bit integers.
+/// `sum`: the exact sum of an array of 64-bit integers (JSON or packed).
 pub fn sum(input: &[u8]) -> Result<Bytes, TaskError> {
+    if let Some(run) = Packed::read(input) {
+        return Ok(to_bytes(&int_to_json(run.sum())));
+    }
     let items: Vec<i64> = match crate::ints::parse_ints(input) {
         Some(items) => items,
         None => parse("sum", input, "an array of 64-bit integers")?,
@@ -140,8 +147,16 @@ enum SortChunk {
 }
 
 /// `sort`: a stable sort of an array of numbers or strings; the payload may also be
-/// `{"items": [...], "descending": true}`.
+/// `{"items": [...], "descending": true}`, or packed integers, which come back packed.
 pub fn sort(input: &[u8]) -> Result<Bytes, TaskError> {
+    if let Some(run) = Packed::read(input) {
+        let mut items = run.values();
+        items.sort_unstable();
+        if run.descending() {
+            items.reverse();
+        }
+        return Ok(packed::pack(&items, run.descending()));
+    }
     // Fast path: integers sort as integers (equal integers are indistinguishable, so an unstable
     // sort is still a stable one).
     let fast = match crate::ints::parse_ints(input) {

@@ -2,25 +2,47 @@
 //! gives exactly the single-chunk result. Seeded, so every run checks the same cases.
 
 use bytes::Bytes;
-use muster_shared::ints::IntArray;
+use muster_shared::ints::pack_chunks;
 use muster_shared::job::{Chunking, Input, Kind};
-use muster_shared::split::split;
+use muster_shared::split::{chunk_count, split};
 use muster_shared::task::BUILTIN_TASKS;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::Value;
 
-fn run(kind: &Kind, input: &Input, chunks: u64) -> String {
-    let task = BUILTIN_TASKS
+fn task_of(kind: &Kind) -> fn(&[u8]) -> Result<Bytes, muster_shared::task::TaskError> {
+    BUILTIN_TASKS
         .iter()
         .find(|(name, _)| *name == kind.task())
         .map(|(_, f)| *f)
-        .expect("built-in task");
-    let partials: Vec<Bytes> = split(kind, input, Chunking::Count(chunks), 1)
+        .expect("built-in task")
+}
+
+/// Runs every chunk through the kind's task and reduces the partial results.
+fn run_chunks(kind: &Kind, chunks: &[Bytes]) -> String {
+    let task = task_of(kind);
+    let partials: Vec<Bytes> = chunks
         .iter()
         .map(|c| task(c).expect("task succeeds"))
         .collect();
     kind.reducer().reduce(&partials).expect("reduce succeeds")
+}
+
+fn run(kind: &Kind, input: &Input, chunks: u64) -> String {
+    run_chunks(kind, &split(kind, input, Chunking::Count(chunks), 1))
+}
+
+/// Cuts an integer array the way the coordinator does (packed) and runs it.
+fn run_ints(kind: &Kind, items: &[i64], chunks: u64) -> String {
+    let text = serde_json::to_string(items).expect("json");
+    let descending = matches!(kind, Kind::Sort { descending: true });
+    let packed = pack_chunks(
+        text.as_bytes(),
+        |len| chunk_count(len, Chunking::Count(chunks), 1),
+        descending,
+    )
+    .expect("integers");
+    run_chunks(kind, &packed)
 }
 
 fn config() -> Config {
@@ -68,10 +90,9 @@ proptest! {
 
     #[test]
     fn sum_is_the_same_for_any_chunking(items in proptest::collection::vec(any::<i64>(), 0..300), n in 1u64..40) {
-        let input = Input::Ints(IntArray::parse(&serde_json::to_string(&items).unwrap()).unwrap());
         let expected: i128 = items.iter().map(|&v| i128::from(v)).sum();
-        prop_assert_eq!(run(&Kind::Sum, &input, n), expected.to_string());
-        prop_assert_eq!(run(&Kind::Sum, &input, n), run(&Kind::Sum, &input, 1));
+        prop_assert_eq!(run_ints(&Kind::Sum, &items, n), expected.to_string());
+        prop_assert_eq!(run_ints(&Kind::Sum, &items, n), run_ints(&Kind::Sum, &items, 1));
     }
 
     #[test]
@@ -102,12 +123,11 @@ proptest! {
     #[test]
     fn integer_sort_is_the_same_for_any_chunking(items in proptest::collection::vec(any::<i64>(), 0..300), n in 1u64..40, descending: bool) {
         let kind = Kind::Sort { descending };
-        let input = Input::Ints(IntArray::parse(&serde_json::to_string(&items).unwrap()).unwrap());
         let mut expected = items.clone();
         expected.sort();
         if descending {
             expected.reverse();
         }
-        prop_assert_eq!(run(&kind, &input, n), serde_json::to_string(&expected).unwrap());
+        prop_assert_eq!(run_ints(&kind, &items, n), serde_json::to_string(&expected).unwrap());
     }
 }

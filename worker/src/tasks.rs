@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use muster_shared::packed::Packed;
 use muster_shared::protocol::ChunkRef;
 use muster_shared::task::{TaskError, BUILTIN_TASKS};
 use serde::{de::DeserializeOwned, Serialize};
@@ -78,17 +79,26 @@ impl Tasks {
     pub fn builtin() -> Self {
         let mut tasks = Self::empty();
         for &(name, f) in BUILTIN_TASKS {
-            tasks.register_raw(name, move |_ctx, input| f(input));
+            // The built-in tasks read packed integer chunks themselves.
+            tasks
+                .by_name
+                .insert(name.to_owned(), Arc::new(move |_ctx, input| f(input)));
         }
         tasks
     }
 
-    /// Registers a task over raw JSON bytes, replacing any task of the same name.
+    /// Registers a task over raw JSON bytes, replacing any task of the same name. A packed
+    /// integer chunk (a built-in kind's chunk sent to a task registered under its name) is
+    /// handed over as the JSON array it stands for.
     pub fn register_raw<F>(&mut self, name: &str, f: F) -> &mut Self
     where
         F: Fn(&TaskContext, &[u8]) -> Result<Bytes, TaskError> + Send + Sync + 'static,
     {
-        self.by_name.insert(name.to_owned(), Arc::new(f));
+        let task: TaskFn = Arc::new(move |ctx, input| match Packed::read(input) {
+            Some(run) => f(ctx, &run.to_json_payload()),
+            None => f(ctx, input),
+        });
+        self.by_name.insert(name.to_owned(), task);
         self
     }
 

@@ -1,13 +1,14 @@
 //! `/v1/jobs`: submit, status, result (with long-poll), cancel, list.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use muster_shared::body::{parse_job, BodyError};
 use muster_shared::ids::JobId;
-use muster_shared::job::RawJob;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,8 @@ use crate::state::views::JobView;
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
+/// Bodies at least this large are parsed on the blocking pool.
+const BLOCKING_PARSE_BYTES: usize = 1 << 20;
 /// Largest page of `GET /v1/jobs`.
 pub const MAX_PAGE: usize = 1000;
 const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
@@ -59,12 +62,8 @@ pub(super) async fn submit(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
-    let body = read_body(&req, payload, app.max_body_bytes).await?;
+    let body = read_body(&req, payload, app.max_body_bytes).await?.freeze();
     tracing::debug!(bytes = body.len(), "job body read");
-    let raw: RawJob = serde_json::from_slice(&body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::Invalid(e.to_string()),
-        _ => ApiError::MalformedJson(e.to_string()),
-    })?;
     let idempotency = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -80,8 +79,20 @@ pub(super) async fn submit(
             Some((key.to_owned(), Sha256::digest(&body).into()))
         }
     };
-    let spec = raw.validate().map_err(|e| ApiError::Invalid(e.0))?;
-    tracing::debug!("job body validated");
+    let slots = app.capacity.load(Ordering::Relaxed);
+    // Checking and cutting a large input takes a while: off the thread serving connections.
+    let parsed = if body.len() >= BLOCKING_PARSE_BYTES {
+        web::block(move || parse_job(&body, slots))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("cannot parse the job: {e}")))?
+    } else {
+        parse_job(&body, slots)
+    };
+    let spec = parsed.map_err(|e| match e {
+        BodyError::Malformed(m) => ApiError::MalformedJson(m),
+        BodyError::Invalid(m) => ApiError::Invalid(m),
+    })?;
+    tracing::debug!("job body validated and cut");
     let (submitted, view) = app
         .coordinator(&req)?
         .send(Submit { spec, idempotency })

@@ -4,7 +4,7 @@ mod jobs;
 mod workers;
 
 use std::sync::atomic::AtomicU64;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use actix::Addr;
@@ -29,6 +29,9 @@ pub struct AppState {
     pub heartbeat_timeout: Duration,
     /// Numbers worker connections, so a reconnect is told from the connection it replaces.
     pub next_session: AtomicU64,
+    /// Slots of the connected workers that take chunks, kept by the coordinator: sizes jobs that
+    /// leave the chunk count open.
+    pub capacity: Arc<AtomicU64>,
 }
 
 /// Registers every route.

@@ -19,7 +19,6 @@ use bytes::Bytes;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::job::{JobSpec, Work};
 use muster_shared::protocol::{Assignment, ChunkOutcome, ChunkRef, FailureClass, Hello, Outcome};
-use muster_shared::split::split;
 use tracing::{debug, error, info, warn};
 
 use crate::error::ApiError;
@@ -233,15 +232,9 @@ impl ClusterState {
             labels: spec.labels,
             priority: spec.priority,
         };
-        let inputs: Vec<Bytes> = match &spec.work {
-            Work::Builtin {
-                kind,
-                input,
-                chunking,
-            } => split(kind, input, *chunking, self.workers.capacity()),
-            Work::Custom { chunks, .. } => chunks.clone(),
+        let inputs: Vec<Bytes> = match spec.work {
+            Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
         };
-        debug!(chunks = inputs.len(), "job split");
         let id = JobId::new();
         let job = Job::new(id, meta, inputs);
         self.store
@@ -633,6 +626,12 @@ impl ClusterState {
     pub fn workers(&self) -> &Workers {
         &self.workers
     }
+
+    /// Keeps `cell` equal to the connected capacity (slots of workers taking chunks), for
+    /// request handlers sizing jobs that leave the chunk count open.
+    pub fn publish_capacity_to(&mut self, cell: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        self.workers.publish_capacity_to(cell);
+    }
 }
 
 #[cfg(test)]
@@ -657,7 +656,7 @@ mod tests {
     fn spec(v: serde_json::Value) -> JobSpec {
         serde_json::from_value::<RawJob>(v)
             .unwrap()
-            .validate()
+            .validate(1)
             .unwrap()
     }
 

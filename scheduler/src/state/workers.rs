@@ -1,6 +1,8 @@
 //! The coordinator's view of connected workers: capacity, what they run, what they can run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use muster_shared::ids::WorkerId;
@@ -124,6 +126,9 @@ pub struct Workers {
     ready: BTreeSet<(u64, WorkerId)>,
     /// Sum of `free()` over workers that take chunks.
     free_total: u64,
+    /// [`Workers::capacity`], kept where request handlers can read it without asking the
+    /// coordinator (they size jobs that leave the chunk count open).
+    published: Arc<AtomicU64>,
 }
 
 /// Where a worker sits in the ready index, if it is there: load in millionths of its slots.
@@ -171,6 +176,7 @@ impl Workers {
             self.ready.insert(key);
         }
         self.by_id.insert(entry.id, entry);
+        self.publish();
         Ok(())
     }
 
@@ -181,6 +187,7 @@ impl Workers {
             self.ready.remove(&key);
         }
         self.free_total -= free_of(&entry);
+        self.publish();
         Some(entry)
     }
 
@@ -218,6 +225,17 @@ impl Workers {
     /// The worker takes no new chunks.
     pub fn set_draining(&mut self, id: WorkerId) {
         self.update(id, |w| w.draining = true);
+        self.publish();
+    }
+
+    fn publish(&self) {
+        self.published.store(self.capacity(), Ordering::Relaxed);
+    }
+
+    /// Keeps `cell` equal to [`Workers::capacity`] from now on.
+    pub fn publish_capacity_to(&mut self, cell: Arc<AtomicU64>) {
+        self.published = cell;
+        self.publish();
     }
 
     /// Every connected worker.

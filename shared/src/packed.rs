@@ -1,0 +1,219 @@
+//! Packed integer chunks: how the coordinator hands a built-in job's integer input to workers and
+//! how an integer `sort` hands its sorted run back, without any JSON to print or parse.
+//!
+//! A packed run is frame-of-reference encoded, little-endian:
+//!
+//! ```text
+//! byte 0      0x00 (no JSON text starts with a NUL byte, so a payload is either JSON or packed)
+//! byte 1      flags: bit 0 = descending (for `sort`)
+//! byte 2      width w of each value: 1, 2, 4 or 8
+//! bytes 3-10  base, i64
+//! then        n values, each `value - base` as a w-byte unsigned integer
+//! ```
+//!
+//! With the smallest value as the base, integers below 2^32 take 4 bytes instead of ~11 as JSON.
+
+use bytes::Bytes;
+
+const TAG: u8 = 0;
+const HEADER: usize = 11;
+const DESCENDING: u8 = 1;
+
+/// True when `payload` is a packed run rather than JSON text.
+pub fn is_packed(payload: &[u8]) -> bool {
+    payload.first() == Some(&TAG)
+}
+
+/// Packs `values` (kept in their order) into a run.
+pub fn pack(values: &[i64], descending: bool) -> Bytes {
+    let (min, max) = values
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let base = if values.is_empty() { 0 } else { min };
+    let range = (max as i128 - base as i128).max(0) as u64;
+    let width: usize = match range {
+        0..=0xff => 1,
+        0x100..=0xffff => 2,
+        0x1_0000..=0xffff_ffff => 4,
+        _ => 8,
+    };
+    let mut out = Vec::with_capacity(HEADER + values.len() * width);
+    out.push(TAG);
+    out.push(if descending { DESCENDING } else { 0 });
+    out.push(width as u8);
+    out.extend_from_slice(&base.to_le_bytes());
+    let offset = |v: i64| v.wrapping_sub(base) as u64;
+    match width {
+        1 => out.extend(values.iter().map(|&v| offset(v) as u8)),
+        2 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(offset(v) as u16).to_le_bytes())),
+        4 => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&(offset(v) as u32).to_le_bytes())),
+        _ => values
+            .iter()
+            .for_each(|&v| out.extend_from_slice(&offset(v).to_le_bytes())),
+    }
+    Bytes::from(out)
+}
+
+/// A packed run, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct Packed<'a> {
+    descending: bool,
+    width: usize,
+    base: i64,
+    data: &'a [u8],
+}
+
+impl<'a> Packed<'a> {
+    /// Reads a packed run; `None` when `payload` is not one (JSON, or damaged).
+    pub fn read(payload: &'a [u8]) -> Option<Self> {
+        if !is_packed(payload) || payload.len() < HEADER {
+            return None;
+        }
+        let width = usize::from(payload[2]);
+        let data = &payload[HEADER..];
+        if !matches!(width, 1 | 2 | 4 | 8) || !data.len().is_multiple_of(width) {
+            return None;
+        }
+        let base = i64::from_le_bytes(payload[3..HEADER].try_into().ok()?);
+        Some(Self {
+            descending: payload[1] & DESCENDING != 0,
+            width,
+            base,
+            data,
+        })
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.data.len() / self.width
+    }
+
+    /// True when the run holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// The descending flag (`sort`).
+    pub fn descending(&self) -> bool {
+        self.descending
+    }
+
+    /// Calls `f` with every offset from the base, in order.
+    fn for_each_offset(&self, mut f: impl FnMut(u64)) {
+        let d = self.data;
+        match self.width {
+            1 => d.iter().for_each(|&b| f(u64::from(b))),
+            2 => d
+                .chunks_exact(2)
+                .for_each(|c| f(u64::from(u16::from_le_bytes([c[0], c[1]])))),
+            4 => d
+                .chunks_exact(4)
+                .for_each(|c| f(u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))),
+            _ => d.chunks_exact(8).for_each(|c| {
+                f(u64::from_le_bytes([
+                    c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
+                ]))
+            }),
+        }
+    }
+
+    /// The values, in order.
+    pub fn values(&self) -> Vec<i64> {
+        let mut out = Vec::with_capacity(self.len());
+        let base = self.base;
+        self.for_each_offset(|o| out.push(base.wrapping_add(o as i64)));
+        out
+    }
+
+    /// The exact sum of the values.
+    pub fn sum(&self) -> i128 {
+        // Offsets are below 2^64 and there are fewer than 2^64 of them: u128 cannot overflow.
+        let mut offsets: u128 = 0;
+        self.for_each_offset(|o| offsets += u128::from(o));
+        i128::from(self.base) * self.len() as i128 + offsets as i128
+    }
+
+    /// The values as a JSON array.
+    pub fn to_json(&self) -> Vec<u8> {
+        json_array(&self.values())
+    }
+
+    /// The JSON chunk payload this run stands for: the array, or for a descending `sort`
+    /// `{"items": [...], "descending": true}`.
+    pub fn to_json_payload(&self) -> Vec<u8> {
+        if !self.descending {
+            return self.to_json();
+        }
+        let mut out = b"{\"items\":".to_vec();
+        out.extend_from_slice(&self.to_json());
+        out.extend_from_slice(b",\"descending\":true}");
+        out
+    }
+}
+
+/// Writes integers as a JSON array.
+pub fn json_array(values: &[i64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 12 + 2);
+    let mut buf = itoa::Buffer::new();
+    out.push(b'[');
+    for (i, &v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(buf.format(v).as_bytes());
+    }
+    out.push(b']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_round_trip_at_every_width() {
+        let cases: [&[i64]; 6] = [
+            &[],
+            &[7],
+            &[5, 300, 5],
+            &[-70_000, 0, 70_000],
+            &[0, 4_294_967_295, 12],
+            &[i64::MIN, i64::MAX, 0, -1],
+        ];
+        for values in cases {
+            for descending in [false, true] {
+                let run = pack(values, descending);
+                assert!(is_packed(&run));
+                let read = Packed::read(&run).expect("packed");
+                assert_eq!(read.values(), values);
+                assert_eq!(read.descending(), descending);
+                let sum: i128 = values.iter().map(|&v| i128::from(v)).sum();
+                assert_eq!(read.sum(), sum);
+                let json: Vec<i64> = serde_json::from_slice(&read.to_json()).expect("json");
+                assert_eq!(json, values);
+                let payload: serde_json::Value =
+                    serde_json::from_slice(&read.to_json_payload()).expect("json");
+                if descending {
+                    assert_eq!(payload["descending"], true);
+                    assert_eq!(payload["items"], serde_json::json!(values));
+                } else {
+                    assert_eq!(payload, serde_json::json!(values));
+                }
+            }
+        }
+        assert_eq!(pack(&[1, 2, 3], false).len(), HEADER + 3);
+        assert_eq!(pack(&[0, 1 << 32], false).len(), HEADER + 16);
+    }
+
+    #[test]
+    fn json_and_damaged_runs_are_not_packed() {
+        assert!(Packed::read(b"[1,2]").is_none());
+        assert!(Packed::read(&[0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());
+        assert!(Packed::read(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1]).is_none());
+        assert!(Packed::read(&[0, 0, 1]).is_none());
+    }
+}
