@@ -22,6 +22,7 @@ use crate::state::job::{FailReason, JobState};
 use crate::state::views::JobView;
 use crate::state::workers::WorkerView;
 use crate::state::{ClusterState, Effect, Submitted};
+use crate::store::Ticket;
 use crate::worker_session::{Deliver, Evict, WorkerSession};
 
 /// The coordinator actor.
@@ -81,13 +82,10 @@ impl Coordinator {
                 session.do_send(Deliver(messages));
             }
         }
-        if !finished.is_empty() {
-            // A job's end is durable before anyone waiting for it hears of it.
-            self.state.sync();
-            for id in finished {
-                for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                    let _ = waiter.send(());
-                }
+        // Woken long-polls ask again, and their answer comes with a ticket covering the job's end.
+        for id in finished {
+            for waiter in self.waiters.remove(&id).unwrap_or_default() {
+                let _ = waiter.send(());
             }
         }
         self.state.flush_store();
@@ -139,9 +137,9 @@ impl Actor for Coordinator {
     }
 }
 
-/// Submit a job.
+/// Submit a job. The answer is durable once its ticket is.
 #[derive(Message)]
-#[rtype(result = "Result<(Submitted, JobView), ApiError>")]
+#[rtype(result = "Result<(Submitted, JobView, Ticket), ApiError>")]
 pub struct Submit {
     /// The validated job.
     pub spec: JobSpec,
@@ -150,7 +148,7 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for Coordinator {
-    type Result = Result<(Submitted, JobView), ApiError>;
+    type Result = Result<(Submitted, JobView, Ticket), ApiError>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
@@ -163,6 +161,8 @@ impl Handler<Submit> for Coordinator {
             return Err(ApiError::NotLeader { location: None });
         }
         let submitted = submitted?;
+        // Its chunks go out before the job is durable: results count only once it is (the
+        // writer commits in order), and a job that cannot be stored is forgotten again.
         self.settle(ctx);
         let view = self
             .state
@@ -171,26 +171,41 @@ impl Handler<Submit> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: submitted.id.to_string(),
             })?;
-        Ok((submitted, view))
+        Ok((submitted, view, self.state.ticket()?))
+    }
+}
+
+/// Drop a job whose insert did not become durable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Forget(pub JobId);
+
+impl Handler<Forget> for Coordinator {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forget, ctx: &mut Context<Self>) {
+        self.state.forget(msg.0);
+        self.settle(ctx);
     }
 }
 
 /// Read a job's status.
 #[derive(Message)]
-#[rtype(result = "Result<JobView, ApiError>")]
+#[rtype(result = "Result<(JobView, Ticket), ApiError>")]
 pub struct GetJob(pub JobId);
 
 impl Handler<GetJob> for Coordinator {
-    type Result = Result<JobView, ApiError>;
+    type Result = Result<(JobView, Ticket), ApiError>;
 
     fn handle(&mut self, msg: GetJob, _ctx: &mut Context<Self>) -> Self::Result {
-        self.state.sync();
-        self.state
+        let view = self
+            .state
             .job(msg.0)
             .map(JobView::of)
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.0.to_string(),
-            })
+            })?;
+        Ok((view, self.state.ticket()?))
     }
 }
 
@@ -212,7 +227,7 @@ pub enum JobResult {
 
 /// Read a job's result; `watch` registers a long-poll waiter when it is not finished.
 #[derive(Message)]
-#[rtype(result = "Result<JobResult, ApiError>")]
+#[rtype(result = "Result<(JobResult, Ticket), ApiError>")]
 pub struct GetResult {
     /// The job.
     pub id: JobId,
@@ -221,17 +236,17 @@ pub struct GetResult {
 }
 
 impl Handler<GetResult> for Coordinator {
-    type Result = Result<JobResult, ApiError>;
+    type Result = Result<(JobResult, Ticket), ApiError>;
 
     fn handle(&mut self, msg: GetResult, _ctx: &mut Context<Self>) -> Self::Result {
-        self.state.sync();
+        let ticket = self.state.ticket()?;
         let job = self
             .state
             .job(msg.id)
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.id.to_string(),
             })?;
-        Ok(match &job.state {
+        let answer = match &job.state {
             JobState::Succeeded { result } => JobResult::Ready(result.clone()),
             other => {
                 let finished =
@@ -249,33 +264,36 @@ impl Handler<GetResult> for Coordinator {
                     finished,
                 }
             }
-        })
+        };
+        Ok((answer, ticket))
     }
 }
 
 /// Cancel a job.
 #[derive(Message)]
-#[rtype(result = "Result<JobView, ApiError>")]
+#[rtype(result = "Result<(JobView, Ticket), ApiError>")]
 pub struct CancelJob(pub JobId);
 
 impl Handler<CancelJob> for Coordinator {
-    type Result = Result<JobView, ApiError>;
+    type Result = Result<(JobView, Ticket), ApiError>;
 
     fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
         self.state.cancel(msg.0)?;
         self.settle(ctx);
-        self.state
+        let view = self
+            .state
             .job(msg.0)
             .map(JobView::of)
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.0.to_string(),
-            })
+            })?;
+        Ok((view, self.state.ticket()?))
     }
 }
 
 /// List jobs, newest first.
 #[derive(Message)]
-#[rtype(result = "Vec<JobView>")]
+#[rtype(result = "Result<(Vec<JobView>, Ticket), ApiError>")]
 pub struct ListJobs {
     /// Only this status.
     pub status: Option<String>,
@@ -286,17 +304,16 @@ pub struct ListJobs {
 }
 
 impl Handler<ListJobs> for Coordinator {
-    type Result = MessageResult<ListJobs>;
+    type Result = Result<(Vec<JobView>, Ticket), ApiError>;
 
     fn handle(&mut self, msg: ListJobs, _ctx: &mut Context<Self>) -> Self::Result {
-        self.state.sync();
-        MessageResult(
-            self.state
-                .jobs_page(msg.status.as_deref(), msg.after, msg.limit)
-                .into_iter()
-                .map(JobView::of)
-                .collect(),
-        )
+        let page = self
+            .state
+            .jobs_page(msg.status.as_deref(), msg.after, msg.limit)
+            .into_iter()
+            .map(JobView::of)
+            .collect();
+        Ok((page, self.state.ticket()?))
     }
 }
 

@@ -12,11 +12,14 @@ use muster_shared::ids::JobId;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{mailbox, AppState};
+use super::{durable, mailbox, AppState};
 use crate::auth::{require, Role};
-use crate::coordinator::{CancelJob, Coordinator, GetJob, GetResult, JobResult, ListJobs, Submit};
+use crate::coordinator::{
+    CancelJob, Coordinator, Forget, GetJob, GetResult, JobResult, ListJobs, Submit,
+};
 use crate::error::ApiError;
 use crate::state::views::JobView;
+use crate::store::Ticket;
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -93,11 +96,17 @@ pub(super) async fn submit(
         BodyError::Invalid(m) => ApiError::Invalid(m),
     })?;
     tracing::debug!("job body validated and cut");
-    let (submitted, view) = app
-        .coordinator(&req)?
+    let coordinator = app.coordinator(&req)?;
+    let (submitted, view, ticket) = coordinator
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
+    if let Err(e) = durable(ticket).await {
+        if submitted.created {
+            coordinator.do_send(Forget(submitted.id));
+        }
+        return Err(e);
+    }
     let mut response = if submitted.created {
         HttpResponse::Created()
     } else {
@@ -116,16 +125,17 @@ async fn job_call<M>(
     message: impl FnOnce(JobId) -> M,
 ) -> Result<HttpResponse, ApiError>
 where
-    M: actix::Message<Result = Result<JobView, ApiError>> + Send + 'static,
+    M: actix::Message<Result = Result<(JobView, Ticket), ApiError>> + Send + 'static,
     Coordinator: actix::Handler<M>,
 {
     require(app.tokens.as_ref(), req, Role::Client)?;
     let id = job_id(path)?;
-    let view = app
+    let (view, ticket) = app
         .coordinator(req)?
         .send(message(id))
         .await
         .map_err(mailbox)??;
+    durable(ticket).await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -171,7 +181,7 @@ pub(super) async fn result(
             )))
         }
     };
-    let mut answer = app
+    let (mut answer, mut ticket) = app
         .coordinator(&req)?
         .send(GetResult {
             id,
@@ -188,12 +198,13 @@ pub(super) async fn result(
     {
         // Finished, timed out, or the coordinator is stopping: in every case answer what is known now.
         let _ = tokio::time::timeout(wait, rx).await;
-        answer = app
+        (answer, ticket) = app
             .coordinator(&req)?
             .send(GetResult { id, watch: false })
             .await
             .map_err(mailbox)??;
     }
+    durable(ticket).await?;
     match answer {
         JobResult::Ready(result) => Ok(HttpResponse::Ok()
             .content_type("application/json")
@@ -247,7 +258,7 @@ pub(super) async fn list(
             "`limit` must be from 1 to {MAX_PAGE}"
         )));
     }
-    let jobs = app
+    let (jobs, ticket) = app
         .coordinator(&req)?
         .send(ListJobs {
             status: query.status,
@@ -255,7 +266,8 @@ pub(super) async fn list(
             limit,
         })
         .await
-        .map_err(mailbox)?;
+        .map_err(mailbox)??;
+    durable(ticket).await?;
     let next = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();

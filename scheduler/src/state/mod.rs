@@ -22,8 +22,8 @@ use muster_shared::protocol::{Assignment, ChunkOutcome, ChunkRef, FailureClass, 
 use tracing::{debug, error, info, warn};
 
 use crate::error::ApiError;
-use crate::store::{JobEnd, NewJob, Snapshot, Store};
-use job::{ChunkState, FailReason, Job, JobMeta, JobState};
+use crate::store::{JobEnd, NewJob, Snapshot, Store, Ticket};
+use job::{Chunk, ChunkState, FailReason, Job, JobMeta, JobState};
 use queue::{job_key, ChunkQueue, JobKey};
 use workers::{WorkerEntry, Workers};
 
@@ -426,22 +426,8 @@ impl ClusterState {
                 self.fenced = Some(e.to_string());
             }
         }
-        for (i, chunk) in job.chunks.iter_mut().enumerate() {
-            if let ChunkState::Running {
-                worker, attempt, ..
-            } = chunk.state
-            {
-                let chunk_ref = ChunkRef {
-                    job: id,
-                    chunk: ChunkIndex(i as u32),
-                    attempt,
-                };
-                self.workers.release(worker, &chunk_ref);
-                self.effects.push(Effect::Cancel {
-                    worker,
-                    chunk: chunk_ref,
-                });
-            }
+        stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
+        for chunk in job.chunks.iter_mut() {
             // A finished job keeps its attempt history but not its data.
             chunk.input = Bytes::new();
             if matches!(chunk.state, ChunkState::Succeeded { .. }) {
@@ -457,6 +443,27 @@ impl ClusterState {
         let key = job_key(job.meta.priority, id);
         self.queue.remove_job(&key);
         self.effects.push(Effect::JobDone(id));
+    }
+
+    /// Drops a job whose insert did not become durable (its client was told it was not
+    /// accepted): it is no longer run, shown or matched by its idempotency key.
+    pub fn forget(&mut self, id: JobId) {
+        let Some(job) = self.jobs.remove(&id) else {
+            return;
+        };
+        warn!(job_id = %id, "job dropped: it could not be stored");
+        stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
+        self.queue.remove_job(&job_key(job.meta.priority, id));
+        self.idempotency.retain(|_, (job, _)| *job != id);
+        self.effects.push(Effect::JobDone(id));
+    }
+
+    /// A ticket for every write so far: whatever a client is shown is durable once it is.
+    pub fn ticket(&mut self) -> Result<Ticket, ApiError> {
+        self.store.ticket().map_err(|e| {
+            self.store_failed(&e, "flush");
+            ApiError::Unavailable(format!("the store is unavailable: {e}"))
+        })
     }
 
     /// Cancels a job; cancelling a finished job changes nothing.
@@ -634,6 +641,27 @@ impl ClusterState {
     }
 }
 
+/// Cancels the running attempts of a job's chunks on their workers and frees their slots.
+fn stop_attempts(workers: &mut Workers, effects: &mut Vec<Effect>, id: JobId, chunks: &[Chunk]) {
+    for (i, chunk) in chunks.iter().enumerate() {
+        if let ChunkState::Running {
+            worker, attempt, ..
+        } = chunk.state
+        {
+            let chunk_ref = ChunkRef {
+                job: id,
+                chunk: ChunkIndex(i as u32),
+                attempt,
+            };
+            workers.release(worker, &chunk_ref);
+            effects.push(Effect::Cancel {
+                worker,
+                chunk: chunk_ref,
+            });
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -707,6 +735,38 @@ mod tests {
         assert_eq!(placed.len(), 1);
         assert_eq!(placed[0].1.job, high.id);
         assert_ne!(placed[0].1.job, low.id);
+    }
+
+    #[test]
+    fn a_forgotten_job_frees_its_slots_and_its_idempotency_key() {
+        let mut s = state();
+        let w = worker(&mut s, 2);
+        let key = Some(("k".to_owned(), [7u8; 32]));
+        let job = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
+                key.clone(),
+            )
+            .unwrap();
+        s.dispatch();
+        assert_eq!(assignments(&mut s).len(), 2);
+        s.forget(job.id);
+        let cancelled = s
+            .take_effects()
+            .into_iter()
+            .filter(|e| matches!(e, Effect::Cancel { worker, .. } if *worker == w))
+            .count();
+        assert_eq!(cancelled, 2);
+        assert!(s.job(job.id).is_none());
+        assert!(s.workers().get(w).unwrap().running.is_empty());
+        let again = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
+                key,
+            )
+            .unwrap();
+        assert!(again.created, "the key no longer names the forgotten job");
+        assert_ne!(again.id, job.id);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
-use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob};
+use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob, Ticket};
 use crate::state::job::AttemptRecord;
 
 /// Jobs and idempotency keys in maps.
@@ -107,6 +107,10 @@ impl Store for MemoryStore {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn ticket(&mut self) -> Result<Ticket, StoreError> {
+        Ok(Ticket::now())
     }
 
     fn failure(&mut self) -> Option<StoreError> {

@@ -2,9 +2,10 @@
 //!
 //! The coordinator writes every fact it would need to resume after a restart: the accepted job with
 //! its chunk payloads and idempotency key (durable before `POST /v1/jobs` answers), each attempt's
-//! start and end, each succeeded chunk's partial result, and the job's end. Hot-path writes are
-//! queued and group-committed by a writer thread (see `writer`); the coordinator calls
-//! [`Store::sync`] before it shows a client anything, so whatever a client has seen is durable.
+//! start and end, each succeeded chunk's partial result, and the job's end. Writes are queued and
+//! group-committed by a writer thread (see `writer`), so the coordinator never waits for a disk.
+//! Whatever it tells a client comes with a [`Ticket`] taken when the answer was made, and the
+//! request handler waits for the ticket before it answers: whatever a client has seen is durable.
 //! [`Store::load`] gives everything back, so a restarted coordinator re-queues only chunks that had
 //! not succeeded.
 
@@ -38,6 +39,68 @@ pub enum StoreError {
     /// Anything else (I/O, constraint, unreadable data).
     #[error("store error: {0}")]
     Other(String),
+}
+
+/// What the writer thread has committed so far.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// Batches written (or failed).
+    pub done: u64,
+    /// The batches of the latest transaction that failed (first, last), and why.
+    pub failed: Option<(u64, u64, StoreError)>,
+}
+
+/// A point in the order of writes: durable once every write made before it was taken is.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    batch: u64,
+    progress: Option<tokio::sync::watch::Receiver<Progress>>,
+}
+
+impl Ticket {
+    /// A ticket that is durable at once (a store with nothing to wait for).
+    pub fn now() -> Self {
+        Self {
+            batch: 0,
+            progress: None,
+        }
+    }
+
+    /// A ticket for everything up to batch `batch` of a writer reporting on `progress`.
+    pub fn at(batch: u64, progress: tokio::sync::watch::Receiver<Progress>) -> Self {
+        Self {
+            batch,
+            progress: Some(progress),
+        }
+    }
+
+    /// True when the ticket is durable already (no need to wait).
+    pub fn is_durable(&self) -> bool {
+        self.progress.as_ref().is_none_or(|p| {
+            let p = p.borrow();
+            p.done >= self.batch && !Self::hit(&p, self.batch)
+        })
+    }
+
+    fn hit(p: &Progress, batch: u64) -> bool {
+        matches!(&p.failed, Some((first, last, _)) if (*first..=*last).contains(&batch))
+    }
+
+    /// Waits until the writes before the ticket are durable; fails when their transaction failed.
+    pub async fn durable(self) -> Result<(), StoreError> {
+        let Some(mut progress) = self.progress else {
+            return Ok(());
+        };
+        let batch = self.batch;
+        let p = progress
+            .wait_for(|p| p.done >= batch)
+            .await
+            .map_err(|_| StoreError::Other("the store writer ended".into()))?;
+        match &p.failed {
+            Some((_, _, e)) if Self::hit(&p, batch) => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl StoreError {
@@ -130,7 +193,7 @@ pub struct Snapshot {
 pub trait Store: Send {
     /// A short name for logs (`memory`, `sqlite`).
     fn kind(&self) -> &'static str;
-    /// Records an accepted job, after every earlier write; durable when it returns.
+    /// Records an accepted job (queued, after every earlier write).
     fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError>;
     /// Records an attempt's start or end (queued; the record carries both times and the error).
     fn record_attempt(
@@ -153,6 +216,8 @@ pub trait Store: Send {
     fn flush(&mut self) -> Result<(), StoreError>;
     /// Waits until every earlier write is durable.
     fn sync(&mut self) -> Result<(), StoreError>;
+    /// Hands queued writes on and returns a ticket that is durable once they all are.
+    fn ticket(&mut self) -> Result<Ticket, StoreError>;
     /// A failure of a queued write since the last call, if any (never blocks).
     fn failure(&mut self) -> Option<StoreError>;
     /// Reads back everything needed to resume.

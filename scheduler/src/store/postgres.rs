@@ -201,11 +201,6 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                 "UPDATE muster_jobs SET end_kind = $2, end_text = $3, finished_at = $4 WHERE id = $1",
                 &[job, kind, text, at],
             )?;
-            // Partial results stay: a succeeded job's result is merged from them on restart.
-            tx.execute(
-                "UPDATE muster_chunks SET input = ''::bytea WHERE job_id = $1",
-                &[job],
-            )?;
         }
     }
     Ok(())
@@ -215,8 +210,8 @@ impl Backend for Postgres {
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
         let mut writes = Vec::with_capacity(ops.len());
-        // New jobs first: every other write in the batch concerns a job whose insert was
-        // acknowledged before it was made, so it can only be in this batch or an earlier one.
+        // New jobs first: every other write in the batch concerns a job whose insert was handed
+        // over before it was made, so it can only be in this batch or an earlier one.
         for op in ops {
             match op {
                 Op::Insert(job) => insert(&mut tx, job)?,
@@ -224,6 +219,18 @@ impl Backend for Postgres {
             }
         }
         apply(&mut tx, &writes)?;
+        commit_fenced(tx, self.epoch)
+    }
+
+    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        // Not worth waiting for the disk: a restart finds the job finished either way.
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+        // Partial results stay: a succeeded job's result is merged from them on restart.
+        tx.execute(
+            "UPDATE muster_chunks SET input = ''::bytea WHERE job_id = $1",
+            &[&job],
+        )?;
         commit_fenced(tx, self.epoch)
     }
 

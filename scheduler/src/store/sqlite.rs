@@ -126,9 +126,6 @@ fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
                 "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
             )?
             .execute(params![job, kind, text, at])?;
-            // Partial results stay: a succeeded job's result is merged from them on restart.
-            tx.prepare_cached("UPDATE chunks SET input = x'' WHERE job_id = ?1")?
-                .execute(params![job])?;
         }
     }
     Ok(())
@@ -144,6 +141,19 @@ impl Backend for Sqlite {
             }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError> {
+        // Not worth an fsync of its own: the next durable commit carries it to the disk.
+        self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        // Partial results stay: a succeeded job's result is merged from them on restart.
+        let dropped = self
+            .conn
+            .prepare_cached("UPDATE chunks SET input = x'' WHERE job_id = ?1")
+            .and_then(|mut update| update.execute(params![job]));
+        self.conn.execute_batch("PRAGMA synchronous = FULL")?;
+        dropped?;
         Ok(())
     }
 

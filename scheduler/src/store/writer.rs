@@ -5,20 +5,24 @@
 //! coordinator is busy, batches grow and the cost of each commit (an fsync for SQLite, a round trip
 //! for PostgreSQL) is shared by many writes; when it is idle, a write is committed at once. Writes
 //! are buffered on the coordinator's side until [`Store::flush`] (once per coordinator message), so
-//! the writer thread is woken once per batch rather than once per write. Inserts
-//! of new jobs, [`Store::sync`] and [`Store::load`] wait for their answer, after every earlier write.
+//! the writer thread is woken once per batch rather than once per write. The thread publishes how
+//! many batches it has committed, which is what a [`Ticket`] waits for; only [`Store::sync`] and
+//! [`Store::load`] make the coordinator itself wait. When it has nothing else to do, the thread
+//! drops the chunk payloads of finished jobs, one job per transaction, so that freeing megabytes
+//! of input never delays the commit a client is waiting for.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
-use tracing::error;
+use tokio::sync::watch;
+use tracing::{error, warn};
 
 use super::rows::{self, Buffer, Pending};
-use super::{JobEnd, NewJob, Snapshot, Store, StoreError};
+use super::{JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
 use crate::state::job::AttemptRecord;
 
 /// A new job, owned, ready to send to the writer thread.
@@ -44,6 +48,9 @@ pub(super) enum Op {
 pub(super) trait Backend: Send + 'static {
     /// Applies the ops in one transaction.
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
+    /// Drops the chunk payloads of a finished job (its partial results stay). Nothing depends
+    /// on this being durable: a restart finds the job finished either way.
+    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError>;
     /// Reads everything back.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
 }
@@ -70,21 +77,39 @@ pub(super) struct Writer {
     buffer: Buffer,
     /// Batches handed to the writer thread.
     sent: u64,
-    /// Batches the writer thread has written (or failed to write); equal to `sent` when nothing
-    /// is outstanding, so [`Store::sync`] need not ask.
-    done: Arc<AtomicU64>,
+    /// What the writer thread has written; `done` equals `sent` when nothing is outstanding, so
+    /// [`Store::sync`] need not ask.
+    progress: watch::Receiver<Progress>,
 }
 
 fn run<B: Backend>(
     mut backend: B,
-    done: Arc<AtomicU64>,
+    progress: watch::Sender<Progress>,
     incoming: mpsc::Receiver<Msg>,
     failed: Arc<Mutex<Option<StoreError>>>,
 ) {
     let mut ops: Vec<Op> = Vec::new();
     let mut waiting: Vec<Reply<()>> = Vec::new();
     let mut batches = 0u64;
-    while let Ok(first) = incoming.recv() {
+    // Finished jobs whose payloads are still to drop, done only while no write is waiting.
+    let mut finished: VecDeque<String> = VecDeque::new();
+    loop {
+        let first = match incoming.try_recv() {
+            Ok(msg) => msg,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {
+                if let Some(job) = finished.pop_front() {
+                    if let Err(e) = backend.drop_inputs(&job) {
+                        warn!(job_id = %job, error = %e, "cannot drop a finished job's inputs");
+                    }
+                    continue;
+                }
+                match incoming.recv() {
+                    Ok(msg) => msg,
+                    Err(_) => break,
+                }
+            }
+        };
         let mut next = Some(first);
         let mut load: Option<Reply<Snapshot>> = None;
         while let Some(msg) = next.take() {
@@ -108,8 +133,20 @@ fn run<B: Backend>(
         } else {
             backend.write(&ops)
         };
+        if written.is_ok() {
+            finished.extend(ops.iter().filter_map(|op| match op {
+                Op::Write(Pending::Finish { job, .. }) => Some(job.clone()),
+                _ => None,
+            }));
+        }
         ops.clear();
-        done.fetch_add(std::mem::take(&mut batches), Ordering::Release);
+        let batches = std::mem::take(&mut batches);
+        progress.send_modify(|p| {
+            if let Err(e) = &written {
+                p.failed = Some((p.done + 1, p.done + batches, e.clone()));
+            }
+            p.done += batches;
+        });
         if let Err(e) = &written {
             error!(error = %e, "store write failed");
             let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,14 +174,13 @@ impl Writer {
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let failed = Arc::new(Mutex::new(None));
         let slot = failed.clone();
-        let done = Arc::new(AtomicU64::new(0));
-        let counter = done.clone();
+        let (progress_tx, progress) = watch::channel(Progress::default());
         std::thread::Builder::new()
             .name(format!("muster-{kind}"))
             .spawn(move || match make() {
                 Ok(backend) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(backend, counter, incoming, slot);
+                    run(backend, progress_tx, incoming, slot);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -160,7 +196,7 @@ impl Writer {
             failed,
             buffer: Buffer::default(),
             sent: 0,
-            done,
+            progress,
         })
     }
 
@@ -208,8 +244,7 @@ impl Store for Writer {
             idempotency: job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec())),
         };
         self.flush_buffer()?;
-        self.send_ops(vec![Op::Insert(insert)])?;
-        self.ask(Msg::Sync)
+        self.send_ops(vec![Op::Insert(insert)])
     }
 
     fn record_attempt(
@@ -248,11 +283,16 @@ impl Store for Writer {
     fn sync(&mut self) -> Result<(), StoreError> {
         self.flush_buffer()?;
         let clean = self.failed.lock().map(|f| f.is_none()).unwrap_or(false);
-        if clean && self.done.load(Ordering::Acquire) == self.sent {
+        if clean && self.progress.borrow().done == self.sent {
             // Everything handed over is already committed.
             return Ok(());
         }
         self.ask(Msg::Sync)
+    }
+
+    fn ticket(&mut self) -> Result<Ticket, StoreError> {
+        self.flush_buffer()?;
+        Ok(Ticket::at(self.sent, self.progress.clone()))
     }
 
     fn failure(&mut self) -> Option<StoreError> {
