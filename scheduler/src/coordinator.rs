@@ -5,8 +5,8 @@
 //! sends the resulting assignments and cancels (batched per worker), wakes long-pollers of finished
 //! jobs, and arms a timer for the next retry backoff or chunk timeout.
 
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -213,7 +213,7 @@ impl Handler<GetJob> for Coordinator {
 #[derive(Debug)]
 pub enum JobResult {
     /// Succeeded with this JSON.
-    Ready(Arc<str>),
+    Ready(Bytes),
     /// Not succeeded: the status and, when terminal, the error.
     Missing {
         /// Job status.

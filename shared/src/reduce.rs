@@ -192,40 +192,46 @@ impl PartialEq for Head {
 }
 impl Eq for Head {}
 
-/// Fast path of `merge_sorted` when every partial is an array of 64-bit integers: a k-way merge
-/// on plain integers. `None` when some partial is anything else.
+/// Fast path of `merge_sorted` when every partial is a run of 64-bit integers (packed, or a JSON
+/// array): runs are merged two by two (equal integers are indistinguishable, so any merge order is
+/// stable). `None` when some partial is anything else.
 fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
-    let runs: Vec<Vec<i64>> = partials
+    let mut runs: Vec<Vec<i64>> = partials
         .iter()
         .map(|p| match Packed::read(p) {
             Some(run) => Some(run.values()),
             None => crate::ints::parse_ints(p),
         })
         .collect::<Option<_>>()?;
-    let total = runs.iter().map(Vec::len).sum();
-    let mut out: Vec<i64> = Vec::with_capacity(total);
-    let mut at = vec![0usize; runs.len()];
-    // Heap of (key, run); the key is negated for descending so one min-heap serves both orders.
-    let key = |v: i64| {
-        if descending {
-            -i128::from(v)
-        } else {
-            i128::from(v)
+    while runs.len() > 1 {
+        let mut pairs = runs.into_iter();
+        let mut next = Vec::with_capacity(pairs.len().div_ceil(2));
+        while let Some(a) = pairs.next() {
+            next.push(match pairs.next() {
+                Some(b) => merge_two(&a, &b, descending),
+                None => a,
+            });
         }
-    };
-    let mut heap: BinaryHeap<std::cmp::Reverse<(i128, usize)>> = runs
-        .iter()
-        .enumerate()
-        .filter_map(|(r, run)| run.first().map(|&v| std::cmp::Reverse((key(v), r))))
-        .collect();
-    while let Some(std::cmp::Reverse((_, r))) = heap.pop() {
-        out.push(runs[r][at[r]]);
-        at[r] += 1;
-        if let Some(&v) = runs[r].get(at[r]) {
-            heap.push(std::cmp::Reverse((key(v), r)));
-        }
+        runs = next;
     }
-    Some(to_text(&out))
+    let merged = runs.pop().unwrap_or_default();
+    String::from_utf8(crate::packed::json_array(&merged)).ok()
+}
+
+/// Merges two sorted runs of integers.
+fn merge_two(a: &[i64], b: &[i64], descending: bool) -> Vec<i64> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        let take_a = if descending { x >= y } else { x <= y };
+        out.push(if take_a { x } else { y });
+        i += usize::from(take_a);
+        j += usize::from(!take_a);
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 /// Merges sorted runs (in chunk order) into one sorted, stable sequence.

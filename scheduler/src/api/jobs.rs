@@ -3,9 +3,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use actix_web::body::SizedStream;
 use actix_web::http::header::CONTENT_LENGTH;
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use muster_shared::body::{parse_job, BodyError};
 use muster_shared::ids::JobId;
@@ -206,9 +207,19 @@ pub(super) async fn result(
     }
     durable(ticket).await?;
     match answer {
-        JobResult::Ready(result) => Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(format!("{{\"id\":\"{id}\",\"result\":{result}}}"))),
+        JobResult::Ready(result) => {
+            // The result can be megabytes: sent as it is stored, between two small pieces.
+            let parts = [
+                Bytes::from(format!("{{\"id\":\"{id}\",\"result\":")),
+                result,
+                Bytes::from_static(b"}"),
+            ];
+            let len = parts.iter().map(|p| p.len() as u64).sum();
+            let stream = futures_util::stream::iter(parts.map(Ok::<_, std::io::Error>));
+            Ok(HttpResponse::Ok()
+                .content_type("application/json")
+                .body(SizedStream::new(len, stream)))
+        }
         JobResult::Missing { status, error, .. } => Err(ApiError::NotFinished {
             detail: match (status, error) {
                 ("failed", Some(error)) => format!("job {id} failed: {error}"),

@@ -11,7 +11,6 @@
 //! reduced) or one chunk failed for good, and it can be `Cancelled` from any non-terminal state.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -172,7 +171,7 @@ pub enum JobState {
     /// Reduced; the result is JSON text.
     Succeeded {
         /// The merged result.
-        result: Arc<str>,
+        result: Bytes,
     },
     /// Failed; the error says why (for chunk failures, every attempt).
     Failed {
@@ -350,16 +349,14 @@ impl Job {
                             .collect();
                         match stored.meta.reducer.reduce(&partials) {
                             Ok(result) => JobState::Succeeded {
-                                result: Arc::from(result),
+                                result: Bytes::from(result),
                             },
                             Err(e) => JobState::Failed {
                                 error: format!("cannot merge the stored results: {e}"),
                             },
                         }
                     }
-                    JobEnd::Succeeded(result) => JobState::Succeeded {
-                        result: Arc::from(result),
-                    },
+                    JobEnd::Succeeded(result) => JobState::Succeeded { result },
                     JobEnd::Failed(error) => JobState::Failed { error },
                     JobEnd::Cancelled => JobState::Cancelled,
                 };

@@ -12,7 +12,6 @@ pub mod workers;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -397,7 +396,7 @@ impl ClusterState {
         };
         let state = match job.meta.reducer.reduce(&job.partials()) {
             Ok(result) => JobState::Succeeded {
-                result: Arc::from(result),
+                result: Bytes::from(result),
             },
             Err(e) => JobState::Failed {
                 error: format!("cannot merge results ({}): {e}", job.meta.reducer.name()),
@@ -416,7 +415,7 @@ impl ClusterState {
             return;
         }
         let end = match &state {
-            JobState::Succeeded { result } => JobEnd::Succeeded(result.to_string()),
+            JobState::Succeeded { result } => JobEnd::Succeeded(result.clone()),
             JobState::Failed { error } => JobEnd::Failed(error.clone()),
             _ => JobEnd::Cancelled,
         };
@@ -873,7 +872,7 @@ mod tests {
         s.outcome(w, ok());
         assert_eq!(s.ignored_outcomes, 1);
         assert!(
-            matches!(&s.job(job.id).unwrap().state, JobState::Succeeded { result } if &**result == "7")
+            matches!(&s.job(job.id).unwrap().state, JobState::Succeeded { result } if &result[..] == b"7")
         );
     }
 }
@@ -937,7 +936,7 @@ mod restore_tests {
         );
         state.restore().unwrap();
         assert!(
-            matches!(&state.job(id).unwrap().state, JobState::Succeeded { result } if &**result == "3")
+            matches!(&state.job(id).unwrap().state, JobState::Succeeded { result } if &result[..] == b"3")
         );
     }
 }

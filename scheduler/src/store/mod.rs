@@ -147,7 +147,7 @@ pub struct NewJob<'a> {
 pub enum JobEnd {
     /// With this result (JSON). Read back empty from the SQL stores, which keep the partial
     /// results instead; the job is then merged again.
-    Succeeded(String),
+    Succeeded(Bytes),
     /// With this error.
     Failed(String),
     /// Cancelled by a client.

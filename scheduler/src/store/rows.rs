@@ -130,7 +130,7 @@ pub(super) fn end(
     };
     let text = text.unwrap_or_default();
     let end = match kind.as_str() {
-        "succeeded" => JobEnd::Succeeded(text),
+        "succeeded" => JobEnd::Succeeded(Bytes::from(text)),
         "failed" => JobEnd::Failed(text),
         _ => JobEnd::Cancelled,
     };
