@@ -35,11 +35,11 @@ const MAX_CHUNKS_PER_HANDOFF: usize = 32;
 /// Queued work an adaptive prefetch aims to hold per slot.
 const PREFETCH_QUEUE_TIME: Duration = Duration::from_millis(5);
 /// Most chunks an adaptive prefetch holds queued per slot.
-const MAX_PREFETCH_PER_SLOT: u32 = 64;
+const MAX_PREFETCH_PER_SLOT: u32 = 512;
 /// Longest an outcome is held back to share a frame with others.
 const HOLD_OUTCOMES_FOR: Duration = Duration::from_millis(1);
 /// Most outcomes held back before a frame goes anyway.
-const MAX_HELD_OUTCOMES: usize = 64;
+const MAX_HELD_OUTCOMES: usize = 256;
 /// How long the coordinator has to answer a hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -625,7 +625,7 @@ mod tests {
         w.config.slots = 2;
         w.config.prefetch = 8;
         w.run_time = Some(Duration::from_micros(50));
-        assert_eq!(w.grow_prefetch(), Some(128));
+        assert_eq!(w.grow_prefetch(), Some(200));
         assert_eq!(
             w.grow_prefetch(),
             None,

@@ -155,7 +155,7 @@ pub enum JobEnd {
 }
 
 /// One chunk read back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StoredChunk {
     /// Its payload (empty once the job ended).
     pub input: Bytes,

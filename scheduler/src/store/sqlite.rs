@@ -4,6 +4,7 @@
 //! survives a power cut as well as a crash; the writer thread's group commit shares that sync among
 //! every write queued meanwhile.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -14,8 +15,13 @@ use super::writer::{Backend, InsertJob, Op, Writer};
 use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
 
 /// Schema version written to `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
+/// Chunk payloads are stored concatenated, in rows of about this many bytes.
+const SEGMENT_BYTES: usize = 16 << 20;
+
+// Every write on the hot path (attempts, results) is an append to a rowid table without an index:
+// no b-tree search per row. Loading reads each table once, in rowid order.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS jobs (
     id          TEXT PRIMARY KEY,
@@ -23,29 +29,53 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at  TEXT NOT NULL,
     end_kind    TEXT,
     end_text    TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    chunks      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
--- A rowid table: chunk payloads can be large, and WITHOUT ROWID tables keep whole rows in the
--- index b-tree, which makes large rows slow to write.
-CREATE TABLE IF NOT EXISTS chunks (
+-- A job's chunk payloads, in order, concatenated in segments: `ends` holds the end offset in
+-- `data` of each chunk from `first` on (8 bytes little-endian each). Dropped when the job ends.
+CREATE TABLE IF NOT EXISTS inputs (
+    job_id TEXT NOT NULL,
+    first  INTEGER NOT NULL,
+    ends   BLOB NOT NULL,
+    data   BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inputs_job ON inputs (job_id);
+-- Partial results of succeeded chunks.
+CREATE TABLE IF NOT EXISTS results (
     job_id TEXT NOT NULL,
     idx    INTEGER NOT NULL,
-    input  BLOB NOT NULL,
-    result BLOB,
-    UNIQUE (job_id, idx)
+    result BLOB NOT NULL
 );
+-- Attempt records as they start and as they end; of two rows for one attempt, the later counts.
 CREATE TABLE IF NOT EXISTS attempts (
     job_id  TEXT NOT NULL,
     idx     INTEGER NOT NULL,
     attempt INTEGER NOT NULL,
-    record  TEXT NOT NULL,
-    PRIMARY KEY (job_id, idx, attempt)
-) WITHOUT ROWID;
+    record  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency (
     key    TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
     digest BLOB NOT NULL
 ) WITHOUT ROWID;
+";
+
+/// Version 1 kept one row per chunk (payload and result) and upserted attempts by key.
+const MIGRATE_V1: &str = "
+ALTER TABLE chunks RENAME TO chunks_v1;
+ALTER TABLE attempts RENAME TO attempts_v1;
+ALTER TABLE jobs ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0;
+";
+
+const FINISH_V1: &str = "
+UPDATE jobs SET chunks = (SELECT count(*) FROM chunks_v1 WHERE chunks_v1.job_id = jobs.id);
+INSERT INTO results (job_id, idx, result)
+    SELECT job_id, idx, result FROM chunks_v1 WHERE result IS NOT NULL ORDER BY job_id, idx;
+INSERT INTO attempts (job_id, idx, attempt, record)
+    SELECT job_id, idx, attempt, record FROM attempts_v1 ORDER BY job_id, idx, attempt;
+DROP TABLE chunks_v1;
+DROP TABLE attempts_v1;
 ";
 
 /// The SQLite database the writer thread owns.
@@ -78,20 +108,72 @@ impl Sqlite {
                 path.display()
             )));
         }
+        if version == 1 {
+            migrate_v1(&conn)?;
+        }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         Ok(Self { conn })
     }
 }
 
-fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
-    tx.prepare_cached("INSERT INTO jobs (id, meta, created_at) VALUES (?1, ?2, ?3)")?
-        .execute(params![job.id, job.meta, job.created_at])?;
-    let mut chunk =
-        tx.prepare_cached("INSERT INTO chunks (job_id, idx, input) VALUES (?1, ?2, ?3)")?;
-    for (i, input) in job.inputs.iter().enumerate() {
-        chunk.execute(params![job.id, i as u32, &input[..]])?;
+/// Moves a version 1 database to the current layout, in one transaction.
+fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    tx.execute_batch(MIGRATE_V1)?;
+    tx.execute_batch(SCHEMA)?;
+    // Payloads of jobs still running, as segments.
+    let mut unfinished = tx.prepare("SELECT id FROM jobs WHERE end_kind IS NULL")?;
+    let ids: Vec<String> = unfinished
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    drop(unfinished);
+    for id in ids {
+        let inputs: Vec<Bytes> = tx
+            .prepare("SELECT input FROM chunks_v1 WHERE job_id = ?1 ORDER BY idx")?
+            .query_map(params![id], |r| Ok(Bytes::from(r.get::<_, Vec<u8>>(0)?)))?
+            .collect::<Result<_, _>>()?;
+        insert_inputs(&tx, &id, &inputs)?;
     }
+    tx.execute_batch(FINISH_V1)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Writes a job's chunk payloads as segments of about [`SEGMENT_BYTES`].
+fn insert_inputs(tx: &Transaction<'_>, job: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
+    let mut segment = tx
+        .prepare_cached("INSERT INTO inputs (job_id, first, ends, data) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut first = 0;
+    while first < inputs.len() {
+        let mut last = first;
+        let mut bytes = 0;
+        while last < inputs.len() && (last == first || bytes + inputs[last].len() <= SEGMENT_BYTES)
+        {
+            bytes += inputs[last].len();
+            last += 1;
+        }
+        let mut ends = Vec::with_capacity((last - first) * 8);
+        let mut data = Vec::with_capacity(bytes);
+        for input in &inputs[first..last] {
+            data.extend_from_slice(input);
+            ends.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        }
+        segment.execute(params![job, first as u32, ends, data])?;
+        first = last;
+    }
+    Ok(())
+}
+
+fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
+    tx.prepare_cached("INSERT INTO jobs (id, meta, created_at, chunks) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            job.id,
+            job.meta,
+            job.created_at,
+            job.inputs.len() as u32
+        ])?;
+    insert_inputs(tx, &job.id, &job.inputs)?;
     if let Some((key, digest)) = &job.idempotency {
         tx.prepare_cached("INSERT INTO idempotency (key, job_id, digest) VALUES (?1, ?2, ?3)")?
             .execute(params![key, job.id, digest])?;
@@ -108,12 +190,12 @@ fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
             record,
         } => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![job, chunk, attempt, record])?;
         }
         Pending::Result { job, chunk, result } => {
-            tx.prepare_cached("UPDATE chunks SET result = ?3 WHERE job_id = ?1 AND idx = ?2")?
+            tx.prepare_cached("INSERT INTO results (job_id, idx, result) VALUES (?1, ?2, ?3)")?
                 .execute(params![job, chunk, &result[..]])?;
         }
         Pending::Finish {
@@ -129,6 +211,24 @@ fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Cuts a segment back into its chunk payloads (slices of one buffer).
+fn segment_inputs(ends: &[u8], data: Bytes) -> Result<Vec<Bytes>, StoreError> {
+    let mut start = 0usize;
+    ends.chunks_exact(8)
+        .map(|end| {
+            let end = u64::from_le_bytes(end.try_into().unwrap_or_default()) as usize;
+            if end < start || end > data.len() {
+                return Err(StoreError::Other(
+                    "stored chunk payloads are damaged".into(),
+                ));
+            }
+            let input = data.slice(start..end);
+            start = end;
+            Ok(input)
+        })
+        .collect()
 }
 
 impl Backend for Sqlite {
@@ -150,8 +250,8 @@ impl Backend for Sqlite {
         // Partial results stay: a succeeded job's result is merged from them on restart.
         let dropped = self
             .conn
-            .prepare_cached("UPDATE chunks SET input = x'' WHERE job_id = ?1")
-            .and_then(|mut update| update.execute(params![job]));
+            .prepare_cached("DELETE FROM inputs WHERE job_id = ?1")
+            .and_then(|mut delete| delete.execute(params![job]));
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
         dropped?;
         Ok(())
@@ -159,52 +259,81 @@ impl Backend for Sqlite {
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
+        let mut at: HashMap<String, usize> = HashMap::new();
         let mut jobs = self.conn.prepare(
-            "SELECT id, meta, created_at, end_kind, end_text, finished_at FROM jobs ORDER BY id",
+            "SELECT id, meta, created_at, end_kind, end_text, finished_at, chunks FROM jobs ORDER BY id",
         )?;
-        let mut chunks = self
-            .conn
-            .prepare("SELECT input, result FROM chunks WHERE job_id = ?1 ORDER BY idx")?;
-        let mut attempts = self
-            .conn
-            .prepare("SELECT idx, record FROM attempts WHERE job_id = ?1 ORDER BY idx, attempt")?;
-        let job_rows = jobs.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<String>>(3)?,
-                r.get::<_, Option<String>>(4)?,
-                r.get::<_, Option<String>>(5)?,
-            ))
-        })?;
-        for row in job_rows {
-            let (id, meta, created_at, end_kind, end_text, finished_at) = row?;
-            let mut stored: Vec<StoredChunk> = chunks
-                .query_map(params![id], |r| {
-                    Ok(StoredChunk {
-                        input: Bytes::from(r.get::<_, Vec<u8>>(0)?),
-                        result: r.get::<_, Option<Vec<u8>>>(1)?.map(Bytes::from),
-                        attempts: Vec::new(),
-                    })
-                })?
-                .collect::<Result<_, _>>()?;
-            let records = attempts.query_map(params![id], |r| {
-                Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?))
-            })?;
-            for record in records {
-                let (idx, record) = record?;
-                if let Some(chunk) = stored.get_mut(idx as usize) {
-                    chunk.attempts.push(rows::attempt(&record)?);
-                }
-            }
+        let mut rows = jobs.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let chunks: u32 = r.get(6)?;
+            at.insert(id.clone(), snapshot.jobs.len());
             snapshot.jobs.push(StoredJob {
                 id: rows::job_id(&id)?,
-                meta: rows::meta(&meta)?,
-                created_at: rows::time(&created_at)?,
-                end: rows::end(end_kind, end_text, finished_at)?,
-                chunks: stored,
+                meta: rows::meta(&r.get::<_, String>(1)?)?,
+                created_at: rows::time(&r.get::<_, String>(2)?)?,
+                end: rows::end(r.get(3)?, r.get(4)?, r.get(5)?)?,
+                chunks: vec![StoredChunk::default(); chunks as usize],
             });
+        }
+        // Rows of a job the jobs table does not hold cannot exist (one transaction writes a job and
+        // its payloads, and every later row follows it); such a row would be skipped.
+        let mut segments = self
+            .conn
+            .prepare("SELECT job_id, first, ends, data FROM inputs ORDER BY rowid")?;
+        let mut rows = segments.query([])?;
+        while let Some(r) = rows.next()? {
+            let job: String = r.get(0)?;
+            let first: u32 = r.get(1)?;
+            let inputs = segment_inputs(
+                &r.get::<_, Vec<u8>>(2)?,
+                Bytes::from(r.get::<_, Vec<u8>>(3)?),
+            )?;
+            if let Some(&j) = at.get(&job) {
+                for (i, input) in inputs.into_iter().enumerate() {
+                    if let Some(c) = snapshot.jobs[j].chunks.get_mut(first as usize + i) {
+                        c.input = input;
+                    }
+                }
+            }
+        }
+        let mut results = self
+            .conn
+            .prepare("SELECT job_id, idx, result FROM results ORDER BY rowid")?;
+        let mut rows = results.query([])?;
+        while let Some(r) = rows.next()? {
+            let job: String = r.get(0)?;
+            let idx: u32 = r.get(1)?;
+            if let Some(c) = at
+                .get(&job)
+                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
+            {
+                c.result = Some(Bytes::from(r.get::<_, Vec<u8>>(2)?));
+            }
+        }
+        let mut attempts = self
+            .conn
+            .prepare("SELECT job_id, idx, record FROM attempts ORDER BY rowid")?;
+        let mut rows = attempts.query([])?;
+        while let Some(r) = rows.next()? {
+            let job: String = r.get(0)?;
+            let idx: u32 = r.get(1)?;
+            if let Some(c) = at
+                .get(&job)
+                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
+            {
+                let record = rows::attempt(&r.get::<_, String>(2)?)?;
+                // A later row for the same attempt (its end) replaces the earlier one.
+                match c.attempts.iter_mut().find(|a| a.attempt == record.attempt) {
+                    Some(known) => *known = record,
+                    None => c.attempts.push(record),
+                }
+            }
+        }
+        for job in &mut snapshot.jobs {
+            for c in &mut job.chunks {
+                c.attempts.sort_by_key(|a| a.attempt);
+            }
         }
         let mut keys = self
             .conn
@@ -223,5 +352,169 @@ impl Backend for Sqlite {
                 .push((key, rows::job_id(&job)?, rows::digest(digest)?));
         }
         Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+    use muster_shared::ids::{Attempt, JobId, WorkerId};
+    use muster_shared::reduce::Reducer;
+
+    use super::*;
+    use crate::state::job::{AttemptRecord, JobMeta};
+
+    const SCHEMA_V1: &str = "
+        CREATE TABLE jobs (id TEXT PRIMARY KEY, meta TEXT NOT NULL, created_at TEXT NOT NULL,
+            end_kind TEXT, end_text TEXT, finished_at TEXT) WITHOUT ROWID;
+        CREATE TABLE chunks (job_id TEXT NOT NULL, idx INTEGER NOT NULL, input BLOB NOT NULL,
+            result BLOB, UNIQUE (job_id, idx));
+        CREATE TABLE attempts (job_id TEXT NOT NULL, idx INTEGER NOT NULL,
+            attempt INTEGER NOT NULL, record TEXT NOT NULL,
+            PRIMARY KEY (job_id, idx, attempt)) WITHOUT ROWID;
+        CREATE TABLE idempotency (key TEXT PRIMARY KEY, job_id TEXT NOT NULL,
+            digest BLOB NOT NULL) WITHOUT ROWID;
+        PRAGMA user_version = 1;
+    ";
+
+    fn record(attempt: u32, ended: bool) -> String {
+        serde_json::to_string(&AttemptRecord {
+            attempt: Attempt(attempt),
+            worker: WorkerId::new(),
+            worker_name: "w".into(),
+            started_at: Utc::now(),
+            finished_at: ended.then(Utc::now),
+            error: None,
+        })
+        .unwrap()
+    }
+
+    fn meta() -> String {
+        rows::encode_meta(&JobMeta {
+            name: "sum".into(),
+            builtin: true,
+            task: "sum".into(),
+            reducer: Reducer::Sum,
+            max_attempts: 3,
+            chunk_timeout: None,
+            labels: BTreeMap::new(),
+            priority: 0,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_everything_a_restart_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.db");
+        let (running, done) = (JobId::new(), JobId::new());
+        let meta = meta();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V1).unwrap();
+            let now = Utc::now().to_rfc3339();
+            conn.execute(
+                "INSERT INTO jobs (id, meta, created_at) VALUES (?1, ?2, ?3)",
+                params![running.to_string(), meta, now],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO jobs (id, meta, created_at, end_kind, finished_at) VALUES (?1, ?2, ?3, 'succeeded', ?3)",
+                params![done.to_string(), meta, now],
+            )
+            .unwrap();
+            for (job, idx, input, result) in [
+                (running, 0, &b"[1,2]"[..], Some(&b"3"[..])),
+                (running, 1, b"[4]", None),
+                (done, 0, b"", Some(b"9")),
+            ] {
+                conn.execute(
+                    "INSERT INTO chunks (job_id, idx, input, result) VALUES (?1, ?2, ?3, ?4)",
+                    params![job.to_string(), idx, input, result],
+                )
+                .unwrap();
+            }
+            for (idx, attempt, ended) in [(0, 1, true), (1, 1, true), (1, 2, false)] {
+                conn.execute(
+                    "INSERT INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
+                    params![running.to_string(), idx, attempt, record(attempt, ended)],
+                )
+                .unwrap();
+            }
+        }
+        let mut db = Sqlite::open(&path).unwrap();
+        let version: i64 = db
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let snapshot = db.load().unwrap();
+        let job = |id| snapshot.jobs.iter().find(|j| j.id == id).unwrap();
+        let chunks = &job(running).chunks;
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(&chunks[0].input[..], b"[1,2]");
+        assert_eq!(chunks[0].result.as_deref(), Some(&b"3"[..]));
+        assert_eq!(&chunks[1].input[..], b"[4]");
+        assert_eq!(chunks[1].result, None);
+        let attempts: Vec<(u32, bool)> = chunks[1]
+            .attempts
+            .iter()
+            .map(|a| (a.attempt.0, a.finished_at.is_some()))
+            .collect();
+        assert_eq!(attempts, vec![(1, true), (2, false)]);
+        let finished = job(done);
+        assert!(finished.end.is_some());
+        assert_eq!(finished.chunks.len(), 1);
+        assert_eq!(finished.chunks[0].result.as_deref(), Some(&b"9"[..]));
+    }
+
+    #[test]
+    fn payloads_span_segments_and_later_attempt_rows_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+        let id = JobId::new().to_string();
+        let big = Bytes::from(vec![7u8; SEGMENT_BYTES - 10]);
+        let inputs = vec![
+            Bytes::from_static(b"a"),
+            big.clone(),
+            Bytes::from_static(b"bc"),
+            big,
+        ];
+        let insert_op = Op::Insert(InsertJob {
+            id: id.clone(),
+            meta: meta(),
+            created_at: Utc::now().to_rfc3339(),
+            inputs: inputs.clone(),
+            idempotency: None,
+        });
+        let attempt = |ended| {
+            Op::Write(Pending::Attempt {
+                job: id.clone(),
+                chunk: 2,
+                attempt: 1,
+                record: record(1, ended),
+            })
+        };
+        if let Err(e) = db.write(&[insert_op, attempt(false)]) {
+            panic!("{e}");
+        }
+        db.write(&[attempt(true)]).unwrap();
+        let segments: i64 = db
+            .conn
+            .query_row("SELECT count(*) FROM inputs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(segments, 2, "a + big + bc, then big");
+        let snapshot = db.load().unwrap();
+        let chunks = &snapshot.jobs[0].chunks;
+        let back: Vec<Bytes> = chunks.iter().map(|c| c.input.clone()).collect();
+        assert_eq!(back, inputs);
+        assert_eq!(chunks[2].attempts.len(), 1);
+        assert!(chunks[2].attempts[0].finished_at.is_some());
+        db.drop_inputs(&id).unwrap();
+        let snapshot = db.load().unwrap();
+        assert_eq!(snapshot.jobs[0].chunks.len(), 4);
+        assert!(snapshot.jobs[0].chunks.iter().all(|c| c.input.is_empty()));
     }
 }
