@@ -63,7 +63,9 @@ fn scan(body: &Bytes) -> Option<RawJob> {
     let mut rest = Vec::with_capacity(256);
     rest.push(b'{');
     let mut int_input = None;
+    let mut chunks_text = None;
     let mut inputs = 0;
+    let mut chunk_lists = 0;
     let mut more = b.get(i) != Some(&b'}');
     while more {
         let key_start = i;
@@ -81,6 +83,11 @@ fn scan(body: &Bytes) -> Option<RawJob> {
             let close = i + memchr::memchr(b']', &b[i..])?;
             int_input = Some(body.slice(i..=close));
             i = close + 1;
+        } else if key == "chunks" && b.get(i) == Some(&b'[') {
+            let (_, len) = value_at::<&RawValue>(&b[i..])?;
+            i += len;
+            chunk_lists += 1;
+            chunks_text = Some(body.slice(value_start..i));
         } else {
             let (_, len) = value_at::<&RawValue>(&b[i..])?;
             i += len;
@@ -98,12 +105,13 @@ fn scan(body: &Bytes) -> Option<RawJob> {
             _ => return None,
         }
     }
-    if inputs > 1 || skip_ws(b, i + 1) != b.len() {
+    if inputs > 1 || chunk_lists > 1 || skip_ws(b, i + 1) != b.len() {
         return None;
     }
     rest.push(b'}');
     let mut raw: RawJob = serde_json::from_slice(&rest).ok()?;
     raw.int_input = int_input;
+    raw.chunks_text = chunks_text;
     Some(raw)
 }
 
@@ -157,10 +165,32 @@ mod tests {
                 "`input` does not apply",
             ),
             (r#"{"kind": "wordcount", "input": [1]}"#, "must be a string"),
+            (
+                r#"{"kind": "sum", "input": [1], "chunks": [[1]]}"#,
+                "need a custom `task`",
+            ),
+            (
+                r#"{"task": "t", "chunks": [1], "chunks": [2]}"#,
+                "duplicate field",
+            ),
+            (r#"{"task": "t", "chunks": []}"#, "must not be empty"),
         ] {
             let err = parse_job(&Bytes::copy_from_slice(body.as_bytes()), 1).unwrap_err();
             assert!(err.to_string().contains(expected), "{body}: {err}");
         }
+    }
+
+    #[test]
+    fn custom_chunks_are_slices_of_the_body() {
+        let body = Bytes::from_static(br#"{"task": "t", "chunks": [[1, 2], {"a": "]"}, 3]}"#);
+        let spec = parse_job(&body, 1).expect("valid");
+        let Work::Custom { chunks, .. } = spec.work else {
+            panic!("custom expected");
+        };
+        let texts: Vec<&[u8]> = chunks.iter().map(|c| &c[..]).collect();
+        assert_eq!(texts, [&b"[1, 2]"[..], br#"{"a": "]"}"#, b"3"]);
+        let inside = body.as_ptr_range();
+        assert!(chunks.iter().all(|c| inside.contains(&c.as_ptr())));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct RawJob {
     /// [`crate::body`]); used instead of `input` when set.
     #[serde(skip)]
     pub int_input: Option<Bytes>,
+    /// The text of a `chunks` array, as a slice of the request body (see [`crate::body`]); used
+    /// instead of `chunks` when set, so that chunk payloads share the body's buffer.
+    #[serde(skip)]
+    pub chunks_text: Option<Bytes>,
     /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunks: Option<Box<RawValue>>,
@@ -314,11 +318,13 @@ impl RawJob {
             "top",
             kind.name(),
         )?;
-        let chunks: Option<Value> = self
-            .chunks
-            .as_deref()
-            .map(|raw| serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string())))
-            .transpose()?;
+        let chunks: Option<Value> = match (&self.chunks_text, self.chunks.as_deref()) {
+            // Set aside only when it is an array, which is all that matters here.
+            (Some(_), _) => Some(Value::Array(Vec::new())),
+            (None, raw) => raw
+                .map(|raw| serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string())))
+                .transpose()?,
+        };
         let chunking = match (&chunks, &self.chunk_size) {
             (Some(_), Some(_)) => return Err(invalid("give either `chunks` or `chunk_size`, not both")),
             (Some(Value::Array(_)), None) => {
@@ -376,20 +382,21 @@ impl RawJob {
         refuse_option(self.chunk_size.is_some(), "chunk_size", "custom tasks")?;
         refuse_option(self.descending.is_some(), "descending", "custom tasks")?;
         refuse_option(self.top.is_some(), "top", "custom tasks")?;
-        let raw = self
-            .chunks
-            .as_deref()
-            .ok_or_else(|| invalid("missing `chunks` for custom task"))?;
-        // Each chunk is cut from the request text as it is: no value tree is built for it.
-        let chunks: Vec<Bytes> = match serde_json::from_str::<Vec<&RawValue>>(raw.get()) {
+        let text = match (&self.chunks_text, self.chunks.as_deref()) {
+            (Some(text), _) => text.clone(),
+            (None, Some(raw)) => Bytes::copy_from_slice(raw.get().as_bytes()),
+            (None, None) => return Err(invalid("missing `chunks` for custom task")),
+        };
+        // Each chunk is a slice of the request text as it is: no value tree, no copy.
+        let chunks: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&text) {
             Ok(items) if !items.is_empty() => items
                 .into_iter()
-                .map(|c| Bytes::copy_from_slice(c.get().as_bytes()))
+                .map(|c| text.slice_ref(c.get().as_bytes()))
                 .collect(),
             Ok(_) => return Err(invalid("`chunks` must not be empty")),
             Err(_) => {
                 let other: Value =
-                    serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string()))?;
+                    serde_json::from_slice(&text).map_err(|e| invalid(e.to_string()))?;
                 return Err(invalid(format!(
                     "`chunks` of a custom task must be an array of chunk inputs, got {}",
                     type_name(&other)
