@@ -181,35 +181,73 @@ fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn apply(tx: &Transaction<'_>, op: &Pending) -> Result<(), StoreError> {
-    match op {
-        Pending::Attempt {
-            job,
-            chunk,
-            attempt,
-            record,
-        } => {
-            tx.prepare_cached(
-                "INSERT INTO attempts (job_id, idx, attempt, record) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![job, chunk, attempt, record])?;
-        }
-        Pending::Result { job, chunk, result } => {
-            tx.prepare_cached("INSERT INTO results (job_id, idx, result) VALUES (?1, ?2, ?3)")?
-                .execute(params![job, chunk, &result[..]])?;
-        }
-        Pending::Finish {
-            job,
-            kind,
-            text,
-            at,
-        } => {
-            tx.prepare_cached(
-                "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
-            )?
-            .execute(params![job, kind, text, at])?;
+/// Rows per multi-row `INSERT`: one statement step per group instead of per row.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Appends rows of `columns` values each to `table`, `ROWS_PER_INSERT` rows per statement, in order.
+fn append_rows(
+    tx: &Transaction<'_>,
+    table: &str,
+    columns: &str,
+    rows: &[[&dyn rusqlite::ToSql; 4]],
+    width: usize,
+) -> Result<(), StoreError> {
+    let statement = |n: usize| {
+        let one = format!("({})", vec!["?"; width].join(", "));
+        format!(
+            "INSERT INTO {table} ({columns}) VALUES {}",
+            vec![one; n].join(", ")
+        )
+    };
+    let mut full = tx.prepare_cached(&statement(ROWS_PER_INSERT))?;
+    let mut single = tx.prepare_cached(&statement(1))?;
+    let mut groups = rows.chunks_exact(ROWS_PER_INSERT);
+    for group in &mut groups {
+        let values: Vec<&dyn rusqlite::ToSql> = group
+            .iter()
+            .flat_map(|r| r[..width].iter().copied())
+            .collect();
+        full.execute(values.as_slice())?;
+    }
+    for row in groups.remainder() {
+        single.execute(&row[..width])?;
+    }
+    Ok(())
+}
+
+/// Applies a batch of writes: attempts and results as multi-row appends (attempts in the order
+/// they were made), then the ends of jobs.
+fn apply(tx: &Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
+    let mut attempts: Vec<[&dyn rusqlite::ToSql; 4]> = Vec::new();
+    let mut results: Vec<(&String, &u32, &[u8])> = Vec::new();
+    for op in ops {
+        match op {
+            Pending::Attempt {
+                job,
+                chunk,
+                attempt,
+                record,
+            } => attempts.push([job, chunk, attempt, record]),
+            Pending::Result { job, chunk, result } => results.push((job, chunk, &result[..])),
+            Pending::Finish {
+                job,
+                kind,
+                text,
+                at,
+            } => {
+                tx.prepare_cached(
+                    "UPDATE jobs SET end_kind = ?2, end_text = ?3, finished_at = ?4 WHERE id = ?1",
+                )?
+                .execute(params![job, kind, text, at])?;
+            }
         }
     }
+    let results: Vec<[&dyn rusqlite::ToSql; 4]> = results
+        .iter()
+        .map(|(job, chunk, result)| [*job as &dyn rusqlite::ToSql, *chunk, result, *job])
+        .collect();
+    append_rows(tx, "attempts", "job_id, idx, attempt, record", &attempts, 4)?;
+    append_rows(tx, "results", "job_id, idx, result", &results, 3)?;
     Ok(())
 }
 
@@ -234,12 +272,16 @@ fn segment_inputs(ends: &[u8], data: Bytes) -> Result<Vec<Bytes>, StoreError> {
 impl Backend for Sqlite {
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
+        let mut writes = Vec::with_capacity(ops.len());
+        // No row refers to another by key, so new jobs can go first: order only matters among
+        // the attempt rows, which `apply` keeps.
         for op in ops {
             match op {
-                Op::Write(pending) => apply(&tx, pending)?,
+                Op::Write(pending) => writes.push(pending),
                 Op::Insert(job) => insert(&tx, job)?,
             }
         }
+        apply(&tx, &writes)?;
         tx.commit()?;
         Ok(())
     }
