@@ -281,6 +281,56 @@ mod tests {
     }
 
     #[test]
+    fn integers_of_every_length_parse_wherever_they_sit() {
+        let mut cases: Vec<String> = Vec::new();
+        let mut n: u64 = 0;
+        for len in 1..=20u32 {
+            // 1, 12, 123, ... and the largest numbers of each length.
+            n = n.wrapping_mul(10).wrapping_add(u64::from(len % 10));
+            cases.push(n.to_string());
+            cases.push((10u64.saturating_pow(len).saturating_sub(1)).to_string());
+        }
+        cases.extend(
+            [
+                "0",
+                "9223372036854775807",
+                "9223372036854775808",
+                "18446744073709551616",
+                "00",
+                "012",
+            ]
+            .map(String::from),
+        );
+        for case in &cases {
+            for sign in ["", "-"] {
+                for tail in ["", ",", "]", " ", "x", ".5", "1234567890"] {
+                    for pad in 0..9 {
+                        let text = format!("{}{sign}{case}{tail}", " ".repeat(pad));
+                        let got = int_at(text.as_bytes(), pad);
+                        let number = format!(
+                            "{sign}{case}{}",
+                            if tail.starts_with(|c: char| c.is_ascii_digit()) {
+                                tail
+                            } else {
+                                ""
+                            }
+                        );
+                        let ok = !(number.trim_start_matches('-').len() > 1
+                            && number.trim_start_matches('-').starts_with('0'))
+                            && number != "-0";
+                        let want = number
+                            .parse::<i64>()
+                            .ok()
+                            .filter(|_| ok)
+                            .map(|v| (v, pad + number.len()));
+                        assert_eq!(got, want, "{text:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn parses_what_serde_parses() {
         let text = "[0, -1, 9223372036854775807, -9223372036854775808, 42]";
         assert_eq!(
