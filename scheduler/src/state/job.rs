@@ -48,6 +48,15 @@ impl FailReason {
         matches!(self, FailReason::Permanent(_))
     }
 
+    /// True when the retry waits the backoff: the chunk itself failed (its task errored or ran
+    /// too long). A chunk whose worker went away is retried at once, elsewhere.
+    pub fn backs_off(&self) -> bool {
+        matches!(
+            self,
+            FailReason::ChunkTimeout | FailReason::TaskError(_) | FailReason::UnknownTask(_)
+        )
+    }
+
     /// True when this failure uses up one of the chunk's `max_attempts`.
     pub fn counts_as_attempt(&self) -> bool {
         !matches!(
@@ -487,12 +496,12 @@ impl Job {
         let delay = if chunk
             .attempts
             .last()
-            .is_some_and(|a| a.error.as_ref().is_some_and(|e| !e.counts_as_attempt()))
+            .is_some_and(|a| a.error.as_ref().is_some_and(FailReason::backs_off))
         {
-            Duration::ZERO
-        } else {
             // Exponential backoff: base, 2×base, 4×base ... capped at 64×base.
             backoff * (1 << chunk.counted_failures().saturating_sub(1).min(6))
+        } else {
+            Duration::ZERO
         };
         chunk.state = ChunkState::Pending {
             ready_at: Instant::now() + delay,

@@ -769,6 +769,45 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_workers_chunk_is_retried_at_once_and_a_task_error_waits() {
+        let mut s = ClusterState::new(
+            Box::new(MemoryStore::new()),
+            Policy {
+                retry_backoff: Duration::from_secs(60),
+            },
+        );
+        let first = worker(&mut s, 1);
+        let job = s
+            .submit(spec(serde_json::json!({"kind": "sum", "input": [1]})), None)
+            .unwrap();
+        s.dispatch();
+        assert_eq!(assignments(&mut s)[0].0, first);
+        let second = worker(&mut s, 1);
+        s.worker_gone(first, FailReason::WorkerLost);
+        s.dispatch();
+        let placed = assignments(&mut s);
+        assert_eq!(placed.len(), 1, "no backoff after a lost worker");
+        assert_eq!(placed[0].0, second);
+        s.outcome(
+            second,
+            ChunkOutcome {
+                chunk: placed[0].1,
+                result: Outcome::Failed(Failure {
+                    class: FailureClass::TaskError,
+                    message: "boom".into(),
+                }),
+            },
+        );
+        worker(&mut s, 1);
+        s.dispatch();
+        assert!(
+            assignments(&mut s).is_empty(),
+            "a task error waits the backoff"
+        );
+        assert_eq!(s.job(job.id).unwrap().counts.pending, 1);
+    }
+
+    #[test]
     fn least_loaded_worker_gets_the_chunk() {
         let mut s = state();
         let small = worker(&mut s, 1);
