@@ -11,9 +11,10 @@
 //! drops the chunk payloads of finished jobs, one job per transaction, so that freeing megabytes
 //! of input never delays the commit a client is waiting for.
 
-use std::collections::VecDeque;
-use std::sync::mpsc::{self, TryRecvError};
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -51,6 +52,16 @@ pub(super) trait Backend: Send + 'static {
     /// Drops the chunk payloads of a finished job (its partial results stay). Nothing depends
     /// on this being durable: a restart finds the job finished either way.
     fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError>;
+    /// Housekeeping once nothing is waiting to be written.
+    fn idle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Housekeeping after a commit, once its waiters have been told; `large_jobs_running` says
+    /// whether a job with large payloads was inserted and has not ended yet (its later commits
+    /// are better not delayed).
+    fn after_commit(&mut self, _large_jobs_running: bool) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Reads everything back.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
 }
@@ -63,6 +74,12 @@ enum Msg {
     Sync(Reply<()>),
     Load(Reply<Snapshot>),
 }
+
+/// A job whose payloads are at least this large counts as large (see `Backend::after_commit`).
+const LARGE_JOB_BYTES: usize = 4 << 20;
+
+/// How long the writer must go without writes before it does its housekeeping.
+const QUIET: Duration = Duration::from_millis(5);
 
 /// Most ops folded into one transaction, so a flood of writes still commits now and then.
 const MAX_BATCH: usize = 50_000;
@@ -93,6 +110,10 @@ fn run<B: Backend>(
     let mut batches = 0u64;
     // Finished jobs whose payloads are still to drop, done only while no write is waiting.
     let mut finished: VecDeque<String> = VecDeque::new();
+    // Whether anything was written since the writer was last idle.
+    let mut busy = false;
+    // Jobs with large payloads inserted and not ended yet.
+    let mut large: HashSet<String> = HashSet::new();
     loop {
         let first = match incoming.try_recv() {
             Ok(msg) => msg,
@@ -104,9 +125,24 @@ fn run<B: Backend>(
                     }
                     continue;
                 }
-                match incoming.recv() {
-                    Ok(msg) => msg,
-                    Err(_) => break,
+                if busy {
+                    // Housekeeping waits for a quiet moment, not merely an empty queue.
+                    match incoming.recv_timeout(QUIET) {
+                        Ok(msg) => msg,
+                        Err(RecvTimeoutError::Timeout) => {
+                            busy = false;
+                            if let Err(e) = backend.idle() {
+                                warn!(error = %e, "store housekeeping failed");
+                            }
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                } else {
+                    match incoming.recv() {
+                        Ok(msg) => msg,
+                        Err(_) => break,
+                    }
                 }
             }
         };
@@ -134,10 +170,20 @@ fn run<B: Backend>(
             backend.write(&ops)
         };
         if written.is_ok() {
-            finished.extend(ops.iter().filter_map(|op| match op {
-                Op::Write(Pending::Finish { job, .. }) => Some(job.clone()),
-                _ => None,
-            }));
+            for op in &ops {
+                match op {
+                    Op::Write(Pending::Finish { job, .. }) => {
+                        large.remove(job);
+                        finished.push_back(job.clone());
+                    }
+                    Op::Insert(job)
+                        if job.inputs.iter().map(Bytes::len).sum::<usize>() >= LARGE_JOB_BYTES =>
+                    {
+                        large.insert(job.id.clone());
+                    }
+                    _ => {}
+                }
+            }
         }
         ops.clear();
         let batches = std::mem::take(&mut batches);
@@ -159,6 +205,10 @@ fn run<B: Backend>(
         }
         if let Some(reply) = load {
             let _ = reply.send(written.and_then(|()| backend.load()));
+        }
+        busy = true;
+        if let Err(e) = backend.after_commit(!large.is_empty()) {
+            warn!(error = %e, "store housekeeping failed");
         }
     }
 }
