@@ -34,7 +34,7 @@ pub struct WorkerArgs {
     #[arg(long, env = "MUSTER_SLOTS")]
     pub slots: Option<u32>,
     /// Chunks held queued beyond the slots, so the next one is at hand when a slot frees.
-    /// Default: 4 per slot (Celery's prefetch multiplier), growing up to 64 per slot while chunks
+    /// Default: 4 per slot (Celery's prefetch multiplier), growing up to 512 per slot while chunks
     /// take well under a millisecond; a value given here is fixed (0 turns prefetching off).
     #[arg(long, env = "MUSTER_PREFETCH")]
     pub prefetch: Option<u32>,

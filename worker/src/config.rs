@@ -17,7 +17,7 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Chunks held queued beyond `slots`.
     pub prefetch: u32,
-    /// Grow `prefetch` (up to 64 per slot) when chunks turn out to be short.
+    /// Grow `prefetch` (up to 512 per slot) when chunks turn out to be short.
     pub adaptive_prefetch: bool,
     /// Labels jobs can require.
     pub labels: BTreeMap<String, String>,

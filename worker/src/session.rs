@@ -31,7 +31,7 @@ const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Chunks shorter than this on average are run several per blocking hand-off.
 const SHORT_CHUNK: Duration = Duration::from_micros(200);
 /// Most chunks one blocking hand-off runs.
-const MAX_CHUNKS_PER_HANDOFF: usize = 32;
+const MAX_CHUNKS_PER_HANDOFF: usize = 128;
 /// Queued work an adaptive prefetch aims to hold per slot.
 const PREFETCH_QUEUE_TIME: Duration = Duration::from_millis(5);
 /// Most chunks an adaptive prefetch holds queued per slot.
