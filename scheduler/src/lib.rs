@@ -99,6 +99,7 @@ pub async fn run(
         heartbeat_timeout: config.heartbeat_timeout,
         next_session: AtomicU64::new(1),
         capacity: Arc::new(AtomicU64::new(0)),
+        bodies: api::BodyPool::default(),
     });
     let routes = app.clone();
     let server =

@@ -20,6 +20,9 @@ use tracing::{debug, info, warn};
 use crate::coordinator::{Coordinator, FromWorker, RegisterWorker, WorkerDisconnected};
 use crate::state::job::FailReason;
 
+/// Payload bytes of assignments sent in one frame, about (one larger chunk goes alone).
+const FRAME_PAYLOAD_BYTES: usize = 1 << 20;
+
 /// What the writer task sends on the socket, in order.
 #[derive(Debug)]
 pub enum Outgoing {
@@ -105,10 +108,31 @@ impl WorkerSession {
         }
     }
 
+    /// Sends messages in as few frames as their payloads allow: large assignments go a few per
+    /// frame (about [`FRAME_PAYLOAD_BYTES`] each), so the worker starts on the first chunk while the
+    /// others are still on the way.
     fn send(&self, worker: WorkerId, messages: Vec<CoordinatorMessage>) {
-        let _ = self
-            .out
-            .send(Outgoing::Binary(encode(&Frame { worker, messages })));
+        let mut frame = Vec::new();
+        let mut bytes = 0;
+        for message in messages {
+            let size = match &message {
+                CoordinatorMessage::Assign(a) => a.input.len(),
+                _ => 0,
+            };
+            if !frame.is_empty() && bytes + size > FRAME_PAYLOAD_BYTES {
+                let messages = std::mem::take(&mut frame);
+                let _ = self
+                    .out
+                    .send(Outgoing::Binary(encode(&Frame { worker, messages })));
+                bytes = 0;
+            }
+            bytes += size;
+            frame.push(message);
+        }
+        let _ = self.out.send(Outgoing::Binary(encode(&Frame {
+            worker,
+            messages: frame,
+        })));
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {

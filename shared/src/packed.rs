@@ -37,23 +37,31 @@ pub fn pack(values: &[i64], descending: bool) -> Bytes {
         0x1_0000..=0xffff_ffff => 4,
         _ => 8,
     };
-    let mut out = Vec::with_capacity(HEADER + values.len() * width);
-    out.push(TAG);
-    out.push(if descending { DESCENDING } else { 0 });
-    out.push(width as u8);
-    out.extend_from_slice(&base.to_le_bytes());
+    let mut out = vec![0u8; HEADER + values.len() * width];
+    out[0] = TAG;
+    out[1] = if descending { DESCENDING } else { 0 };
+    out[2] = width as u8;
+    out[3..HEADER].copy_from_slice(&base.to_le_bytes());
     let offset = |v: i64| v.wrapping_sub(base) as u64;
+    let data = &mut out[HEADER..];
+    // Fixed-size stores into a sized buffer: the compiler can vectorise these loops.
     match width {
-        1 => out.extend(values.iter().map(|&v| offset(v) as u8)),
-        2 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(offset(v) as u16).to_le_bytes())),
-        4 => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&(offset(v) as u32).to_le_bytes())),
-        _ => values
-            .iter()
-            .for_each(|&v| out.extend_from_slice(&offset(v).to_le_bytes())),
+        1 => data
+            .iter_mut()
+            .zip(values)
+            .for_each(|(d, &v)| *d = offset(v) as u8),
+        2 => data
+            .chunks_exact_mut(2)
+            .zip(values)
+            .for_each(|(d, &v)| d.copy_from_slice(&(offset(v) as u16).to_le_bytes())),
+        4 => data
+            .chunks_exact_mut(4)
+            .zip(values)
+            .for_each(|(d, &v)| d.copy_from_slice(&(offset(v) as u32).to_le_bytes())),
+        _ => data
+            .chunks_exact_mut(8)
+            .zip(values)
+            .for_each(|(d, &v)| d.copy_from_slice(&offset(v).to_le_bytes())),
     }
     Bytes::from(out)
 }

@@ -13,7 +13,7 @@ use muster_shared::ids::JobId;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{durable, mailbox, AppState};
+use super::{durable, mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
     CancelJob, Coordinator, Forget, GetJob, GetResult, JobResult, ListJobs, Submit,
@@ -40,6 +40,7 @@ async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    bodies: &BodyPool,
 ) -> Result<BytesMut, ApiError> {
     let declared = req
         .headers()
@@ -49,7 +50,9 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = declared
+        .and_then(|n| bodies.take(n))
+        .unwrap_or_else(|| BytesMut::with_capacity(declared.unwrap_or(0)));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("cannot read body: {e}")))?;
         if body.len() + chunk.len() > limit {
@@ -66,8 +69,11 @@ pub(super) async fn submit(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
-    let body = read_body(&req, payload, app.max_body_bytes).await?.freeze();
-    tracing::debug!(bytes = body.len(), "job body read");
+    let started = std::time::Instant::now();
+    let body = read_body(&req, payload, app.max_body_bytes, &app.bodies)
+        .await?
+        .freeze();
+    tracing::debug!(bytes = body.len(), took = ?started.elapsed(), "job body read");
     let idempotency = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => {
@@ -86,9 +92,14 @@ pub(super) async fn submit(
     let slots = app.capacity.load(Ordering::Relaxed);
     // Checking and cutting a large input takes a while: off the thread serving connections.
     let parsed = if body.len() >= BLOCKING_PARSE_BYTES {
-        web::block(move || parse_job(&body, slots))
+        let (parsed, body) = web::block(move || (parse_job(&body, slots), body))
             .await
-            .map_err(|e| ApiError::Unavailable(format!("cannot parse the job: {e}")))?
+            .map_err(|e| ApiError::Unavailable(format!("cannot parse the job: {e}")))?;
+        // Integer inputs were copied out as packed chunks: the buffer is free again.
+        if let Ok(buffer) = body.try_into_mut() {
+            BodyPool::keep(&app, buffer);
+        }
+        parsed
     } else {
         parse_job(&body, slots)
     };

@@ -5,7 +5,7 @@
 //! every write queued meanwhile.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -19,8 +19,13 @@ use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
-/// Chunk payloads are stored concatenated, in rows of about this many bytes.
-const SEGMENT_BYTES: usize = 16 << 20;
+/// A job with at least this many bytes of payloads keeps them in a file of their own: one write
+/// and one sync, where SQLite would write and checksum them page by page, twice (WAL, then the
+/// database file).
+const FILE_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// Where payload files live, beside the database.
+const PAYLOAD_DIR: &str = "payloads";
 
 // Every write on the hot path (attempts, results) is an append to a rowid table without an index:
 // no b-tree search per row. Loading reads each table once, in rowid order.
@@ -34,13 +39,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at TEXT,
     chunks      INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
--- A job's chunk payloads, in order, concatenated in segments: `ends` holds the end offset in
--- `data` of each chunk from `first` on (8 bytes little-endian each). Dropped when the job ends.
+-- A job's chunk payloads, in order, concatenated: `ends` holds the end offset in `data` of each
+-- chunk from `first` on (8 bytes little-endian each). Large payloads are kept in `file` (under
+-- payloads/ beside the database) instead of `data`. Dropped when the job ends.
 CREATE TABLE IF NOT EXISTS inputs (
     job_id TEXT NOT NULL,
     first  INTEGER NOT NULL,
     ends   BLOB NOT NULL,
-    data   BLOB NOT NULL
+    data   BLOB NOT NULL,
+    file   TEXT
 );
 CREATE INDEX IF NOT EXISTS inputs_job ON inputs (job_id);
 -- Partial results of succeeded chunks.
@@ -83,6 +90,8 @@ DROP TABLE attempts_v1;
 /// The SQLite database the writer thread owns.
 struct Sqlite {
     conn: Connection,
+    /// The directory of payload files.
+    payloads: PathBuf,
     /// Pages in the WAL, as SQLite reports after each commit.
     wal_pages: Arc<AtomicUsize>,
 }
@@ -107,6 +116,22 @@ pub fn open(path: &Path) -> Result<Box<dyn Store>, StoreError> {
 }
 
 impl Sqlite {
+    /// Removes payload files no stored job names (left by a crash between writing a file and
+    /// committing its job, or between dropping a job's payloads and deleting the file).
+    fn remove_stray_payloads(&self, named: &std::collections::HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.payloads) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".bin") && !named.contains(&name) {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stray payload file");
+                }
+            }
+        }
+    }
+
     /// Copies committed pages from the WAL into the database file (without waiting for readers).
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.conn
@@ -134,10 +159,19 @@ impl Sqlite {
                 path.display()
             )));
         }
+        let payloads = path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join(PAYLOAD_DIR);
+        std::fs::create_dir_all(&payloads).map_err(|e| io_error("create", &payloads, e))?;
         if version == 1 {
-            migrate_v1(&conn)?;
+            migrate_v1(&conn, &payloads)?;
         }
         conn.execute_batch(SCHEMA)?;
+        // Version 2 files made before payload files existed lack the column.
+        if conn.prepare("SELECT file FROM inputs LIMIT 0").is_err() {
+            conn.execute_batch("ALTER TABLE inputs ADD COLUMN file TEXT")?;
+        }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         let wal_pages = Arc::new(AtomicUsize::new(0));
         let pages = wal_pages.clone();
@@ -147,12 +181,16 @@ impl Sqlite {
                 Ok(())
             },
         ))?;
-        Ok(Self { conn, wal_pages })
+        Ok(Self {
+            conn,
+            payloads,
+            wal_pages,
+        })
     }
 }
 
 /// Moves a version 1 database to the current layout, in one transaction.
-fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
+fn migrate_v1(conn: &Connection, payloads: &Path) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(MIGRATE_V1)?;
     tx.execute_batch(SCHEMA)?;
@@ -167,39 +205,61 @@ fn migrate_v1(conn: &Connection) -> Result<(), StoreError> {
             .prepare("SELECT input FROM chunks_v1 WHERE job_id = ?1 ORDER BY idx")?
             .query_map(params![id], |r| Ok(Bytes::from(r.get::<_, Vec<u8>>(0)?)))?
             .collect::<Result<_, _>>()?;
-        insert_inputs(&tx, &id, &inputs)?;
+        insert_inputs(&tx, payloads, &id, &inputs)?;
     }
     tx.execute_batch(FINISH_V1)?;
     tx.commit()?;
     Ok(())
 }
 
-/// Writes a job's chunk payloads as segments of about [`SEGMENT_BYTES`].
-fn insert_inputs(tx: &Transaction<'_>, job: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
-    let mut segment = tx
-        .prepare_cached("INSERT INTO inputs (job_id, first, ends, data) VALUES (?1, ?2, ?3, ?4)")?;
-    let mut first = 0;
-    while first < inputs.len() {
-        let mut last = first;
-        let mut bytes = 0;
-        while last < inputs.len() && (last == first || bytes + inputs[last].len() <= SEGMENT_BYTES)
-        {
-            bytes += inputs[last].len();
-            last += 1;
-        }
-        let mut ends = Vec::with_capacity((last - first) * 8);
-        let mut data = Vec::with_capacity(bytes);
-        for input in &inputs[first..last] {
-            data.extend_from_slice(input);
-            ends.extend_from_slice(&(data.len() as u64).to_le_bytes());
-        }
-        segment.execute(params![job, first as u32, ends, data])?;
-        first = last;
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Other(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// Writes payloads to a new file in `dir` and makes it durable (its data and its name).
+fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).map_err(|e| io_error("create", &path, e))?;
+    for input in inputs {
+        file.write_all(input)
+            .map_err(|e| io_error("write", &path, e))?;
+    }
+    file.sync_data().map_err(|e| io_error("sync", &path, e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error("sync", dir, e))
+}
+
+/// Writes a job's chunk payloads in one row: into it when small, otherwise into a file of their
+/// own that is durable before the row naming it is committed.
+fn insert_inputs(
+    tx: &Transaction<'_>,
+    payloads: &Path,
+    job: &str,
+    inputs: &[Bytes],
+) -> Result<(), StoreError> {
+    let mut ends = Vec::with_capacity(inputs.len() * 8);
+    let mut end = 0u64;
+    for input in inputs {
+        end += input.len() as u64;
+        ends.extend_from_slice(&end.to_le_bytes());
+    }
+    let mut row = tx.prepare_cached(
+        "INSERT INTO inputs (job_id, first, ends, data, file) VALUES (?1, 0, ?2, ?3, ?4)",
+    )?;
+    if end as usize >= FILE_PAYLOAD_BYTES {
+        let name = format!("{job}.bin");
+        write_payload_file(payloads, &name, inputs)?;
+        row.execute(params![job, ends, &[] as &[u8], name])?;
+    } else {
+        let data: Vec<u8> = inputs.concat();
+        row.execute(params![job, ends, data, None::<String>])?;
     }
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
+fn insert(tx: &Transaction<'_>, payloads: &Path, job: &InsertJob) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT INTO jobs (id, meta, created_at, chunks) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             job.id,
@@ -207,7 +267,7 @@ fn insert(tx: &Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
             job.created_at,
             job.inputs.len() as u32
         ])?;
-    insert_inputs(tx, &job.id, &job.inputs)?;
+    insert_inputs(tx, payloads, &job.id, &job.inputs)?;
     if let Some((key, digest)) = &job.idempotency {
         tx.prepare_cached("INSERT INTO idempotency (key, job_id, digest) VALUES (?1, ?2, ?3)")?
             .execute(params![key, job.id, digest])?;
@@ -312,7 +372,7 @@ impl Backend for Sqlite {
         for op in ops {
             match op {
                 Op::Write(pending) => writes.push(pending),
-                Op::Insert(job) => insert(&tx, job)?,
+                Op::Insert(job) => insert(&tx, &self.payloads, job)?,
             }
         }
         apply(&tx, &writes)?;
@@ -339,12 +399,22 @@ impl Backend for Sqlite {
         // Not worth an fsync of its own: the next durable commit carries it to the disk.
         self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
         // Partial results stay: a succeeded job's result is merged from them on restart.
+        let files: Vec<String> = self
+            .conn
+            .prepare_cached("SELECT file FROM inputs WHERE job_id = ?1 AND file IS NOT NULL")?
+            .query_map(params![job], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
         let dropped = self
             .conn
             .prepare_cached("DELETE FROM inputs WHERE job_id = ?1")
             .and_then(|mut delete| delete.execute(params![job]));
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
         dropped?;
+        // A file left behind by a crash here is removed at the next start.
+        for file in files {
+            let path = self.payloads.join(file);
+            std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
+        }
         Ok(())
     }
 
@@ -371,15 +441,21 @@ impl Backend for Sqlite {
         // its payloads, and every later row follows it); such a row would be skipped.
         let mut segments = self
             .conn
-            .prepare("SELECT job_id, first, ends, data FROM inputs ORDER BY rowid")?;
+            .prepare("SELECT job_id, first, ends, data, file FROM inputs ORDER BY rowid")?;
         let mut rows = segments.query([])?;
+        let mut files = std::collections::HashSet::new();
         while let Some(r) = rows.next()? {
             let job: String = r.get(0)?;
             let first: u32 = r.get(1)?;
-            let inputs = segment_inputs(
-                &r.get::<_, Vec<u8>>(2)?,
-                Bytes::from(r.get::<_, Vec<u8>>(3)?),
-            )?;
+            let data = match r.get::<_, Option<String>>(4)? {
+                Some(file) => {
+                    let path = self.payloads.join(&file);
+                    files.insert(file);
+                    std::fs::read(&path).map_err(|e| io_error("read", &path, e))?
+                }
+                None => r.get::<_, Vec<u8>>(3)?,
+            };
+            let inputs = segment_inputs(&r.get::<_, Vec<u8>>(2)?, Bytes::from(data))?;
             if let Some(&j) = at.get(&job) {
                 for (i, input) in inputs.into_iter().enumerate() {
                     if let Some(c) = snapshot.jobs[j].chunks.get_mut(first as usize + i) {
@@ -388,6 +464,7 @@ impl Backend for Sqlite {
                 }
             }
         }
+        self.remove_stray_payloads(&files);
         let mut results = self
             .conn
             .prepare("SELECT job_id, idx, result FROM results ORDER BY rowid")?;
@@ -562,50 +639,69 @@ mod tests {
     }
 
     #[test]
-    fn payloads_span_segments_and_later_attempt_rows_win() {
+    fn large_payloads_live_in_files_and_later_attempt_rows_win() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
-        let id = JobId::new().to_string();
-        let big = Bytes::from(vec![7u8; SEGMENT_BYTES - 10]);
-        let inputs = vec![
-            Bytes::from_static(b"a"),
-            big.clone(),
-            Bytes::from_static(b"bc"),
-            big,
-        ];
-        let insert_op = Op::Insert(InsertJob {
-            id: id.clone(),
-            meta: meta(),
-            created_at: Utc::now().to_rfc3339(),
-            inputs: inputs.clone(),
-            idempotency: None,
-        });
+        let (small, large) = (JobId::new().to_string(), JobId::new().to_string());
+        let big = Bytes::from(vec![7u8; FILE_PAYLOAD_BYTES]);
+        let job = |id: &str, inputs: &[Bytes]| {
+            Op::Insert(InsertJob {
+                id: id.to_owned(),
+                meta: meta(),
+                created_at: Utc::now().to_rfc3339(),
+                inputs: inputs.to_vec(),
+                idempotency: None,
+            })
+        };
+        let small_inputs = [Bytes::from_static(b"a"), Bytes::from_static(b"bc")];
+        let large_inputs = [Bytes::from_static(b"x"), big];
         let attempt = |ended| {
             Op::Write(Pending::Attempt {
-                job: id.clone(),
-                chunk: 2,
+                job: small.clone(),
+                chunk: 1,
                 attempt: 1,
                 record: record(1, ended),
             })
         };
-        if let Err(e) = db.write(&[insert_op, attempt(false)]) {
-            panic!("{e}");
-        }
+        db.write(&[
+            job(&small, &small_inputs),
+            job(&large, &large_inputs),
+            attempt(false),
+        ])
+        .unwrap();
         db.write(&[attempt(true)]).unwrap();
-        let segments: i64 = db
-            .conn
-            .query_row("SELECT count(*) FROM inputs", [], |r| r.get(0))
+        let file = dir.path().join(PAYLOAD_DIR).join(format!("{large}.bin"));
+        assert!(file.exists());
+        let stray = dir.path().join(PAYLOAD_DIR).join("left-by-a-crash.bin");
+        std::fs::write(&stray, b"x").unwrap();
+        let snapshot = db.load().unwrap();
+        assert!(!stray.exists(), "a file no job names is removed");
+        let inputs = |id: &str| -> Vec<Bytes> {
+            let job = snapshot
+                .jobs
+                .iter()
+                .find(|j| j.id.to_string() == id)
+                .unwrap();
+            job.chunks.iter().map(|c| c.input.clone()).collect()
+        };
+        assert_eq!(inputs(&small), small_inputs);
+        assert_eq!(inputs(&large), large_inputs);
+        let small_job = snapshot
+            .jobs
+            .iter()
+            .find(|j| j.id.to_string() == small)
             .unwrap();
-        assert_eq!(segments, 2, "a + big + bc, then big");
+        assert_eq!(small_job.chunks[1].attempts.len(), 1);
+        assert!(small_job.chunks[1].attempts[0].finished_at.is_some());
+        db.drop_inputs(&large).unwrap();
+        assert!(!file.exists());
         let snapshot = db.load().unwrap();
-        let chunks = &snapshot.jobs[0].chunks;
-        let back: Vec<Bytes> = chunks.iter().map(|c| c.input.clone()).collect();
-        assert_eq!(back, inputs);
-        assert_eq!(chunks[2].attempts.len(), 1);
-        assert!(chunks[2].attempts[0].finished_at.is_some());
-        db.drop_inputs(&id).unwrap();
-        let snapshot = db.load().unwrap();
-        assert_eq!(snapshot.jobs[0].chunks.len(), 4);
-        assert!(snapshot.jobs[0].chunks.iter().all(|c| c.input.is_empty()));
+        let job = snapshot
+            .jobs
+            .iter()
+            .find(|j| j.id.to_string() == large)
+            .unwrap();
+        assert_eq!(job.chunks.len(), 2);
+        assert!(job.chunks.iter().all(|c| c.input.is_empty()));
     }
 }
