@@ -85,3 +85,27 @@ fn idempotency_keys_survive_a_restart() {
     let other = json!({"kind": "sum", "input": [7]}).to_string();
     assert_eq!(api.call("POST", "/v1/jobs", Some(&other), &key).status, 422);
 }
+
+#[test]
+fn a_large_job_keeps_its_payload_file_across_a_kill_and_drops_it_once_done() {
+    let mut c = Coordinator::start(&[]);
+    // 400,000 integers needing 4 bytes each: 1.6 MB of packed payloads, kept in a file.
+    let input: Vec<u64> = (0..400_000u64).map(|i| i * 7919 % 1_000_000_007).collect();
+    let expected: u64 = input.iter().sum();
+    let id = c
+        .api()
+        .submit(&json!({"kind": "sum", "input": input, "chunks": 8}));
+    let payloads = c.dir.path().join("payloads");
+    let files = || std::fs::read_dir(&payloads).map_or(0, |d| d.count());
+    assert_eq!(files(), 1, "the payloads are in a file of their own");
+    c.restart(&[]);
+    let api = c.api();
+    assert_eq!(api.status(&id)["status"], "queued");
+    let w = c.worker("w", 2);
+    assert_eq!(api.result(&id), json!(expected));
+    // The writer drops a finished job's payloads when idle; a restart drops any left.
+    drop(w);
+    c.restart(&[]);
+    assert_eq!(c.api().result(&id), json!(expected));
+    assert_eq!(files(), 0, "a finished job's payload file is gone");
+}

@@ -439,6 +439,12 @@ impl Backend for Sqlite {
         }
         // Rows of a job the jobs table does not hold cannot exist (one transaction writes a job and
         // its payloads, and every later row follows it); such a row would be skipped.
+        // Payloads of jobs that ended before their drop came round (the files go with the stray
+        // ones below).
+        self.conn.execute(
+            "DELETE FROM inputs WHERE job_id IN (SELECT id FROM jobs WHERE end_kind IS NOT NULL)",
+            [],
+        )?;
         let mut segments = self
             .conn
             .prepare("SELECT job_id, first, ends, data, file FROM inputs ORDER BY rowid")?;
