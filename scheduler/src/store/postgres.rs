@@ -138,8 +138,7 @@ fn insert(tx: &mut Transaction<'_>, job: &InsertJob) -> Result<(), StoreError> {
 }
 
 /// Applies queued writes with one statement per kind of write, not one per write: attempts (the
-/// last record of each attempt wins), then partial results, then job ends (which drop payloads, so
-/// they come after the results of their job).
+/// last record of each attempt wins), then partial results, then job ends.
 fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
     let mut attempts: std::collections::BTreeMap<(&str, i32, i32), &str> = Default::default();
     let (mut result_jobs, mut result_idx, mut results) = (Vec::new(), Vec::new(), Vec::new());
@@ -157,10 +156,21 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                     record.as_str(),
                 );
             }
-            Pending::Result { job, chunk, result } => {
+            Pending::Result {
+                job,
+                chunk,
+                result,
+                ended,
+            } => {
                 result_jobs.push(job.as_str());
                 result_idx.push(*chunk as i32);
                 results.push(&result[..]);
+                if let Some((attempt, record)) = ended {
+                    attempts.insert(
+                        (job.as_str(), *chunk as i32, *attempt as i32),
+                        record.as_str(),
+                    );
+                }
             }
             Pending::Finish { .. } => finishes.push(*op),
         }

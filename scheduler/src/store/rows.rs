@@ -18,11 +18,13 @@ pub(super) enum Pending {
         attempt: u32,
         record: String,
     },
-    /// A chunk's partial result.
+    /// A chunk's partial result, with the record of the attempt that made it when the two were
+    /// written together (one row instead of two).
     Result {
         job: String,
         chunk: u32,
         result: Bytes,
+        ended: Option<(u32, String)>,
     },
     /// A job's end; its payloads are dropped with it.
     Finish {
@@ -48,11 +50,25 @@ impl Buffer {
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
+        let encoded = serde_json::to_string(record).map_err(encode_err)?;
+        // The end of the attempt whose result was just written rides along with the result.
+        if let Some(Pending::Result {
+            job: result_job,
+            chunk: result_chunk,
+            ended: ended @ None,
+            ..
+        }) = self.0.last_mut()
+        {
+            if *result_chunk == chunk.0 && *result_job == job.to_string() {
+                *ended = Some((record.attempt.0, encoded));
+                return Ok(());
+            }
+        }
         self.0.push(Pending::Attempt {
             job: job.to_string(),
             chunk: chunk.0,
             attempt: record.attempt.0,
-            record: serde_json::to_string(record).map_err(encode_err)?,
+            record: encoded,
         });
         Ok(())
     }
@@ -62,6 +78,7 @@ impl Buffer {
             job: job.to_string(),
             chunk: chunk.0,
             result: result.clone(),
+            ended: None,
         });
     }
 

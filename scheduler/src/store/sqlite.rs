@@ -50,11 +50,14 @@ CREATE TABLE IF NOT EXISTS inputs (
     file   TEXT
 );
 CREATE INDEX IF NOT EXISTS inputs_job ON inputs (job_id);
--- Partial results of succeeded chunks.
+-- Partial results of succeeded chunks, with the final record of the attempt that made them
+-- when it was written at the same time.
 CREATE TABLE IF NOT EXISTS results (
-    job_id TEXT NOT NULL,
-    idx    INTEGER NOT NULL,
-    result BLOB NOT NULL
+    job_id  TEXT NOT NULL,
+    idx     INTEGER NOT NULL,
+    result  BLOB NOT NULL,
+    attempt INTEGER,
+    record  TEXT
 );
 -- Attempt records as they start and as they end; of two rows for one attempt, the later counts.
 CREATE TABLE IF NOT EXISTS attempts (
@@ -168,9 +171,14 @@ impl Sqlite {
             migrate_v1(&conn, &payloads)?;
         }
         conn.execute_batch(SCHEMA)?;
-        // Version 2 files made before payload files existed lack the column.
+        // Version 2 files made before payload files and combined result rows lack these columns.
         if conn.prepare("SELECT file FROM inputs LIMIT 0").is_err() {
             conn.execute_batch("ALTER TABLE inputs ADD COLUMN file TEXT")?;
+        }
+        if conn.prepare("SELECT record FROM results LIMIT 0").is_err() {
+            conn.execute_batch(
+                "ALTER TABLE results ADD COLUMN attempt INTEGER; ALTER TABLE results ADD COLUMN record TEXT;",
+            )?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
         let wal_pages = Arc::new(AtomicUsize::new(0));
@@ -278,16 +286,16 @@ fn insert(tx: &Transaction<'_>, payloads: &Path, job: &InsertJob) -> Result<(), 
 /// Rows per multi-row `INSERT`: one statement step per group instead of per row.
 const ROWS_PER_INSERT: usize = 64;
 
-/// Appends rows of `columns` values each to `table`, `ROWS_PER_INSERT` rows per statement, in order.
-fn append_rows(
+/// Appends rows of `N` values (for `columns`) to `table`, `ROWS_PER_INSERT` rows per statement,
+/// in order.
+fn append_rows<const N: usize>(
     tx: &Transaction<'_>,
     table: &str,
     columns: &str,
-    rows: &[[&dyn rusqlite::ToSql; 4]],
-    width: usize,
+    rows: &[[&dyn rusqlite::ToSql; N]],
 ) -> Result<(), StoreError> {
     let statement = |n: usize| {
-        let one = format!("({})", vec!["?"; width].join(", "));
+        let one = format!("({})", vec!["?"; N].join(", "));
         format!(
             "INSERT INTO {table} ({columns}) VALUES {}",
             vec![one; n].join(", ")
@@ -297,23 +305,30 @@ fn append_rows(
     let mut single = tx.prepare_cached(&statement(1))?;
     let mut groups = rows.chunks_exact(ROWS_PER_INSERT);
     for group in &mut groups {
-        let values: Vec<&dyn rusqlite::ToSql> = group
-            .iter()
-            .flat_map(|r| r[..width].iter().copied())
-            .collect();
+        let values: Vec<&dyn rusqlite::ToSql> =
+            group.iter().flat_map(|r| r.iter().copied()).collect();
         full.execute(values.as_slice())?;
     }
     for row in groups.remainder() {
-        single.execute(&row[..width])?;
+        single.execute(&row[..])?;
     }
     Ok(())
 }
+
+/// A result row's values: job, chunk, result, and the attempt and record it may carry.
+type ResultRow<'a> = (
+    &'a String,
+    &'a u32,
+    &'a [u8],
+    Option<&'a u32>,
+    Option<&'a String>,
+);
 
 /// Applies a batch of writes: attempts and results as multi-row appends (attempts in the order
 /// they were made), then the ends of jobs.
 fn apply(tx: &Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
     let mut attempts: Vec<[&dyn rusqlite::ToSql; 4]> = Vec::new();
-    let mut results: Vec<(&String, &u32, &[u8])> = Vec::new();
+    let mut results: Vec<ResultRow<'_>> = Vec::new();
     for op in ops {
         match op {
             Pending::Attempt {
@@ -322,7 +337,18 @@ fn apply(tx: &Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                 attempt,
                 record,
             } => attempts.push([job, chunk, attempt, record]),
-            Pending::Result { job, chunk, result } => results.push((job, chunk, &result[..])),
+            Pending::Result {
+                job,
+                chunk,
+                result,
+                ended,
+            } => results.push((
+                job,
+                chunk,
+                &result[..],
+                ended.as_ref().map(|(a, _)| a),
+                ended.as_ref().map(|(_, r)| r),
+            )),
             Pending::Finish {
                 job,
                 kind,
@@ -336,13 +362,39 @@ fn apply(tx: &Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
             }
         }
     }
-    let results: Vec<[&dyn rusqlite::ToSql; 4]> = results
+    let results: Vec<[&dyn rusqlite::ToSql; 5]> = results
         .iter()
-        .map(|(job, chunk, result)| [*job as &dyn rusqlite::ToSql, *chunk, result, *job])
+        .map(|(job, chunk, result, attempt, record)| {
+            [
+                *job as &dyn rusqlite::ToSql,
+                *chunk,
+                result,
+                attempt,
+                record,
+            ]
+        })
         .collect();
-    append_rows(tx, "attempts", "job_id, idx, attempt, record", &attempts, 4)?;
-    append_rows(tx, "results", "job_id, idx, result", &results, 3)?;
+    append_rows(tx, "attempts", "job_id, idx, attempt, record", &attempts)?;
+    append_rows(
+        tx,
+        "results",
+        "job_id, idx, result, attempt, record",
+        &results,
+    )?;
     Ok(())
+}
+
+/// Adds an attempt record read back; a later record of the same attempt (its end) replaces the
+/// earlier one.
+fn add_attempt(chunk: &mut StoredChunk, record: crate::state::job::AttemptRecord) {
+    match chunk
+        .attempts
+        .iter_mut()
+        .find(|a| a.attempt == record.attempt)
+    {
+        Some(known) => *known = record,
+        None => chunk.attempts.push(record),
+    }
 }
 
 /// Cuts a segment back into its chunk payloads (slices of one buffer).
@@ -471,20 +523,7 @@ impl Backend for Sqlite {
             }
         }
         self.remove_stray_payloads(&files);
-        let mut results = self
-            .conn
-            .prepare("SELECT job_id, idx, result FROM results ORDER BY rowid")?;
-        let mut rows = results.query([])?;
-        while let Some(r) = rows.next()? {
-            let job: String = r.get(0)?;
-            let idx: u32 = r.get(1)?;
-            if let Some(c) = at
-                .get(&job)
-                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
-            {
-                c.result = Some(Bytes::from(r.get::<_, Vec<u8>>(2)?));
-            }
-        }
+
         let mut attempts = self
             .conn
             .prepare("SELECT job_id, idx, record FROM attempts ORDER BY rowid")?;
@@ -496,11 +535,24 @@ impl Backend for Sqlite {
                 .get(&job)
                 .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
             {
-                let record = rows::attempt(&r.get::<_, String>(2)?)?;
-                // A later row for the same attempt (its end) replaces the earlier one.
-                match c.attempts.iter_mut().find(|a| a.attempt == record.attempt) {
-                    Some(known) => *known = record,
-                    None => c.attempts.push(record),
+                add_attempt(c, rows::attempt(&r.get::<_, String>(2)?)?);
+            }
+        }
+        // After the attempt rows: a record stored with a result is the end of its attempt.
+        let mut results = self
+            .conn
+            .prepare("SELECT job_id, idx, result, record FROM results ORDER BY rowid")?;
+        let mut rows = results.query([])?;
+        while let Some(r) = rows.next()? {
+            let job: String = r.get(0)?;
+            let idx: u32 = r.get(1)?;
+            if let Some(c) = at
+                .get(&job)
+                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
+            {
+                c.result = Some(Bytes::from(r.get::<_, Vec<u8>>(2)?));
+                if let Some(record) = r.get::<_, Option<String>>(3)? {
+                    add_attempt(c, rows::attempt(&record)?);
                 }
             }
         }
@@ -676,6 +728,21 @@ mod tests {
         ])
         .unwrap();
         db.write(&[attempt(true)]).unwrap();
+        // A result written with the end of its attempt: one row carries both.
+        let start = Op::Write(Pending::Attempt {
+            job: small.clone(),
+            chunk: 0,
+            attempt: 1,
+            record: record(1, false),
+        });
+        db.write(&[start]).unwrap();
+        db.write(&[Op::Write(Pending::Result {
+            job: small.clone(),
+            chunk: 0,
+            result: Bytes::from_static(b"42"),
+            ended: Some((1, record(1, true))),
+        })])
+        .unwrap();
         let file = dir.path().join(PAYLOAD_DIR).join(format!("{large}.bin"));
         assert!(file.exists());
         let stray = dir.path().join(PAYLOAD_DIR).join("left-by-a-crash.bin");
@@ -699,6 +766,9 @@ mod tests {
             .unwrap();
         assert_eq!(small_job.chunks[1].attempts.len(), 1);
         assert!(small_job.chunks[1].attempts[0].finished_at.is_some());
+        assert_eq!(small_job.chunks[0].result.as_deref(), Some(&b"42"[..]));
+        assert_eq!(small_job.chunks[0].attempts.len(), 1);
+        assert!(small_job.chunks[0].attempts[0].finished_at.is_some());
         db.drop_inputs(&large).unwrap();
         assert!(!file.exists());
         let snapshot = db.load().unwrap();
