@@ -2,6 +2,8 @@
 //! checks it, cuts it into chunks and packs each chunk (see [`crate::packed`]), with large arrays
 //! cut on several threads. No value tree is built and no integer is printed again.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use bytes::Bytes;
 
 use crate::packed;
@@ -186,19 +188,61 @@ fn cuts(body: &[u8], counts: &[usize], len: usize, n: usize) -> Vec<Cut> {
         .collect()
 }
 
-/// Parses and packs each cut; on failure, the index (in the whole array) of the element at fault.
-fn pack_cuts(body: &[u8], cuts: &[Cut], descending: bool) -> Result<Vec<Bytes>, usize> {
-    let mut values = Vec::new();
-    cuts.iter()
-        .map(|cut| {
-            values.clear();
-            parse_run(&body[cut.from..cut.to], &mut values).map_err(|i| cut.first + i)?;
-            if values.len() != cut.count {
-                return Err(cut.first + values.len().min(cut.count));
+/// Parses and packs one cut (`values` is scratch space); on failure, the index (in the whole
+/// array) of the element at fault.
+fn pack_cut(
+    body: &[u8],
+    cut: &Cut,
+    descending: bool,
+    values: &mut Vec<i64>,
+) -> Result<Bytes, usize> {
+    values.clear();
+    parse_run(&body[cut.from..cut.to], values).map_err(|i| cut.first + i)?;
+    if values.len() != cut.count {
+        return Err(cut.first + values.len().min(cut.count));
+    }
+    Ok(packed::pack(values, descending))
+}
+
+/// Packs every cut on `threads` threads (this one included), each taking the next cut as it
+/// finishes one, so a thread that runs slower takes fewer. After a failure no new cut is started:
+/// every cut before the failing one was already taken, so the first bad element is still found.
+fn pack_cuts(
+    body: &[u8],
+    cuts: &[Cut],
+    descending: bool,
+    threads: usize,
+) -> Result<Vec<Bytes>, usize> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || {
+        let mut values = Vec::new();
+        let mut done = Vec::new();
+        while !failed.load(Ordering::Relaxed) {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(cut) = cuts.get(k) else { break };
+            let packed = pack_cut(body, cut, descending, &mut values);
+            if packed.is_err() {
+                failed.store(true, Ordering::Relaxed);
             }
-            Ok(packed::pack(&values, descending))
-        })
-        .collect()
+            done.push((k, packed));
+        }
+        done
+    };
+    let mut done = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mut done = work();
+        for helper in helpers {
+            // A panic while parsing is a bug; report it as an unreadable first element.
+            done.extend(helper.join().unwrap_or_else(|_| vec![(0, Err(0))]));
+        }
+        done
+    });
+    if let Some(first_bad) = done.iter().filter_map(|(_, r)| r.as_ref().err()).min() {
+        return Err(*first_bad);
+    }
+    done.sort_unstable_by_key(|(k, _)| *k);
+    Ok(done.into_iter().filter_map(|(_, r)| r.ok()).collect())
 }
 
 /// Arrays at least this large are cut on several threads.
@@ -224,28 +268,7 @@ pub fn pack_chunks(
     } else {
         1
     };
-    let packed = if threads == 1 {
-        pack_cuts(body, &cuts, descending)
-    } else {
-        let per = n.div_ceil(threads);
-        std::thread::scope(|scope| {
-            let parts: Vec<_> = cuts
-                .chunks(per)
-                .map(|group| scope.spawn(move || pack_cuts(body, group, descending)))
-                .collect();
-            let mut all = Vec::with_capacity(n);
-            let mut bad: Option<usize> = None;
-            for part in parts {
-                match part.join() {
-                    Ok(Ok(chunks)) => all.extend(chunks),
-                    Ok(Err(i)) => bad = Some(bad.map_or(i, |b| b.min(i))),
-                    // A panic while parsing is a bug; report it as an unreadable array.
-                    Err(_) => bad = Some(bad.unwrap_or(0)),
-                }
-            }
-            bad.map_or(Ok(all), Err)
-        })
-    };
+    let packed = pack_cuts(body, &cuts, descending, threads);
     packed.map_err(|index| NotInts::Element { index })
 }
 
