@@ -119,6 +119,7 @@ pub(super) async fn submit(
         }
         return Err(e);
     }
+    tracing::debug!(job_id = %submitted.id, took = ?started.elapsed(), "job stored");
     let mut response = if submitted.created {
         HttpResponse::Created()
     } else {
