@@ -228,11 +228,17 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
     use std::io::Write;
     let path = dir.join(name);
-    let mut file = std::fs::File::create(&path).map_err(|e| io_error("create", &path, e))?;
+    let file = std::fs::File::create(&path).map_err(|e| io_error("create", &path, e))?;
+    // Many small payloads are gathered into large writes; a payload larger than the buffer goes
+    // straight through.
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     for input in inputs {
-        file.write_all(input)
+        out.write_all(input)
             .map_err(|e| io_error("write", &path, e))?;
     }
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error("write", &path, e.into_error()))?;
     file.sync_data().map_err(|e| io_error("sync", &path, e))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
