@@ -39,7 +39,7 @@ pub struct AppState {
 
 /// Keeps one spare buffer for large request bodies. Filling memory that is already mapped is about
 /// twice as fast as faulting in fresh pages, and a client that sends a large job often sends more;
-/// a spare unused for [`BodyPool::KEEP_FOR`] is freed.
+/// a spare unused for 10 s is freed.
 #[derive(Debug, Default)]
 pub struct BodyPool {
     spare: std::sync::Mutex<Option<(bytes::BytesMut, u64)>>,
