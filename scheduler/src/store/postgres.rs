@@ -232,14 +232,14 @@ impl Backend for Postgres {
         commit_fenced(tx, self.epoch)
     }
 
-    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError> {
+    fn drop_inputs(&mut self, jobs: &[String]) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
         // Not worth waiting for the disk: a restart finds the job finished either way.
         tx.batch_execute("SET LOCAL synchronous_commit = off")?;
         // Partial results stay: a succeeded job's result is merged from them on restart.
         tx.execute(
-            "UPDATE muster_chunks SET input = ''::bytea WHERE job_id = $1",
-            &[&job],
+            "UPDATE muster_chunks SET input = ''::bytea WHERE job_id = ANY($1)",
+            &[&jobs],
         )?;
         commit_fenced(tx, self.epoch)
     }

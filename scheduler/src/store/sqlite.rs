@@ -135,6 +135,26 @@ impl Sqlite {
         }
     }
 
+    /// Deletes the stored payloads of `jobs` (partial results stay: a succeeded job's result is
+    /// merged from them on restart); returns the payload files to remove.
+    fn delete_inputs(&mut self, jobs: &[String]) -> Result<Vec<String>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut files = Vec::new();
+        {
+            let mut named = tx
+                .prepare_cached("SELECT file FROM inputs WHERE job_id = ?1 AND file IS NOT NULL")?;
+            let mut delete = tx.prepare_cached("DELETE FROM inputs WHERE job_id = ?1")?;
+            for job in jobs {
+                for file in named.query_map(params![job], |r| r.get::<_, String>(0))? {
+                    files.push(file?);
+                }
+                delete.execute(params![job])?;
+            }
+        }
+        tx.commit()?;
+        Ok(files)
+    }
+
     /// Copies committed pages from the WAL into the database file (without waiting for readers).
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.conn
@@ -453,23 +473,13 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError> {
+    fn drop_inputs(&mut self, jobs: &[String]) -> Result<(), StoreError> {
         // Not worth an fsync of its own: the next durable commit carries it to the disk.
         self.conn.execute_batch("PRAGMA synchronous = NORMAL")?;
-        // Partial results stay: a succeeded job's result is merged from them on restart.
-        let files: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT file FROM inputs WHERE job_id = ?1 AND file IS NOT NULL")?
-            .query_map(params![job], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let dropped = self
-            .conn
-            .prepare_cached("DELETE FROM inputs WHERE job_id = ?1")
-            .and_then(|mut delete| delete.execute(params![job]));
+        let dropped = self.delete_inputs(jobs);
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
-        dropped?;
         // A file left behind by a crash here is removed at the next start.
-        for file in files {
+        for file in dropped? {
             let path = self.payloads.join(file);
             std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
         }
@@ -775,7 +785,7 @@ mod tests {
         assert_eq!(small_job.chunks[0].result.as_deref(), Some(&b"42"[..]));
         assert_eq!(small_job.chunks[0].attempts.len(), 1);
         assert!(small_job.chunks[0].attempts[0].finished_at.is_some());
-        db.drop_inputs(&large).unwrap();
+        db.drop_inputs(std::slice::from_ref(&large)).unwrap();
         assert!(!file.exists());
         let snapshot = db.load().unwrap();
         let job = snapshot

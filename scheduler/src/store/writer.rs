@@ -8,10 +8,10 @@
 //! the writer thread is woken once per batch rather than once per write. The thread publishes how
 //! many batches it has committed, which is what a [`Ticket`] waits for; only [`Store::sync`] and
 //! [`Store::load`] make the coordinator itself wait. When it has nothing else to do, the thread
-//! drops the chunk payloads of finished jobs, one job per transaction, so that freeing megabytes
-//! of input never delays the commit a client is waiting for.
+//! drops the chunk payloads of finished jobs (without a sync of their own), so that freeing
+//! megabytes of input never delays the commit a client is waiting for.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,9 +49,9 @@ pub(super) enum Op {
 pub(super) trait Backend: Send + 'static {
     /// Applies the ops in one transaction.
     fn write(&mut self, ops: &[Op]) -> Result<(), StoreError>;
-    /// Drops the chunk payloads of a finished job (its partial results stay). Nothing depends
-    /// on this being durable: a restart finds the job finished either way.
-    fn drop_inputs(&mut self, job: &str) -> Result<(), StoreError>;
+    /// Drops the chunk payloads of finished jobs (their partial results stay). Nothing depends
+    /// on this being durable: a restart finds the jobs finished either way.
+    fn drop_inputs(&mut self, jobs: &[String]) -> Result<(), StoreError>;
     /// Housekeeping once nothing is waiting to be written.
     fn idle(&mut self) -> Result<(), StoreError> {
         Ok(())
@@ -109,7 +109,7 @@ fn run<B: Backend>(
     let mut waiting: Vec<Reply<()>> = Vec::new();
     let mut batches = 0u64;
     // Finished jobs whose payloads are still to drop, done only while no write is waiting.
-    let mut finished: VecDeque<String> = VecDeque::new();
+    let mut finished: Vec<String> = Vec::new();
     // Whether anything was written since the writer was last idle.
     let mut busy = false;
     // Jobs with large payloads inserted and not ended yet.
@@ -119,9 +119,10 @@ fn run<B: Backend>(
             Ok(msg) => msg,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
-                if let Some(job) = finished.pop_front() {
-                    if let Err(e) = backend.drop_inputs(&job) {
-                        warn!(job_id = %job, error = %e, "cannot drop a finished job's inputs");
+                if !finished.is_empty() {
+                    let jobs = std::mem::take(&mut finished);
+                    if let Err(e) = backend.drop_inputs(&jobs) {
+                        warn!(jobs = jobs.len(), error = %e, "cannot drop finished jobs' inputs");
                     }
                     continue;
                 }
@@ -174,7 +175,7 @@ fn run<B: Backend>(
                 match op {
                     Op::Write(Pending::Finish { job, .. }) => {
                         large.remove(job);
-                        finished.push_back(job.clone());
+                        finished.push(job.clone());
                     }
                     Op::Insert(job)
                         if job.inputs.iter().map(Bytes::len).sum::<usize>() >= LARGE_JOB_BYTES =>
