@@ -76,8 +76,11 @@ fn scan(body: &Bytes) -> Option<RawJob> {
         }
         i = skip_ws(b, i + 1);
         let value_start = i;
-        if key == "input" {
-            inputs += 1;
+        // A second member of either name is an error the ordinary parse reports.
+        match key.as_str() {
+            "input" => inputs += 1,
+            "chunks" => chunk_lists += 1,
+            _ => {}
         }
         if key == "input" && b.get(i) == Some(&b'[') {
             let close = i + memchr::memchr(b']', &b[i..])?;
@@ -86,7 +89,6 @@ fn scan(body: &Bytes) -> Option<RawJob> {
         } else if key == "chunks" && b.get(i) == Some(&b'[') {
             let (_, len) = value_at::<&RawValue>(&b[i..])?;
             i += len;
-            chunk_lists += 1;
             chunks_text = Some(body.slice(value_start..i));
         } else {
             let (_, len) = value_at::<&RawValue>(&b[i..])?;
