@@ -131,3 +131,53 @@ proptest! {
         prop_assert_eq!(run_ints(&kind, &items, n), serde_json::to_string(&expected).unwrap());
     }
 }
+
+/// The ordinary way to read a body: serde, then validation.
+fn parse_slowly(body: &[u8]) -> String {
+    match serde_json::from_slice::<muster_shared::job::RawJob>(body) {
+        Ok(raw) => format!("{:?}", raw.validate(3).map_err(|e| e.0)),
+        Err(e) => format!("{:?}", Err::<(), _>(e.to_string())),
+    }
+}
+
+fn member() -> impl Strategy<Value = String> {
+    let fixed = |m: &str| Just(m.to_owned());
+    prop_oneof![
+        3 => fixed(r#""kind": "sum""#),
+        1 => fixed(r#""kind": "sort""#),
+        3 => fixed(r#""task": "t""#),
+        1 => fixed(r#""reduce": "sum""#),
+        3 => fixed(r#""chunks": 2"#),
+        3 => fixed(r#""chunks": [[1], "]", {"a": [2]}]"#),
+        1 => fixed(r#""descending": true"#),
+        1 => fixed(r#""inp\u0075t": [7, 8]"#),
+        1 => fixed(r#""input": [1, [2]]"#),
+        1 => fixed(r#""input": [1.5, 2]"#),
+        1 => fixed(r#""input": ["b", "a"]"#),
+        1 => fixed(r#""input": "words here""#),
+        1 => fixed(r#""input": [01]"#),
+        1 => fixed(r#""input": [-0, 3]"#),
+        1 => fixed(r#""unknown": 1"#),
+        3 => proptest::collection::vec(-1000i64..1000, 0..20)
+            .prop_map(|v| format!(r#""input": {}"#, serde_json::to_string(&v).expect("json"))),
+    ]
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 2000, ..config() })]
+
+    #[test]
+    fn the_body_shortcut_answers_as_the_ordinary_parse_does(
+        members in proptest::collection::vec(member(), 0..6),
+        spaced in any::<bool>(),
+        trailing in prop_oneof![Just(""), Just(" "), Just(","), Just("x")],
+    ) {
+        let sep = if spaced { " ,\n " } else { "," };
+        let body = format!("{{{}}}{trailing}", members.join(sep));
+        let fast = format!(
+            "{:?}",
+            muster_shared::body::parse_job(&Bytes::from(body.clone()), 3).map_err(|e| e.to_string())
+        );
+        prop_assert_eq!(fast, parse_slowly(body.as_bytes()), "{}", body);
+    }
+}
