@@ -109,3 +109,36 @@ fn a_large_job_keeps_its_payload_file_across_a_kill_and_drops_it_once_done() {
     assert_eq!(c.api().result(&id), json!(expected));
     assert_eq!(files(), 0, "a finished job's payload file is gone");
 }
+
+#[test]
+fn a_job_that_cannot_be_stored_is_refused_and_forgotten() {
+    let c = Coordinator::start(&[]);
+    let _w = c.worker("w", 1);
+    // Payload files cannot be created once a plain file stands where their directory was.
+    let payloads = c.dir.path().join("payloads");
+    std::fs::remove_dir_all(&payloads).unwrap();
+    std::fs::write(&payloads, b"not a directory").unwrap();
+    let input: Vec<u64> = (0..400_000u64).map(|i| i * 7919 % 1_000_000_007).collect();
+    let body = json!({"kind": "sum", "input": input, "chunks": 4}).to_string();
+    let api = c.api();
+    let refused = api.call("POST", "/v1/jobs", Some(&body), &[]);
+    assert_eq!(refused.status, 503, "{:?}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("payloads")),
+        "{:?}",
+        refused.body
+    );
+    // Not listed, not run: the job is gone. A job small enough for the database still goes in.
+    let small = api.submit(&json!({"kind": "sum", "input": [1, 2, 3]}));
+    assert_eq!(api.result(&small), json!(6));
+    let jobs = api.get("/v1/jobs").body;
+    let listed: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(listed, vec![small.as_str()]);
+}

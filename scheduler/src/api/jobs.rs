@@ -113,7 +113,11 @@ pub(super) async fn submit(
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
-    if let Err(e) = durable(ticket).await {
+    let stored = match submitted.stored.clone() {
+        Some(insert) => durable(insert).await.and(durable(ticket).await),
+        None => durable(ticket).await,
+    };
+    if let Err(e) = stored {
         if submitted.created {
             coordinator.do_send(Forget(submitted.id));
         }

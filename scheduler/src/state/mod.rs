@@ -55,12 +55,15 @@ pub struct Policy {
 }
 
 /// A submission's answer: the job and whether it was created now or found by idempotency key.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Submitted {
     /// The job.
     pub id: JobId,
     /// False when an earlier submission with the same idempotency key made it.
     pub created: bool,
+    /// For a new job, a ticket for its insert: the job is accepted once it is durable (a later
+    /// write committing does not say that an earlier one did).
+    pub stored: Option<Ticket>,
 }
 
 /// Jobs, queue and workers.
@@ -198,6 +201,7 @@ impl ClusterState {
                 return Ok(Submitted {
                     id: *id,
                     created: false,
+                    stored: None,
                 });
             }
         }
@@ -252,6 +256,8 @@ impl ClusterState {
                 self.store_failed(&e, "insert");
                 ApiError::Unavailable(format!("the job was not accepted: {e}"))
             })?;
+        // The insert was the last write handed over: this ticket stands for it alone.
+        let stored = self.ticket()?;
         let n = job.chunks.len() as u32;
         let key = job_key(job.meta.priority, id);
         info!(job_id = %id, name = %job.meta.name, chunks = n, "job accepted");
@@ -260,7 +266,11 @@ impl ClusterState {
         if let Some((k, digest)) = idempotency {
             self.idempotency.insert(k, (id, digest));
         }
-        Ok(Submitted { id, created: true })
+        Ok(Submitted {
+            id,
+            created: true,
+            stored: Some(stored),
+        })
     }
 
     /// Adds a connected worker.

@@ -46,8 +46,14 @@ pub enum StoreError {
 pub struct Progress {
     /// Batches written (or failed).
     pub done: u64,
-    /// The batches of the latest transaction that failed (first, last), and why.
-    pub failed: Option<(u64, u64, StoreError)>,
+    /// The batches of recent transactions that failed (first, last), and why; the oldest are
+    /// forgotten past [`Progress::FAILURES_KEPT`].
+    pub failed: Vec<(u64, u64, StoreError)>,
+}
+
+impl Progress {
+    /// Failed transactions remembered for tickets still waiting.
+    pub const FAILURES_KEPT: usize = 64;
 }
 
 /// A point in the order of writes: durable once every write made before it was taken is.
@@ -78,12 +84,16 @@ impl Ticket {
     pub fn is_durable(&self) -> bool {
         self.progress.as_ref().is_none_or(|p| {
             let p = p.borrow();
-            p.done >= self.batch && !Self::hit(&p, self.batch)
+            p.done >= self.batch && Self::hit(&p, self.batch).is_none()
         })
     }
 
-    fn hit(p: &Progress, batch: u64) -> bool {
-        matches!(&p.failed, Some((first, last, _)) if (*first..=*last).contains(&batch))
+    /// Why the transaction holding `batch` failed, if it did.
+    fn hit(p: &Progress, batch: u64) -> Option<&StoreError> {
+        p.failed
+            .iter()
+            .find(|(first, last, _)| (*first..=*last).contains(&batch))
+            .map(|(_, _, e)| e)
     }
 
     /// Waits until the writes before the ticket are durable; fails when their transaction failed.
@@ -96,9 +106,9 @@ impl Ticket {
             .wait_for(|p| p.done >= batch)
             .await
             .map_err(|_| StoreError::Other("the store writer ended".into()))?;
-        match &p.failed {
-            Some((_, _, e)) if Self::hit(&p, batch) => Err(e.clone()),
-            _ => Ok(()),
+        match Self::hit(&p, batch) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 }

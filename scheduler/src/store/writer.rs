@@ -190,7 +190,10 @@ fn run<B: Backend>(
         let batches = std::mem::take(&mut batches);
         progress.send_modify(|p| {
             if let Err(e) = &written {
-                p.failed = Some((p.done + 1, p.done + batches, e.clone()));
+                p.failed.push((p.done + 1, p.done + batches, e.clone()));
+                if p.failed.len() > Progress::FAILURES_KEPT {
+                    p.failed.remove(0);
+                }
             }
             p.done += batches;
         });
