@@ -109,8 +109,8 @@ impl ClusterState {
         self.store.kind()
     }
 
-    /// Waits until every write so far is durable: called before a client is shown anything, so
-    /// whatever a client has seen survives a crash.
+    /// Waits until every write so far is durable (on shutdown and after a restore; answers to
+    /// clients wait for a [`Ticket`] instead, off the coordinator's thread).
     pub fn sync(&mut self) {
         if let Err(e) = self.store.sync() {
             self.store_failed(&e, "sync");
