@@ -137,6 +137,53 @@ impl<'a> Packed<'a> {
         out
     }
 
+    /// The run sorted (largest first when descending), packed again with the same base and
+    /// width. Offsets are sorted as they are stored (four bytes each for integers below 2^32),
+    /// which orders the values too: `pack` takes the smallest value as the base, so no value
+    /// wraps around. A run whose largest value would, is sorted by value instead.
+    pub fn sorted(&self) -> Bytes {
+        let descending = self.descending;
+        let mut largest = 0u64;
+        self.for_each_offset(|o| largest = largest.max(o));
+        if i128::from(self.base) + i128::from(largest) > i128::from(i64::MAX) {
+            let mut values = self.values();
+            values.sort_unstable();
+            if descending {
+                values.reverse();
+            }
+            return pack(&values, descending);
+        }
+        let mut out = vec![0u8; HEADER + self.data.len()];
+        out[0] = TAG;
+        out[1] = if descending { DESCENDING } else { 0 };
+        out[2] = self.width as u8;
+        out[3..HEADER].copy_from_slice(&self.base.to_le_bytes());
+        let data = &mut out[HEADER..];
+        if self.width == 8 {
+            let mut offsets = Vec::with_capacity(self.len());
+            self.for_each_offset(|o| offsets.push(o));
+            offsets.sort_unstable();
+            if descending {
+                offsets.reverse();
+            }
+            data.chunks_exact_mut(8)
+                .zip(&offsets)
+                .for_each(|(d, o)| d.copy_from_slice(&o.to_le_bytes()));
+        } else {
+            let mut offsets: Vec<u32> = Vec::with_capacity(self.len());
+            self.for_each_offset(|o| offsets.push(o as u32));
+            offsets.sort_unstable();
+            if descending {
+                offsets.reverse();
+            }
+            let width = self.width;
+            data.chunks_exact_mut(width)
+                .zip(&offsets)
+                .for_each(|(d, o)| d.copy_from_slice(&o.to_le_bytes()[..width]));
+        }
+        Bytes::from(out)
+    }
+
     /// The exact sum of the values.
     pub fn sum(&self) -> i128 {
         // Offsets are below 2^64 and there are fewer than 2^64 of them: u128 cannot overflow.
@@ -215,6 +262,34 @@ mod tests {
         }
         assert_eq!(pack(&[1, 2, 3], false).len(), HEADER + 3);
         assert_eq!(pack(&[0, 1 << 32], false).len(), HEADER + 16);
+    }
+
+    #[test]
+    fn sorted_runs_keep_every_value_in_order() {
+        let cases: [&[i64]; 5] = [
+            &[],
+            &[5, 300, 5, 7, 0],
+            &[-70_000, 12, 70_000, -3],
+            &[4_294_967_295, 0, 12, 99],
+            &[i64::MAX, i64::MIN, 0, -1, 1],
+        ];
+        for values in cases {
+            for descending in [false, true] {
+                let mut expected = values.to_vec();
+                expected.sort_unstable();
+                if descending {
+                    expected.reverse();
+                }
+                let sorted = Packed::read(&pack(values, descending)).unwrap().sorted();
+                let read = Packed::read(&sorted).unwrap();
+                assert_eq!(
+                    read.values(),
+                    expected,
+                    "{values:?} descending={descending}"
+                );
+                assert_eq!(read.descending(), descending);
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::packed::{self, Packed};
+use crate::packed::Packed;
 
 /// A task's failure. Permanent errors mean the input can never succeed, so the job fails at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,12 +150,7 @@ enum SortChunk {
 /// `{"items": [...], "descending": true}`, or packed integers, which come back packed.
 pub fn sort(input: &[u8]) -> Result<Bytes, TaskError> {
     if let Some(run) = Packed::read(input) {
-        let mut items = run.values();
-        items.sort_unstable();
-        if run.descending() {
-            items.reverse();
-        }
-        return Ok(packed::pack(&items, run.descending()));
+        return Ok(run.sorted());
     }
     // Fast path: integers sort as integers (equal integers are indistinguishable, so an unstable
     // sort is still a stable one).
