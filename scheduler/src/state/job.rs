@@ -563,11 +563,10 @@ impl Job {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(max_attempts: u32) -> Job {
-        let meta = JobMeta {
+impl JobMeta {
+    /// A built-in `sum` job's description, for tests.
+    pub(crate) fn sum_for_tests(max_attempts: u32) -> Self {
+        JobMeta {
             name: "sum".into(),
             builtin: true,
             task: "sum".into(),
@@ -576,10 +575,18 @@ mod tests {
             chunk_timeout: None,
             labels: BTreeMap::new(),
             priority: 0,
-        };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(max_attempts: u32) -> Job {
         Job::new(
             JobId::new(),
-            meta,
+            JobMeta::sum_for_tests(max_attempts),
             vec![Bytes::from_static(b"[1]"), Bytes::from_static(b"[2]")],
         )
     }

@@ -928,10 +928,8 @@ mod tests {
 
 #[cfg(test)]
 mod restore_tests {
-    use std::collections::BTreeMap;
 
     use chrono::Utc;
-    use muster_shared::reduce::Reducer;
 
     use super::*;
     use crate::state::job::{AttemptRecord, JobMeta};
@@ -940,16 +938,7 @@ mod restore_tests {
     #[test]
     fn a_job_whose_results_were_all_stored_but_not_its_end_finishes_on_restore() {
         let mut store = MemoryStore::new();
-        let meta = JobMeta {
-            name: "sum".into(),
-            builtin: true,
-            task: "sum".into(),
-            reducer: Reducer::Sum,
-            max_attempts: 3,
-            chunk_timeout: None,
-            labels: BTreeMap::new(),
-            priority: 0,
-        };
+        let meta = JobMeta::sum_for_tests(3);
         let id = JobId::new();
         let inputs = [Bytes::from_static(b"[1]"), Bytes::from_static(b"[2]")];
         store

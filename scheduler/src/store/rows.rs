@@ -51,6 +51,7 @@ impl Buffer {
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
         let encoded = serde_json::to_string(record).map_err(encode_err)?;
+        let job = job.to_string();
         // The end of the attempt whose result was just written rides along with the result.
         if let Some(Pending::Result {
             job: result_job,
@@ -59,13 +60,13 @@ impl Buffer {
             ..
         }) = self.0.last_mut()
         {
-            if *result_chunk == chunk.0 && *result_job == job.to_string() {
+            if *result_chunk == chunk.0 && *result_job == job {
                 *ended = Some((record.attempt.0, encoded));
                 return Ok(());
             }
         }
         self.0.push(Pending::Attempt {
-            job: job.to_string(),
+            job,
             chunk: chunk.0,
             attempt: record.attempt.0,
             record: encoded,

@@ -410,6 +410,17 @@ fn apply(tx: &Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Chunk `idx` of the job with id `job` (its place in the snapshot given by `at`), if both exist.
+fn stored_chunk<'a>(
+    snapshot: &'a mut Snapshot,
+    at: &HashMap<String, usize>,
+    job: &str,
+    idx: u32,
+) -> Option<&'a mut StoredChunk> {
+    let &j = at.get(job)?;
+    snapshot.jobs[j].chunks.get_mut(idx as usize)
+}
+
 /// Adds an attempt record read back; a later record of the same attempt (its end) replaces the
 /// earlier one.
 fn add_attempt(chunk: &mut StoredChunk, record: crate::state::job::AttemptRecord) {
@@ -530,11 +541,9 @@ impl Backend for Sqlite {
                 None => r.get::<_, Vec<u8>>(3)?,
             };
             let inputs = segment_inputs(&r.get::<_, Vec<u8>>(2)?, Bytes::from(data))?;
-            if let Some(&j) = at.get(&job) {
-                for (i, input) in inputs.into_iter().enumerate() {
-                    if let Some(c) = snapshot.jobs[j].chunks.get_mut(first as usize + i) {
-                        c.input = input;
-                    }
+            for (i, input) in (first..).zip(inputs) {
+                if let Some(c) = stored_chunk(&mut snapshot, &at, &job, i) {
+                    c.input = input;
                 }
             }
         }
@@ -547,10 +556,7 @@ impl Backend for Sqlite {
         while let Some(r) = rows.next()? {
             let job: String = r.get(0)?;
             let idx: u32 = r.get(1)?;
-            if let Some(c) = at
-                .get(&job)
-                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
-            {
+            if let Some(c) = stored_chunk(&mut snapshot, &at, &job, idx) {
                 add_attempt(c, rows::attempt(&r.get::<_, String>(2)?)?);
             }
         }
@@ -562,10 +568,7 @@ impl Backend for Sqlite {
         while let Some(r) = rows.next()? {
             let job: String = r.get(0)?;
             let idx: u32 = r.get(1)?;
-            if let Some(c) = at
-                .get(&job)
-                .and_then(|&j| snapshot.jobs[j].chunks.get_mut(idx as usize))
-            {
+            if let Some(c) = stored_chunk(&mut snapshot, &at, &job, idx) {
                 c.result = Some(Bytes::from(r.get::<_, Vec<u8>>(2)?));
                 if let Some(record) = r.get::<_, Option<String>>(3)? {
                     add_attempt(c, rows::attempt(&record)?);
@@ -599,11 +602,9 @@ impl Backend for Sqlite {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use chrono::Utc;
     use muster_shared::ids::{Attempt, JobId, WorkerId};
-    use muster_shared::reduce::Reducer;
 
     use super::*;
     use crate::state::job::{AttemptRecord, JobMeta};
@@ -634,17 +635,7 @@ mod tests {
     }
 
     fn meta() -> String {
-        rows::encode_meta(&JobMeta {
-            name: "sum".into(),
-            builtin: true,
-            task: "sum".into(),
-            reducer: Reducer::Sum,
-            max_attempts: 3,
-            chunk_timeout: None,
-            labels: BTreeMap::new(),
-            priority: 0,
-        })
-        .unwrap()
+        rows::encode_meta(&JobMeta::sum_for_tests(3)).unwrap()
     }
 
     #[test]
