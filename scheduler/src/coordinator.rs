@@ -162,8 +162,20 @@ impl Handler<Submit> for Coordinator {
         }
         let submitted = submitted?;
         // Its chunks go out before the job is durable: results count only once it is (the
-        // writer commits in order), and a job that cannot be stored is forgotten again.
+        // writer commits in order), and a job that cannot be stored is forgotten again. The
+        // insert and the attempts dispatching starts go to the store in one batch, committed
+        // together: one commit for the answer to wait for, and for the first result to follow.
         self.settle(ctx);
+        let ticket = match self.state.ticket() {
+            Ok(ticket) => ticket,
+            Err(e) => {
+                if submitted.created {
+                    self.state.forget(submitted.id);
+                    self.settle(ctx);
+                }
+                return Err(e);
+            }
+        };
         let view = self
             .state
             .job(submitted.id)
@@ -171,7 +183,7 @@ impl Handler<Submit> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: submitted.id.to_string(),
             })?;
-        Ok((submitted, view, self.state.ticket()?))
+        Ok((submitted, view, ticket))
     }
 }
 

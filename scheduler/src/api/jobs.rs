@@ -113,11 +113,8 @@ pub(super) async fn submit(
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
-    let stored = match submitted.stored.clone() {
-        Some(insert) => durable(insert).await.and(durable(ticket).await),
-        None => durable(ticket).await,
-    };
-    if let Err(e) = stored {
+    // A new job's ticket covers its insert.
+    if let Err(e) = durable(ticket).await {
         if submitted.created {
             coordinator.do_send(Forget(submitted.id));
         }

@@ -59,11 +59,10 @@ pub struct Policy {
 pub struct Submitted {
     /// The job.
     pub id: JobId,
-    /// False when an earlier submission with the same idempotency key made it.
+    /// False when an earlier submission with the same idempotency key made it. A new job is
+    /// accepted once the next [`ClusterState::ticket`] is durable: its insert is handed to the
+    /// store with that ticket's batch.
     pub created: bool,
-    /// For a new job, a ticket for its insert: the job is accepted once it is durable (a later
-    /// write committing does not say that an earlier one did).
-    pub stored: Option<Ticket>,
 }
 
 /// Jobs, queue and workers.
@@ -201,7 +200,6 @@ impl ClusterState {
                 return Ok(Submitted {
                     id: *id,
                     created: false,
-                    stored: None,
                 });
             }
         }
@@ -256,8 +254,6 @@ impl ClusterState {
                 self.store_failed(&e, "insert");
                 ApiError::Unavailable(format!("the job was not accepted: {e}"))
             })?;
-        // The insert was the last write handed over: this ticket stands for it alone.
-        let stored = self.ticket()?;
         let n = job.chunks.len() as u32;
         let key = job_key(job.meta.priority, id);
         info!(job_id = %id, name = %job.meta.name, chunks = n, "job accepted");
@@ -266,11 +262,7 @@ impl ClusterState {
         if let Some((k, digest)) = idempotency {
             self.idempotency.insert(k, (id, digest));
         }
-        Ok(Submitted {
-            id,
-            created: true,
-            stored: Some(stored),
-        })
+        Ok(Submitted { id, created: true })
     }
 
     /// Adds a connected worker.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, Transaction};
@@ -97,17 +97,20 @@ struct Sqlite {
     payloads: PathBuf,
     /// Pages in the WAL, as SQLite reports after each commit.
     wal_pages: Arc<AtomicUsize>,
+    /// Asks the checkpoint thread for a checkpoint, to be told when it is done or not (dropped
+    /// to stop it).
+    checkpoints: mpsc::SyncSender<Option<mpsc::Sender<()>>>,
 }
 
-/// Pages in the WAL past which an idle writer checkpoints (each checkpoint syncs the database
-/// file, so a few pages are left for later).
+/// Pages in the WAL past which an idle writer asks for a checkpoint (each checkpoint syncs the
+/// database file, so a few pages are left for later).
 const CHECKPOINT_IDLE_PAGES: usize = 100;
-/// Pages past which a checkpoint follows a commit, as SQLite's automatic checkpoint does, when no
+/// Pages past which a commit asks for a checkpoint, as SQLite's automatic checkpoint does, when no
 /// large job is in flight: the WAL is then written over from its start, which syncs faster than
 /// a growing file.
 const CHECKPOINT_BUSY_PAGES: usize = 1_000;
-/// Pages past which a checkpoint runs even while writes keep coming, so that the WAL cannot grow
-/// without bound (256 MiB of 16 KiB pages).
+/// Pages past which the writer checkpoints itself, the checkpoint thread having fallen behind or
+/// a large job running, so that the WAL cannot grow without bound (256 MiB of 16 KiB pages).
 const CHECKPOINT_PAGES: usize = 16_384;
 
 /// Opens (creating if needed) the database at `path` and starts its writer thread.
@@ -155,12 +158,20 @@ impl Sqlite {
         Ok(files)
     }
 
-    /// Copies committed pages from the WAL into the database file (without waiting for readers).
+    /// Copies committed pages from the WAL into the database file (without waiting for readers),
+    /// on the writer's own connection: only when the WAL has grown past [`CHECKPOINT_PAGES`], the
+    /// checkpoint thread having fallen behind.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         self.wal_pages.store(0, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Asks the checkpoint thread to copy the WAL into the database file; a request already
+    /// waiting covers this one.
+    fn checkpoint_behind(&self) {
+        let _ = self.checkpoints.try_send(None);
     }
 
     fn open(path: &Path) -> Result<Self, StoreError> {
@@ -172,7 +183,7 @@ impl Sqlite {
         conn.execute_batch(
             "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
         )?;
-        // Checkpoints (copying the WAL into the database file) run when the writer is idle, not
+        // Checkpoints (copying the WAL into the database file) run on a thread of their own, not
         // inside the commit a client waits for: with 100 MB jobs they cost as much as the commit.
         // (The WAL hook set below replaces the automatic checkpoint.)
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -209,12 +220,42 @@ impl Sqlite {
                 Ok(())
             },
         ))?;
+        let checkpoints = spawn_checkpointer(path)?;
         Ok(Self {
             conn,
             payloads,
             wal_pages,
+            checkpoints,
         })
     }
+}
+
+/// Starts the thread that checkpoints the WAL on a connection of its own when asked. A checkpoint
+/// copies pages into the database file and syncs it; done beside the writer rather than by it, the
+/// commits clients wait for never queue behind one. Once a checkpoint has caught up, the writer's
+/// next transaction starts the WAL over from its beginning, and writing over a file syncs faster
+/// than growing it. The thread ends when the store is dropped.
+fn spawn_checkpointer(
+    path: &Path,
+) -> Result<mpsc::SyncSender<Option<mpsc::Sender<()>>>, StoreError> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000;")?;
+    let (tx, rx) = mpsc::sync_channel::<Option<mpsc::Sender<()>>>(1);
+    std::thread::Builder::new()
+        .name("muster-checkpoint".into())
+        .spawn(move || {
+            while let Ok(done) = rx.recv() {
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        })
+        .map_err(|e| StoreError::Other(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(tx)
 }
 
 /// Moves a version 1 database to the current layout, in one transaction.
@@ -471,15 +512,17 @@ impl Backend for Sqlite {
 
     fn idle(&mut self) -> Result<(), StoreError> {
         if self.wal_pages.load(Ordering::Relaxed) >= CHECKPOINT_IDLE_PAGES {
-            self.checkpoint()?;
+            self.checkpoint_behind();
         }
         Ok(())
     }
 
     fn after_commit(&mut self, large_jobs_running: bool) -> Result<(), StoreError> {
         let pages = self.wal_pages.load(Ordering::Relaxed);
-        if pages >= CHECKPOINT_PAGES || (!large_jobs_running && pages >= CHECKPOINT_BUSY_PAGES) {
+        if pages >= CHECKPOINT_PAGES {
             self.checkpoint()?;
+        } else if !large_jobs_running && pages >= CHECKPOINT_BUSY_PAGES {
+            self.checkpoint_behind();
         }
         Ok(())
     }
@@ -701,6 +744,52 @@ mod tests {
         assert!(finished.end.is_some());
         assert_eq!(finished.chunks.len(), 1);
         assert_eq!(finished.chunks[0].result.as_deref(), Some(&b"9"[..]));
+    }
+
+    #[test]
+    fn a_checkpoint_beside_the_writer_lets_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+        let id = JobId::new().to_string();
+        db.write(&[Op::Insert(InsertJob {
+            id: id.clone(),
+            meta: meta(),
+            created_at: Utc::now().to_rfc3339(),
+            inputs: vec![Bytes::from_static(b"[1]"); 4],
+            idempotency: None,
+        })])
+        .unwrap();
+        let attempt = |n: u32| {
+            Op::Write(Pending::Attempt {
+                job: id.clone(),
+                chunk: n % 4,
+                attempt: n,
+                record: record(n, false),
+            })
+        };
+        let mut n = 1;
+        while db.wal_pages.load(Ordering::Relaxed) < CHECKPOINT_BUSY_PAGES {
+            db.write(&[attempt(n)]).unwrap();
+            n += 1;
+        }
+        let grown = db.wal_pages.load(Ordering::Relaxed);
+        let (done, checkpointed) = mpsc::channel();
+        db.checkpoints.send(Some(done)).unwrap();
+        checkpointed.recv().unwrap();
+        // The writer's next transaction finds the WAL copied and writes it over from its start.
+        db.write(&[attempt(n)]).unwrap();
+        let after = db.wal_pages.load(Ordering::Relaxed);
+        assert!(
+            after < 8,
+            "the WAL went on growing: {grown} then {after} pages"
+        );
+        let snapshot = db.load().unwrap();
+        let attempts: usize = snapshot.jobs[0]
+            .chunks
+            .iter()
+            .map(|c| c.attempts.len())
+            .sum();
+        assert_eq!(attempts as u32, n, "every attempt row is kept");
     }
 
     #[test]

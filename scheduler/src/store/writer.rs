@@ -9,7 +9,9 @@
 //! many batches it has committed, which is what a [`Ticket`] waits for; only [`Store::sync`] and
 //! [`Store::load`] make the coordinator itself wait. When it has nothing else to do, the thread
 //! drops the chunk payloads of finished jobs (without a sync of their own), so that freeing
-//! megabytes of input never delays the commit a client is waiting for.
+//! megabytes of input never delays the commit a client is waiting for: those of a large job at
+//! once, those of small jobs by the [`DROP_INPUTS_BATCH`] or when writes pause, so that a stream
+//! of short jobs does not pay a transaction per job for it.
 
 use std::collections::HashSet;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
@@ -81,6 +83,9 @@ const LARGE_JOB_BYTES: usize = 4 << 20;
 /// How long the writer must go without writes before it does its housekeeping.
 const QUIET: Duration = Duration::from_millis(5);
 
+/// Finished small jobs whose payloads are dropped together, unless writes pause first.
+const DROP_INPUTS_BATCH: usize = 64;
+
 /// Most ops folded into one transaction, so a flood of writes still commits now and then.
 const MAX_BATCH: usize = 50_000;
 
@@ -92,6 +97,9 @@ pub(super) struct Writer {
     /// The first failure of a write nobody waited for, reported by the next call.
     failed: Arc<Mutex<Option<StoreError>>>,
     buffer: Buffer,
+    /// Writes taken out of the buffer ahead of a job insert, and the insert, to go with the next
+    /// flush: a new job and the attempts dispatching it starts are committed together.
+    staged: Vec<Op>,
     /// Batches handed to the writer thread.
     sent: u64,
     /// What the writer thread has written; `done` equals `sent` when nothing is outstanding, so
@@ -108,8 +116,10 @@ fn run<B: Backend>(
     let mut ops: Vec<Op> = Vec::new();
     let mut waiting: Vec<Reply<()>> = Vec::new();
     let mut batches = 0u64;
-    // Finished jobs whose payloads are still to drop, done only while no write is waiting.
+    // Finished jobs whose payloads are still to drop, done only while no write is waiting, and
+    // whether a large one is among them.
     let mut finished: Vec<String> = Vec::new();
+    let mut finished_large = false;
     // Whether anything was written since the writer was last idle.
     let mut busy = false;
     // Jobs with large payloads inserted and not ended yet.
@@ -119,11 +129,9 @@ fn run<B: Backend>(
             Ok(msg) => msg,
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {
-                if !finished.is_empty() {
-                    let jobs = std::mem::take(&mut finished);
-                    if let Err(e) = backend.drop_inputs(&jobs) {
-                        warn!(jobs = jobs.len(), error = %e, "cannot drop finished jobs' inputs");
-                    }
+                if finished_large || finished.len() >= DROP_INPUTS_BATCH {
+                    drop_inputs(&mut backend, &mut finished);
+                    finished_large = false;
                     continue;
                 }
                 if busy {
@@ -132,6 +140,7 @@ fn run<B: Backend>(
                         Ok(msg) => msg,
                         Err(RecvTimeoutError::Timeout) => {
                             busy = false;
+                            drop_inputs(&mut backend, &mut finished);
                             if let Err(e) = backend.idle() {
                                 warn!(error = %e, "store housekeeping failed");
                             }
@@ -174,7 +183,7 @@ fn run<B: Backend>(
             for op in &ops {
                 match op {
                     Op::Write(Pending::Finish { job, .. }) => {
-                        large.remove(job);
+                        finished_large |= large.remove(job);
                         finished.push(job.clone());
                     }
                     Op::Insert(job)
@@ -217,6 +226,17 @@ fn run<B: Backend>(
     }
 }
 
+/// Drops the payloads of these finished jobs, if any.
+fn drop_inputs<B: Backend>(backend: &mut B, finished: &mut Vec<String>) {
+    if finished.is_empty() {
+        return;
+    }
+    let jobs = std::mem::take(finished);
+    if let Err(e) = backend.drop_inputs(&jobs) {
+        warn!(jobs = jobs.len(), error = %e, "cannot drop finished jobs' inputs");
+    }
+}
+
 impl Writer {
     /// Starts the writer thread over a backend made on that thread (some clients must be created
     /// off the async runtime); fails if `make` does.
@@ -249,6 +269,7 @@ impl Writer {
             queue,
             failed,
             buffer: Buffer::default(),
+            staged: Vec::new(),
             sent: 0,
             progress,
         })
@@ -262,9 +283,10 @@ impl Writer {
         self.queue.send(msg).map_err(|_| self.gone())
     }
 
-    /// Hands what the buffer holds to the writer thread, in one message (one wake-up).
+    /// Hands what is staged and buffered to the writer thread, in one message (one wake-up).
     fn flush_buffer(&mut self) -> Result<(), StoreError> {
-        let ops: Vec<Op> = self.buffer.take().into_iter().map(Op::Write).collect();
+        let mut ops = std::mem::take(&mut self.staged);
+        ops.extend(self.buffer.take().into_iter().map(Op::Write));
         if ops.is_empty() {
             return Ok(());
         }
@@ -297,8 +319,11 @@ impl Store for Writer {
             inputs: job.inputs.to_vec(),
             idempotency: job.idempotency.map(|(k, d)| (k.to_owned(), d.to_vec())),
         };
-        self.flush_buffer()?;
-        self.send_ops(vec![Op::Insert(insert)])
+        // Writes buffered before the insert stay before it.
+        let earlier = self.buffer.take().into_iter().map(Op::Write);
+        self.staged.extend(earlier);
+        self.staged.push(Op::Insert(insert));
+        Ok(())
     }
 
     fn record_attempt(
