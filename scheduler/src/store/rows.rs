@@ -50,7 +50,7 @@ impl Buffer {
         chunk: ChunkIndex,
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
-        let encoded = serde_json::to_string(record).map_err(encode_err)?;
+        let encoded = encode_attempt(record)?;
         let job = job.to_string();
         // The end of the attempt whose result was just written rides along with the result.
         if let Some(Pending::Result {
@@ -121,8 +121,93 @@ pub(super) fn meta(s: &str) -> Result<JobMeta, StoreError> {
     serde_json::from_str(s).map_err(|e| corrupt("job", e))
 }
 
+/// Starts an attempt record in the compact form [`encode_attempt`] writes.
+const COMPACT_ATTEMPT: &str = "a1 ";
+
+/// An attempt record as stored: `a1 ATTEMPT WORKER STARTED FINISHED NAME_LEN:NAME` then the error
+/// as JSON, if any (ids as 32 hex digits, times as nanoseconds since the epoch, `-` when not
+/// finished). One is written as each attempt starts and ends, so this runs twice per chunk:
+/// several times cheaper than the JSON the first files used (still read, see [`attempt`]).
+pub(super) fn encode_attempt(record: &AttemptRecord) -> Result<String, StoreError> {
+    let (Some(started), finished) = (
+        record.started_at.timestamp_nanos_opt(),
+        record.finished_at.map(|t| t.timestamp_nanos_opt()),
+    ) else {
+        return serde_json::to_string(record).map_err(encode_err);
+    };
+    let Some(finished) = finished.map_or(Some(None), |f| f.map(Some)) else {
+        return serde_json::to_string(record).map_err(encode_err);
+    };
+    let mut out = String::with_capacity(96 + record.worker_name.len());
+    let mut number = itoa::Buffer::new();
+    out.push_str(COMPACT_ATTEMPT);
+    out.push_str(number.format(record.attempt.0));
+    out.push(' ');
+    out.push_str(
+        record
+            .worker
+            .0
+            .simple()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    out.push(' ');
+    out.push_str(number.format(started));
+    out.push(' ');
+    match finished {
+        Some(f) => out.push_str(number.format(f)),
+        None => out.push('-'),
+    }
+    out.push(' ');
+    out.push_str(number.format(record.worker_name.len()));
+    out.push(':');
+    out.push_str(&record.worker_name);
+    if let Some(error) = &record.error {
+        out.push_str(&serde_json::to_string(error).map_err(encode_err)?);
+    }
+    Ok(out)
+}
+
+/// An attempt record back, in either stored form.
 pub(super) fn attempt(s: &str) -> Result<AttemptRecord, StoreError> {
-    serde_json::from_str(s).map_err(|e| corrupt("attempt", e))
+    let Some(compact) = s.strip_prefix(COMPACT_ATTEMPT) else {
+        return serde_json::from_str(s).map_err(|e| corrupt("attempt", e));
+    };
+    let bad = |what: &str| corrupt("attempt", format!("{what} in `{s}`"));
+    let mut fields = compact.splitn(5, ' ');
+    let mut next = |what: &str| fields.next().ok_or_else(|| bad(what));
+    let attempt = next("attempt")?.parse().map_err(|_| bad("attempt"))?;
+    let worker = next("worker")?
+        .parse::<uuid::Uuid>()
+        .map_err(|_| bad("worker"))?;
+    let nanos = |t: &str| {
+        t.parse::<i64>()
+            .map(DateTime::from_timestamp_nanos)
+            .map_err(|_| bad("time"))
+    };
+    let started_at = nanos(next("start")?)?;
+    let finished_at = match next("end")? {
+        "-" => None,
+        t => Some(nanos(t)?),
+    };
+    let rest = next("name")?;
+    let (len, rest) = rest.split_once(':').ok_or_else(|| bad("name"))?;
+    let len: usize = len.parse().map_err(|_| bad("name length"))?;
+    if !rest.is_char_boundary(len) {
+        return Err(bad("name length"));
+    }
+    let (worker_name, error) = rest.split_at(len);
+    let error = match error {
+        "" => None,
+        json => Some(serde_json::from_str(json).map_err(|e| corrupt("attempt error", e))?),
+    };
+    Ok(AttemptRecord {
+        attempt: muster_shared::ids::Attempt(attempt),
+        worker: muster_shared::ids::WorkerId(worker),
+        worker_name: worker_name.to_owned(),
+        started_at,
+        finished_at,
+        error,
+    })
 }
 
 pub(super) fn time(s: &str) -> Result<DateTime<Utc>, StoreError> {
@@ -153,4 +238,65 @@ pub(super) fn end(
         _ => JobEnd::Cancelled,
     };
     Ok(Some((end, time(&at)?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use muster_shared::ids::{Attempt, WorkerId};
+
+    use super::*;
+    use crate::state::job::FailReason;
+
+    fn record(name: &str, finished: bool, error: Option<FailReason>) -> AttemptRecord {
+        AttemptRecord {
+            attempt: Attempt(3),
+            worker: WorkerId::new(),
+            worker_name: name.to_owned(),
+            started_at: Utc::now(),
+            finished_at: finished.then(Utc::now),
+            error,
+        }
+    }
+
+    fn same(a: &AttemptRecord, b: &AttemptRecord) -> bool {
+        serde_json::to_value(a).unwrap() == serde_json::to_value(b).unwrap()
+    }
+
+    #[test]
+    fn attempt_records_read_back_as_written_in_both_forms() {
+        let records = [
+            record("w-1", false, None),
+            record("näme with spaces: and 1:colons", true, None),
+            record(
+                "",
+                true,
+                Some(FailReason::TaskError("bad {input} \"x\"".into())),
+            ),
+            record("w 2", true, Some(FailReason::WorkerLost)),
+        ];
+        for r in &records {
+            let compact = encode_attempt(r).unwrap();
+            assert!(compact.starts_with(COMPACT_ATTEMPT), "{compact}");
+            assert!(same(&attempt(&compact).unwrap(), r), "{compact}");
+            // Files written before the compact form hold JSON.
+            let json = serde_json::to_string(r).unwrap();
+            assert!(same(&attempt(&json).unwrap(), r), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_compact_attempt_record_is_an_error() {
+        let good = encode_attempt(&record("worker", true, None)).unwrap();
+        for bad in [
+            "a1 ",
+            "a1 x",
+            &good[..good.len() - 3],
+            &good.replace(" 6:", " 60:"),
+            &good.replace(" 6:", " 6"),
+            &format!("{good}{{not json"),
+        ] {
+            assert!(attempt(bad).is_err(), "{bad}");
+        }
+    }
 }
