@@ -151,10 +151,7 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                 attempt,
                 record,
             } => {
-                attempts.insert(
-                    (job.as_str(), *chunk as i32, *attempt as i32),
-                    record.as_str(),
-                );
+                attempts.insert((&**job, *chunk as i32, *attempt as i32), record.as_str());
             }
             Pending::Result {
                 job,
@@ -162,14 +159,11 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
                 result,
                 ended,
             } => {
-                result_jobs.push(job.as_str());
+                result_jobs.push(&**job);
                 result_idx.push(*chunk as i32);
                 results.push(&result[..]);
                 if let Some((attempt, record)) = ended {
-                    attempts.insert(
-                        (job.as_str(), *chunk as i32, *attempt as i32),
-                        record.as_str(),
-                    );
+                    attempts.insert((&**job, *chunk as i32, *attempt as i32), record.as_str());
                 }
             }
             Pending::Finish { .. } => finishes.push(*op),
@@ -209,7 +203,7 @@ fn apply(tx: &mut Transaction<'_>, ops: &[&Pending]) -> Result<(), StoreError> {
         {
             tx.execute(
                 "UPDATE muster_jobs SET end_kind = $2, end_text = $3, finished_at = $4 WHERE id = $1",
-                &[job, kind, text, at],
+                &[&&**job, kind, text, at],
             )?;
         }
     }

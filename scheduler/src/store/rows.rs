@@ -1,6 +1,8 @@
 //! What the SQL stores share: the buffer of writes waiting for the next commit, and decoding of the
 //! text columns both schemas use.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
@@ -8,12 +10,12 @@ use muster_shared::ids::{ChunkIndex, JobId};
 use super::{JobEnd, StoreError};
 use crate::state::job::{AttemptRecord, JobMeta};
 
-/// A write waiting for the next commit.
+/// A write waiting for the next commit. Job ids are text, shared by the writes of one job.
 #[derive(Debug)]
 pub(super) enum Pending {
-    /// Upsert of one attempt record (JSON).
+    /// Upsert of one attempt record (see [`encode_attempt`]).
     Attempt {
-        job: String,
+        job: Arc<str>,
         chunk: u32,
         attempt: u32,
         record: String,
@@ -21,14 +23,14 @@ pub(super) enum Pending {
     /// A chunk's partial result, with the record of the attempt that made it when the two were
     /// written together (one row instead of two).
     Result {
-        job: String,
+        job: Arc<str>,
         chunk: u32,
         result: Bytes,
         ended: Option<(u32, String)>,
     },
     /// A job's end; its payloads are dropped with it.
     Finish {
-        job: String,
+        job: Arc<str>,
         kind: &'static str,
         text: Option<String>,
         at: String,
@@ -37,13 +39,29 @@ pub(super) enum Pending {
 
 /// Writes buffered between commits (group commit).
 #[derive(Debug, Default)]
-pub(super) struct Buffer(pub(super) Vec<Pending>);
+pub(super) struct Buffer {
+    writes: Vec<Pending>,
+    /// The last job written for and its id as text: most writes in a row are for one job.
+    last_job: Option<(JobId, Arc<str>)>,
+}
 
 fn encode_err(e: serde_json::Error) -> StoreError {
     StoreError::Other(format!("cannot encode for the store: {e}"))
 }
 
 impl Buffer {
+    /// The job's id as text, made once for a run of writes for it.
+    fn job(&mut self, job: JobId) -> Arc<str> {
+        match &self.last_job {
+            Some((id, text)) if *id == job => text.clone(),
+            _ => {
+                let text: Arc<str> = job.to_string().into();
+                self.last_job = Some((job, text.clone()));
+                text
+            }
+        }
+    }
+
     pub(super) fn attempt(
         &mut self,
         job: JobId,
@@ -51,21 +69,21 @@ impl Buffer {
         record: &AttemptRecord,
     ) -> Result<(), StoreError> {
         let encoded = encode_attempt(record)?;
-        let job = job.to_string();
+        let job = self.job(job);
         // The end of the attempt whose result was just written rides along with the result.
         if let Some(Pending::Result {
             job: result_job,
             chunk: result_chunk,
             ended: ended @ None,
             ..
-        }) = self.0.last_mut()
+        }) = self.writes.last_mut()
         {
             if *result_chunk == chunk.0 && *result_job == job {
                 *ended = Some((record.attempt.0, encoded));
                 return Ok(());
             }
         }
-        self.0.push(Pending::Attempt {
+        self.writes.push(Pending::Attempt {
             job,
             chunk: chunk.0,
             attempt: record.attempt.0,
@@ -75,8 +93,9 @@ impl Buffer {
     }
 
     pub(super) fn result(&mut self, job: JobId, chunk: ChunkIndex, result: &Bytes) {
-        self.0.push(Pending::Result {
-            job: job.to_string(),
+        let job = self.job(job);
+        self.writes.push(Pending::Result {
+            job,
             chunk: chunk.0,
             result: result.clone(),
             ended: None,
@@ -92,16 +111,19 @@ impl Buffer {
             JobEnd::Failed(error) => ("failed", Some(error.clone())),
             JobEnd::Cancelled => ("cancelled", None),
         };
-        self.0.push(Pending::Finish {
-            job: job.to_string(),
+        let job = self.job(job);
+        self.writes.push(Pending::Finish {
+            job,
             kind,
             text,
             at: at.to_rfc3339(),
         });
     }
 
+    /// The writes so far; the buffer starts again with room for as many.
     pub(super) fn take(&mut self) -> Vec<Pending> {
-        std::mem::take(&mut self.0)
+        let room = self.writes.len();
+        std::mem::replace(&mut self.writes, Vec::with_capacity(room))
     }
 }
 

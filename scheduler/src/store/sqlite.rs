@@ -384,7 +384,7 @@ fn append_rows<const N: usize>(
 
 /// A result row's values: job, chunk, result, and the attempt and record it may carry.
 type ResultRow<'a> = (
-    &'a String,
+    &'a Arc<str>,
     &'a u32,
     &'a [u8],
     Option<&'a u32>,
@@ -761,7 +761,7 @@ mod tests {
         .unwrap();
         let attempt = |n: u32| {
             Op::Write(Pending::Attempt {
-                job: id.clone(),
+                job: id.as_str().into(),
                 chunk: n % 4,
                 attempt: n,
                 record: record(n, false),
@@ -811,7 +811,7 @@ mod tests {
         let large_inputs = [Bytes::from_static(b"x"), big];
         let attempt = |ended| {
             Op::Write(Pending::Attempt {
-                job: small.clone(),
+                job: small.as_str().into(),
                 chunk: 1,
                 attempt: 1,
                 record: record(1, ended),
@@ -826,14 +826,14 @@ mod tests {
         db.write(&[attempt(true)]).unwrap();
         // A result written with the end of its attempt: one row carries both.
         let start = Op::Write(Pending::Attempt {
-            job: small.clone(),
+            job: small.as_str().into(),
             chunk: 0,
             attempt: 1,
             record: record(1, false),
         });
         db.write(&[start]).unwrap();
         db.write(&[Op::Write(Pending::Result {
-            job: small.clone(),
+            job: small.as_str().into(),
             chunk: 0,
             result: Bytes::from_static(b"42"),
             ended: Some((1, record(1, true))),

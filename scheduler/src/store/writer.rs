@@ -183,8 +183,8 @@ fn run<B: Backend>(
             for op in &ops {
                 match op {
                     Op::Write(Pending::Finish { job, .. }) => {
-                        finished_large |= large.remove(job);
-                        finished.push(job.clone());
+                        finished_large |= large.remove(&**job);
+                        finished.push(job.to_string());
                     }
                     Op::Insert(job)
                         if job.inputs.iter().map(Bytes::len).sum::<usize>() >= LARGE_JOB_BYTES =>
