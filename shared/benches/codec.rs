@@ -69,6 +69,22 @@ fn reducers(c: &mut Criterion) {
             Bytes::from(serde_json::to_vec(&run).unwrap_or_default())
         })
         .collect();
+    // W3's shape: 16 packed sorted runs of 125k seeded random integers below 2^32.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let w3_runs: Vec<Bytes> = (0..16)
+        .map(|_| {
+            let mut run: Vec<i64> = (0..125_000)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed >> 32) as i64
+                })
+                .collect();
+            run.sort_unstable();
+            muster_shared::packed::pack(&run, false)
+        })
+        .collect();
     let counts: Vec<Bytes> = (0..16)
         .map(|r| Bytes::from(format!(r#"{{"a": {r}, "b{r}": 2, "c": 3}}"#)))
         .collect();
@@ -79,6 +95,11 @@ fn reducers(c: &mut Criterion) {
     g.throughput(Throughput::Elements(160_000));
     g.bench_function("merge 16 sorted runs of 10k integers", |b| {
         b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&runs)))
+    });
+    g.throughput(Throughput::Elements(2_000_000));
+    g.sample_size(10);
+    g.bench_function("merge 16 packed sorted runs of 125k random integers", |b| {
+        b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&w3_runs)))
     });
     g.throughput(Throughput::Elements(16));
     g.bench_function("count_map of 16 partials", |b| {

@@ -213,16 +213,21 @@ impl<'a> Packed<'a> {
 /// Writes integers as a JSON array.
 pub fn json_array(values: &[i64]) -> Vec<u8> {
     let mut out = Vec::with_capacity(values.len() * 12 + 2);
-    let mut buf = itoa::Buffer::new();
     out.push(b'[');
+    json_items(values, &mut out);
+    out.push(b']');
+    out
+}
+
+/// Appends `values` as JSON numbers separated by commas (an array's inside).
+pub fn json_items(values: &[i64], out: &mut Vec<u8>) {
+    let mut buf = itoa::Buffer::new();
     for (i, &v) in values.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(buf.format(v).as_bytes());
     }
-    out.push(b']');
-    out
 }
 
 #[cfg(test)]

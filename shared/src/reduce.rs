@@ -192,19 +192,117 @@ impl PartialEq for Head {
 }
 impl Eq for Head {}
 
+/// Runs holding at least this many integers in all are merged on several threads.
+const PARALLEL_MERGE: usize = 1 << 18;
+/// Values taken from each run to choose where the threads' shares of the output begin.
+const SAMPLES_PER_RUN: usize = 64;
+
 /// Fast path of `merge_sorted` when every partial is a run of 64-bit integers (packed, or a JSON
-/// array): runs are merged two by two (equal integers are indistinguishable, so any merge order is
-/// stable). `None` when some partial is anything else.
+/// array). Equal integers are indistinguishable, so any merge order is stable: large inputs are
+/// split by value into one share per core (every run cut at the same values), and each share is
+/// merged and printed on a thread of its own. `None` when some partial is anything else.
 fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
-    let mut runs: Vec<Vec<i64>> = partials
+    let runs: Vec<Vec<i64>> = partials
         .iter()
         .map(|p| match Packed::read(p) {
             Some(run) => Some(run.values()),
             None => crate::ints::parse_ints(p),
         })
         .collect::<Option<_>>()?;
-    while runs.len() > 1 {
-        let mut pairs = runs.into_iter();
+    let total: usize = runs.iter().map(Vec::len).sum();
+    let shares = if total >= PARALLEL_MERGE {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    };
+    merge_in_shares(&runs, descending, shares)
+}
+
+/// Merges sorted runs in `shares` shares of the output, each on a thread, into a JSON array.
+fn merge_in_shares(runs: &[Vec<i64>], descending: bool, shares: usize) -> Option<String> {
+    let bounds = share_bounds(runs, shares, descending);
+    // Where share `s` starts in `run`: at the first value not before its lower bound.
+    let start = |run: &[i64], s: usize| match s {
+        0 => 0,
+        s if s == shares => run.len(),
+        s => {
+            let bound = bounds[s - 1];
+            run.partition_point(|&v| if descending { v > bound } else { v < bound })
+        }
+    };
+    let share = |s: usize| -> Vec<&[i64]> {
+        runs.iter()
+            .map(|run| &run[start(run, s)..start(run, s + 1)])
+            .collect()
+    };
+    let print = |s: usize| {
+        let merged = merge_runs(share(s), descending);
+        let mut text = Vec::with_capacity(merged.len() * 11);
+        crate::packed::json_items(&merged, &mut text);
+        text
+    };
+    let texts: Vec<Vec<u8>> = if shares == 1 {
+        vec![print(0)]
+    } else {
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (1..shares).map(|s| scope.spawn(move || print(s))).collect();
+            let mut texts = vec![print(0)];
+            for thread in threads {
+                texts.push(thread.join().ok()?);
+            }
+            Some(texts)
+        })?
+    };
+    let mut out = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for text in texts.iter().filter(|t| !t.is_empty()) {
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(text);
+    }
+    out.push(b']');
+    String::from_utf8(out).ok()
+}
+
+/// The values at which each of `shares` shares after the first begins (a share holds the values
+/// from its bound, inclusive, to the next share's, exclusive), from an even sample of every run.
+fn share_bounds(runs: &[Vec<i64>], shares: usize, descending: bool) -> Vec<i64> {
+    if shares < 2 {
+        return Vec::new();
+    }
+    let mut sample: Vec<i64> = runs
+        .iter()
+        .filter(|run| !run.is_empty())
+        .flat_map(|run| {
+            let step = run.len().div_ceil(SAMPLES_PER_RUN);
+            run.iter().step_by(step).copied()
+        })
+        .collect();
+    sample.sort_unstable();
+    if descending {
+        sample.reverse();
+    }
+    if sample.is_empty() {
+        return vec![0; shares - 1];
+    }
+    (1..shares)
+        .map(|s| sample[s * sample.len() / shares])
+        .collect()
+}
+
+/// Merges sorted runs two by two.
+fn merge_runs(runs: Vec<&[i64]>, descending: bool) -> Vec<i64> {
+    let mut pairs = runs.into_iter().filter(|r| !r.is_empty());
+    let mut merged: Vec<Vec<i64>> = Vec::new();
+    while let Some(a) = pairs.next() {
+        merged.push(match pairs.next() {
+            Some(b) => merge_two(a, b, descending),
+            None => a.to_vec(),
+        });
+    }
+    while merged.len() > 1 {
+        let mut pairs = merged.into_iter();
         let mut next = Vec::with_capacity(pairs.len().div_ceil(2));
         while let Some(a) = pairs.next() {
             next.push(match pairs.next() {
@@ -212,10 +310,9 @@ fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
                 None => a,
             });
         }
-        runs = next;
+        merged = next;
     }
-    let merged = runs.pop().unwrap_or_default();
-    String::from_utf8(crate::packed::json_array(&merged)).ok()
+    merged.pop().unwrap_or_default()
 }
 
 /// Merges two sorted runs of integers.
@@ -296,6 +393,56 @@ mod tests {
         let max = i64::MAX.to_string();
         let out = Reducer::Sum.reduce(&[b(&max), b(&max), b("2")]).unwrap();
         assert_eq!(out, (2 * i128::from(i64::MAX) + 2).to_string());
+    }
+
+    #[test]
+    fn large_integer_merges_split_across_threads_lose_and_duplicate_nothing() {
+        let mut seed = 7u64;
+        let mut next = move |range: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % range
+        };
+        for descending in [false, true] {
+            // Few distinct values (many equal across the cut points), an empty run, one run
+            // far larger than the rest.
+            let mut runs: Vec<Vec<i64>> = vec![Vec::new()];
+            for len in [3usize, 120_000, 90_000, 70_000, 1] {
+                let mut run: Vec<i64> = (0..len).map(|_| next(1000) as i64 - 500).collect();
+                run.sort_unstable();
+                if descending {
+                    run.reverse();
+                }
+                runs.push(run);
+            }
+            let partials: Vec<Bytes> = runs
+                .iter()
+                .enumerate()
+                .map(|(i, run)| {
+                    if i % 2 == 0 {
+                        crate::packed::pack(run, descending)
+                    } else {
+                        Bytes::from(serde_json::to_vec(run).unwrap())
+                    }
+                })
+                .collect();
+            let mut all: Vec<i64> = runs.concat();
+            all.sort_unstable();
+            if descending {
+                all.reverse();
+            }
+            let expected = serde_json::to_string(&all).unwrap();
+            assert!(all.len() >= PARALLEL_MERGE);
+            let out = Reducer::MergeSorted { descending }
+                .reduce(&partials)
+                .unwrap();
+            assert_eq!(out, expected, "descending: {descending}");
+            for shares in [1, 2, 3, 8] {
+                let out = merge_in_shares(&runs, descending, shares).unwrap();
+                assert_eq!(out, expected, "descending: {descending}, {shares} shares");
+            }
+        }
     }
 
     #[test]

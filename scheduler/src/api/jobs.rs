@@ -107,7 +107,7 @@ pub(super) async fn submit(
         BodyError::Malformed(m) => ApiError::MalformedJson(m),
         BodyError::Invalid(m) => ApiError::Invalid(m),
     })?;
-    tracing::debug!("job body validated and cut");
+    tracing::debug!(took = ?started.elapsed(), "job body validated and cut");
     let coordinator = app.coordinator(&req)?;
     let (submitted, view, ticket) = coordinator
         .send(Submit { spec, idempotency })
