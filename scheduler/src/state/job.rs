@@ -11,6 +11,7 @@
 //! reduced) or one chunk failed for good, and it can be `Cancelled` from any non-terminal state.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -89,7 +90,7 @@ pub struct AttemptRecord {
     /// The worker it ran on.
     pub worker: WorkerId,
     /// That worker's name.
-    pub worker_name: String,
+    pub worker_name: Arc<str>,
     /// When it was assigned.
     pub started_at: DateTime<Utc>,
     /// When it ended, if it has.
@@ -419,7 +420,7 @@ impl Job {
         &mut self,
         index: ChunkIndex,
         worker: WorkerId,
-        worker_name: &str,
+        worker_name: &Arc<str>,
     ) -> Option<Attempt> {
         let deadline = self.meta.chunk_timeout.map(|t| Instant::now() + t);
         let chunk = self.chunks.get_mut(index.get())?;
@@ -435,7 +436,7 @@ impl Job {
         chunk.attempts.push(AttemptRecord {
             attempt,
             worker,
-            worker_name: worker_name.to_owned(),
+            worker_name: worker_name.clone(),
             started_at: Utc::now(),
             finished_at: None,
             error: None,
@@ -595,8 +596,11 @@ mod tests {
     fn a_chunk_cannot_start_twice() {
         let mut j = job(3);
         let w = WorkerId::new();
-        assert_eq!(j.start_chunk(ChunkIndex(0), w, "w"), Some(Attempt(1)));
-        assert_eq!(j.start_chunk(ChunkIndex(0), w, "w"), None);
+        assert_eq!(
+            j.start_chunk(ChunkIndex(0), w, &"w".into()),
+            Some(Attempt(1))
+        );
+        assert_eq!(j.start_chunk(ChunkIndex(0), w, &"w".into()), None);
         assert_eq!(j.counts.running, 1);
         assert!(matches!(j.state, JobState::Running));
     }
@@ -605,9 +609,9 @@ mod tests {
     fn stale_attempts_are_not_current() {
         let mut j = job(3);
         let (a, b) = (WorkerId::new(), WorkerId::new());
-        j.start_chunk(ChunkIndex(0), a, "a");
+        j.start_chunk(ChunkIndex(0), a, &"a".into());
         assert!(j.chunk_failed(ChunkIndex(0), FailReason::WorkerLost, Duration::ZERO));
-        j.start_chunk(ChunkIndex(0), b, "b");
+        j.start_chunk(ChunkIndex(0), b, &"b".into());
         assert!(!j.is_current(ChunkIndex(0), a, Attempt(1)));
         assert!(j.is_current(ChunkIndex(0), b, Attempt(2)));
     }
@@ -616,13 +620,13 @@ mod tests {
     fn attempts_run_out() {
         let mut j = job(2);
         let w = WorkerId::new();
-        j.start_chunk(ChunkIndex(1), w, "w");
+        j.start_chunk(ChunkIndex(1), w, &"w".into());
         assert!(j.chunk_failed(
             ChunkIndex(1),
             FailReason::TaskError("x".into()),
             Duration::ZERO
         ));
-        j.start_chunk(ChunkIndex(1), w, "w");
+        j.start_chunk(ChunkIndex(1), w, &"w".into());
         assert!(!j.chunk_failed(
             ChunkIndex(1),
             FailReason::TaskError("y".into()),
@@ -639,7 +643,7 @@ mod tests {
     fn handed_back_chunks_do_not_use_attempts() {
         let mut j = job(1);
         let w = WorkerId::new();
-        j.start_chunk(ChunkIndex(0), w, "w");
+        j.start_chunk(ChunkIndex(0), w, &"w".into());
         assert!(j.chunk_failed(
             ChunkIndex(0),
             FailReason::HandedBack,
@@ -653,7 +657,7 @@ mod tests {
     #[test]
     fn permanent_errors_fail_at_once() {
         let mut j = job(3);
-        j.start_chunk(ChunkIndex(0), WorkerId::new(), "w");
+        j.start_chunk(ChunkIndex(0), WorkerId::new(), &"w".into());
         assert!(!j.chunk_failed(
             ChunkIndex(0),
             FailReason::Permanent("bad".into()),

@@ -100,7 +100,8 @@ impl ClusterState {
 
     /// Effects queued since the last call.
     pub fn take_effects(&mut self) -> Vec<Effect> {
-        std::mem::take(&mut self.effects)
+        let room = self.effects.len();
+        std::mem::replace(&mut self.effects, Vec::with_capacity(room))
     }
 
     /// The store's kind.

@@ -16,8 +16,8 @@ use super::job::JobMeta;
 pub struct WorkerEntry {
     /// Its id.
     pub id: WorkerId,
-    /// Its name.
-    pub name: String,
+    /// Its name (shared with the records of the attempts it runs).
+    pub name: Arc<str>,
     /// Peer address of its connection.
     pub address: String,
     /// Chunks it runs at once.
@@ -45,7 +45,7 @@ impl WorkerEntry {
         let running = hello.running.into_iter().collect();
         Self {
             id,
-            name: hello.name,
+            name: hello.name.into(),
             address,
             slots: hello.slots,
             prefetch: hello.prefetch,
@@ -79,7 +79,7 @@ impl WorkerEntry {
         tasks.sort();
         WorkerView {
             id: self.id,
-            name: self.name.clone(),
+            name: self.name.to_string(),
             address: self.address.clone(),
             slots: self.slots,
             running: self.running.len() as u32,

@@ -225,7 +225,7 @@ pub(super) fn attempt(s: &str) -> Result<AttemptRecord, StoreError> {
     Ok(AttemptRecord {
         attempt: muster_shared::ids::Attempt(attempt),
         worker: muster_shared::ids::WorkerId(worker),
-        worker_name: worker_name.to_owned(),
+        worker_name: worker_name.into(),
         started_at,
         finished_at,
         error,
@@ -274,7 +274,7 @@ mod tests {
         AttemptRecord {
             attempt: Attempt(3),
             worker: WorkerId::new(),
-            worker_name: name.to_owned(),
+            worker_name: name.into(),
             started_at: Utc::now(),
             finished_at: finished.then(Utc::now),
             error,
