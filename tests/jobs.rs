@@ -15,7 +15,8 @@ fn three_workers_compute_sum_sort_and_wordcount_exactly() {
     );
 
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let numbers: Vec<i64> = (0..100_000).map(|_| rng.gen()).collect();
+    // 1.6 MB of sorted runs come back: merged off the coordinator's thread.
+    let numbers: Vec<i64> = (0..200_000).map(|_| rng.gen()).collect();
     let sort = api.submit(&json!({"kind": "sort", "input": numbers, "chunks": 12}));
 
     let text = "The quick brown fox jumps over the lazy dog. THE DOG sleeps; the fox runs! Ünïcode ünïcode 42";

@@ -2,8 +2,9 @@
 //! addresses of the worker sessions.
 //!
 //! Every message that changes state ends in `Coordinator::settle`, which dispatches ready chunks,
-//! sends the resulting assignments and cancels (batched per worker), wakes long-pollers of finished
-//! jobs, and arms a timer for the next retry backoff or chunk timeout.
+//! sends the resulting assignments and cancels (batched per worker), starts large merges on the
+//! blocking pool (their end comes back as a later turn), wakes long-pollers of finished jobs, and
+//! arms a timer for the next retry backoff or chunk timeout.
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use actix::prelude::*;
 use muster_shared::ids::{JobId, WorkerId};
 use muster_shared::job::JobSpec;
 use muster_shared::protocol::{CoordinatorMessage, Hello, WorkerMessage};
+use muster_shared::reduce::Reducer;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -75,6 +77,11 @@ impl Coordinator {
                     .or_default()
                     .push(CoordinatorMessage::Cancel(chunk)),
                 Effect::JobDone(id) => finished.push(id),
+                Effect::Reduce {
+                    job,
+                    reducer,
+                    partials,
+                } => self.reduce_off_thread(job, reducer, partials, ctx),
             }
         }
         for (worker, messages) in outgoing {
@@ -93,6 +100,26 @@ impl Coordinator {
             return;
         }
         self.arm_timer(ctx, now);
+    }
+
+    /// Merges a job's partial results on the blocking pool and ends the job when done. If the
+    /// coordinator stops first, the merge is lost with it, and a restart merges the stored
+    /// partial results again.
+    fn reduce_off_thread(
+        &mut self,
+        job: JobId,
+        reducer: Reducer,
+        partials: Vec<Bytes>,
+        ctx: &mut Context<Self>,
+    ) {
+        let merge = actix_rt::task::spawn_blocking(move || {
+            reducer.reduce(&partials).map_err(|e| e.to_string())
+        });
+        ctx.spawn(merge.into_actor(self).map(move |merged, act, ctx| {
+            let outcome = merged.unwrap_or_else(|e| Err(format!("the merge stopped: {e}")));
+            act.state.reduced(job, outcome);
+            act.settle(ctx);
+        }));
     }
 
     /// Stops everything when the store says another coordinator leads: no further work, no writes.

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::job::{JobSpec, Work};
 use muster_shared::protocol::{Assignment, ChunkOutcome, ChunkRef, FailureClass, Hello, Outcome};
+use muster_shared::reduce::Reducer;
 use tracing::{debug, error, info, warn};
 
 use crate::error::ApiError;
@@ -45,7 +46,21 @@ pub enum Effect {
     },
     /// This job reached a terminal state.
     JobDone(JobId),
+    /// Merge these partial results off the coordinator's thread, then hand the outcome to
+    /// [`ClusterState::reduced`].
+    Reduce {
+        /// The job, all of whose chunks succeeded.
+        job: JobId,
+        /// Its reducer.
+        reducer: Reducer,
+        /// Its partial results, in chunk order.
+        partials: Vec<Bytes>,
+    },
 }
+
+/// Partial results at least this large in all are merged off the coordinator's thread, so that
+/// a large merge does not hold up every other job; smaller ones are merged at once.
+pub const REDUCE_OFF_THREAD_BYTES: usize = 1 << 20;
 
 /// Retry policy settings.
 #[derive(Debug, Clone, Copy)]
@@ -174,7 +189,7 @@ impl ClusterState {
             self.idempotency.insert(key, (id, digest));
         }
         for id in complete {
-            self.reduce(id);
+            self.reduce(id, false);
         }
         self.take_effects();
         self.sync();
@@ -365,7 +380,7 @@ impl ClusterState {
         self.record_attempt(chunk);
         debug!(%chunk, "chunk succeeded");
         if all_done {
-            self.reduce(chunk.job);
+            self.reduce(chunk.job, true);
         }
     }
 
@@ -393,11 +408,33 @@ impl ClusterState {
         }
     }
 
-    fn reduce(&mut self, id: JobId) {
+    /// Merges a job's partial results and ends it; a large merge is left to an
+    /// [`Effect::Reduce`] when `may_defer`.
+    fn reduce(&mut self, id: JobId, may_defer: bool) {
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
-        let state = match job.meta.reducer.reduce(&job.partials()) {
+        let partials = job.partials();
+        let reducer = job.meta.reducer;
+        if may_defer && partials.iter().map(Bytes::len).sum::<usize>() >= REDUCE_OFF_THREAD_BYTES {
+            self.effects.push(Effect::Reduce {
+                job: id,
+                reducer,
+                partials,
+            });
+            return;
+        }
+        let outcome = reducer.reduce(&partials).map_err(|e| e.to_string());
+        self.reduced(id, outcome);
+    }
+
+    /// Ends a job whose chunks all succeeded with its merged result, or fails it with the merge's
+    /// error; nothing changes if the job ended meanwhile (cancelled, or dropped).
+    pub fn reduced(&mut self, id: JobId, outcome: Result<String, String>) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let state = match outcome {
             Ok(result) => JobState::Succeeded {
                 result: Bytes::from(result),
             },
@@ -808,6 +845,56 @@ mod tests {
             "a task error waits the backoff"
         );
         assert_eq!(s.job(job.id).unwrap().counts.pending, 1);
+    }
+
+    #[test]
+    fn a_large_merge_is_left_to_an_effect_and_a_cancel_before_it_ends_wins() {
+        let mut s = state();
+        let w = worker(&mut s, 2);
+        let large = Bytes::from(vec![b'1'; REDUCE_OFF_THREAD_BYTES]);
+        let mut reduces = Vec::new();
+        for cancel in [false, true] {
+            let job = s
+                .submit(
+                    spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
+                    None,
+                )
+                .unwrap();
+            s.dispatch();
+            for (i, (_, chunk)) in assignments(&mut s).into_iter().enumerate() {
+                let result = if i == 0 {
+                    large.clone()
+                } else {
+                    Bytes::from_static(b"2")
+                };
+                s.outcome(
+                    w,
+                    ChunkOutcome {
+                        chunk,
+                        result: Outcome::Succeeded(result),
+                    },
+                );
+            }
+            let effects = s.take_effects();
+            assert!(
+                !effects.iter().any(|e| matches!(e, Effect::JobDone(_))),
+                "the job waits for its merge"
+            );
+            let Some(Effect::Reduce { partials, .. }) = effects
+                .into_iter()
+                .find(|e| matches!(e, Effect::Reduce { job: j, .. } if *j == job.id))
+            else {
+                panic!("no merge asked for");
+            };
+            assert_eq!(partials.len(), 2);
+            assert_eq!(s.job(job.id).unwrap().state.name(), "running");
+            if cancel {
+                s.cancel(job.id).unwrap();
+            }
+            s.reduced(job.id, Ok("3".into()));
+            reduces.push(s.job(job.id).unwrap().state.name());
+        }
+        assert_eq!(reduces, ["succeeded", "cancelled"]);
     }
 
     #[test]
