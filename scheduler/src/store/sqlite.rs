@@ -290,9 +290,9 @@ fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), St
     use std::io::Write;
     let path = dir.join(name);
     let file = std::fs::File::create(&path).map_err(|e| io_error("create", &path, e))?;
-    // Many small payloads are gathered into large writes; a payload larger than the buffer goes
-    // straight through.
-    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    // Many small payloads are gathered into 64 KiB writes; a payload larger than the buffer goes
+    // straight through, without a copy into it (W2's 400 KB chunks: 40 MB less to copy).
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
     for input in inputs {
         out.write_all(input)
             .map_err(|e| io_error("write", &path, e))?;
