@@ -127,7 +127,7 @@ impl Coordinator {
         let Some(reason) = self.state.take_fenced() else {
             return false;
         };
-        warn!(%reason, "another coordinator leads: stopping");
+        warn!(%reason, "stopping");
         self.shutting_down = true;
         for (_, (_, session)) in self.sessions.drain() {
             session.do_send(Evict);

@@ -92,7 +92,8 @@ pub struct ClusterState {
     effects: Vec<Effect>,
     /// Outcomes ignored because they were late or duplicates (for logs and metrics).
     pub ignored_outcomes: u64,
-    /// Set when the store refused a write because another coordinator leads now.
+    /// Why this coordinator must stop: the store refused a write because another coordinator
+    /// leads now, or lost one the coordinator has acted on (its memory and the store differ).
     fenced: Option<String>,
 }
 
@@ -142,15 +143,23 @@ impl ClusterState {
         }
     }
 
-    /// Logs a store failure, and remembers it when it means this coordinator no longer leads.
+    /// Logs a store failure, and remembers it when this coordinator must stop: another one leads
+    /// now, or a write other than a new job's was lost (a restart resumes from what is stored,
+    /// rather than this coordinator going on from what is not).
     fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
         error!(error = %e, "store {what} failed");
-        if e.is_fenced() && self.fenced.is_none() {
+        if self.fenced.is_some() {
+            return;
+        }
+        if e.is_fenced() {
             self.fenced = Some(e.to_string());
+        } else if what != "insert" {
+            self.fenced = Some(format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored"));
         }
     }
 
-    /// The reason this coordinator must stop, if the store said another one leads now.
+    /// The reason this coordinator must stop, if the store said another one leads now or lost a
+    /// write.
     pub fn take_fenced(&mut self) -> Option<String> {
         self.fenced.take()
     }

@@ -49,6 +49,9 @@ pub struct Progress {
     /// The batches of recent transactions that failed (first, last), and why; the oldest are
     /// forgotten past [`Progress::FAILURES_KEPT`].
     pub failed: Vec<(u64, u64, StoreError)>,
+    /// The first batch whose loss the coordinator cannot survive (a result, a job's end), and
+    /// why: no ticket from it on is durable, and the coordinator stops.
+    pub fatal: Option<(u64, StoreError)>,
 }
 
 impl Progress {
@@ -88,12 +91,18 @@ impl Ticket {
         })
     }
 
-    /// Why the transaction holding `batch` failed, if it did.
+    /// Why the transaction holding `batch` failed, if it did, or why no write from an earlier
+    /// one on can be trusted.
     fn hit(p: &Progress, batch: u64) -> Option<&StoreError> {
         p.failed
             .iter()
             .find(|(first, last, _)| (*first..=*last).contains(&batch))
             .map(|(_, _, e)| e)
+            .or(p
+                .fatal
+                .as_ref()
+                .filter(|(b, _)| *b <= batch)
+                .map(|(_, e)| e))
     }
 
     /// Waits until the writes before the ticket are durable; fails when their transaction failed.
@@ -232,4 +241,27 @@ pub trait Store: Send {
     fn failure(&mut self) -> Option<StoreError>;
     /// Reads back everything needed to resume.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_write_fails_its_own_ticket_and_a_fatal_one_every_later_ticket() {
+        let lost = StoreError::Other("disk full".into());
+        let (tx, rx) = tokio::sync::watch::channel(Progress {
+            done: 9,
+            failed: vec![(3, 3, lost.clone())],
+            fatal: Some((6, lost)),
+        });
+        let durable: Vec<bool> = (1..=9)
+            .map(|batch| Ticket::at(batch, rx.clone()).is_durable())
+            .collect();
+        assert_eq!(
+            durable,
+            [true, true, false, true, true, false, false, false, false]
+        );
+        drop(tx);
+    }
 }

@@ -747,6 +747,69 @@ mod tests {
     }
 
     #[test]
+    fn a_job_that_cannot_be_stored_takes_down_only_what_a_restart_tolerates() {
+        let insert = |id: &str, bytes: usize| {
+            Op::Insert(InsertJob {
+                id: id.to_owned(),
+                meta: meta(),
+                created_at: Utc::now().to_rfc3339(),
+                inputs: vec![Bytes::from(vec![b'1'; bytes])],
+                idempotency: None,
+            })
+        };
+        let result = |id: &str| {
+            Op::Write(Pending::Result {
+                job: id.into(),
+                chunk: 0,
+                result: Bytes::from_static(b"1"),
+                ended: Some((1, record(1, true))),
+            })
+        };
+        let start = |id: &str| {
+            Op::Write(Pending::Attempt {
+                job: id.into(),
+                chunk: 0,
+                attempt: 1,
+                record: record(1, false),
+            })
+        };
+        for fatal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+            // The large job's payload file cannot be written.
+            std::fs::remove_dir(&db.payloads).unwrap();
+            std::fs::write(&db.payloads, b"not a directory").unwrap();
+            let (small, large) = (JobId::new().to_string(), JobId::new().to_string());
+            let mut failing = vec![insert(&large, FILE_PAYLOAD_BYTES), start(&large)];
+            if fatal {
+                // A result in the same batch would be lost with the job.
+                failing.push(result(&small));
+            }
+            let batches = vec![
+                vec![insert(&small, 3), start(&small)],
+                failing,
+                vec![result(&small)],
+            ];
+            let (progress, failure) = super::super::writer::run_batches(db, batches);
+            assert_eq!(progress.done, 3);
+            let failed: Vec<(u64, u64)> = progress.failed.iter().map(|f| (f.0, f.1)).collect();
+            assert_eq!(failed, [(2, 2)], "the other batches were written alone");
+            assert_eq!(progress.fatal.map(|f| f.0), fatal.then_some(2));
+            assert_eq!(failure.is_some(), fatal);
+            let payloads = dir.path().join(PAYLOAD_DIR);
+            std::fs::remove_file(&payloads).unwrap();
+            let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+            let snapshot = db.load().unwrap();
+            let ids: Vec<String> = snapshot.jobs.iter().map(|j| j.id.to_string()).collect();
+            assert_eq!(ids, std::slice::from_ref(&small));
+            assert_eq!(
+                snapshot.jobs[0].chunks[0].result.as_deref(),
+                Some(&b"1"[..])
+            );
+        }
+    }
+
+    #[test]
     fn a_checkpoint_beside_the_writer_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();

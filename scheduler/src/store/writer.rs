@@ -114,8 +114,9 @@ fn run<B: Backend>(
     failed: Arc<Mutex<Option<StoreError>>>,
 ) {
     let mut ops: Vec<Op> = Vec::new();
+    // Where each batch in `ops` ends.
+    let mut ends: Vec<usize> = Vec::new();
     let mut waiting: Vec<Reply<()>> = Vec::new();
-    let mut batches = 0u64;
     // Finished jobs whose payloads are still to drop, done only while no write is waiting, and
     // whether a large one is among them.
     let mut finished: Vec<String> = Vec::new();
@@ -162,7 +163,7 @@ fn run<B: Backend>(
             match msg {
                 Msg::Ops(batch) => {
                     ops.extend(batch);
-                    batches += 1;
+                    ends.push(ops.len());
                 }
                 Msg::Sync(reply) => waiting.push(reply),
                 Msg::Load(reply) => {
@@ -174,43 +175,76 @@ fn run<B: Backend>(
                 next = incoming.try_recv().ok();
             }
         }
-        let written = if ops.is_empty() {
-            Ok(())
-        } else {
-            backend.write(&ops)
-        };
-        if written.is_ok() {
-            for op in &ops {
-                match op {
-                    Op::Write(Pending::Finish { job, .. }) => {
-                        finished_large |= large.remove(&**job);
-                        finished.push(job.to_string());
+        let outcomes = write_batches(&mut backend, &ops, &ends);
+        let mut start = 0;
+        for (&end, outcome) in ends.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                for op in &ops[start..end] {
+                    match op {
+                        Op::Write(Pending::Finish { job, .. }) => {
+                            finished_large |= large.remove(&**job);
+                            finished.push(job.to_string());
+                        }
+                        Op::Insert(job)
+                            if job.inputs.iter().map(Bytes::len).sum::<usize>()
+                                >= LARGE_JOB_BYTES =>
+                        {
+                            large.insert(job.id.clone());
+                        }
+                        _ => {}
                     }
-                    Op::Insert(job)
-                        if job.inputs.iter().map(Bytes::len).sum::<usize>() >= LARGE_JOB_BYTES =>
-                    {
-                        large.insert(job.id.clone());
-                    }
-                    _ => {}
                 }
             }
+            start = end;
         }
+        // A failed batch whose loss a restart tolerates: new jobs (their clients are told they
+        // were not accepted) and attempt records. Any other lost write (a result, a job's end)
+        // would leave the coordinator showing what the store does not hold: it must stop.
+        let fatal = ends
+            .iter()
+            .zip(&outcomes)
+            .enumerate()
+            .find_map(|(k, (&end, outcome))| {
+                let first = if k == 0 { 0 } else { ends[k - 1] };
+                let lost = &ops[first..end];
+                let tolerated = lost.iter().any(|op| matches!(op, Op::Insert(_)))
+                    && lost
+                        .iter()
+                        .all(|op| matches!(op, Op::Insert(_) | Op::Write(Pending::Attempt { .. })));
+                match outcome {
+                    Err(e) if !tolerated => Some((k as u64, e.clone())),
+                    _ => None,
+                }
+            });
         ops.clear();
-        let batches = std::mem::take(&mut batches);
+        let written = outcomes
+            .iter()
+            .find(|o| o.is_err())
+            .cloned()
+            .unwrap_or(Ok(()));
         progress.send_modify(|p| {
-            if let Err(e) = &written {
-                p.failed.push((p.done + 1, p.done + batches, e.clone()));
-                if p.failed.len() > Progress::FAILURES_KEPT {
-                    p.failed.remove(0);
+            for (k, outcome) in outcomes.iter().enumerate() {
+                if let Err(e) = outcome {
+                    let batch = p.done + 1 + k as u64;
+                    p.failed.push((batch, batch, e.clone()));
+                    if p.failed.len() > Progress::FAILURES_KEPT {
+                        p.failed.remove(0);
+                    }
                 }
             }
-            p.done += batches;
+            if let (None, Some((k, e))) = (&p.fatal, &fatal) {
+                p.fatal = Some((p.done + 1 + k, e.clone()));
+            }
+            p.done += ends.len() as u64;
         });
+        ends.clear();
         if let Err(e) = &written {
             error!(error = %e, "store write failed");
+        }
+        if let Some((_, e)) = fatal {
             let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
             if slot.is_none() {
-                *slot = Some(e.clone());
+                *slot = Some(e);
             }
         }
         for reply in waiting.drain(..) {
@@ -222,6 +256,62 @@ fn run<B: Backend>(
         busy = true;
         if let Err(e) = backend.after_commit(!large.is_empty()) {
             warn!(error = %e, "store housekeeping failed");
+        }
+    }
+}
+
+/// Runs a writer thread's loop here, over `batches` handed over before it starts (so that it
+/// takes them all in one group); returns what it reported and the failure it left for the
+/// coordinator.
+#[cfg(test)]
+pub(super) fn run_batches<B: Backend>(
+    backend: B,
+    batches: Vec<Vec<Op>>,
+) -> (Progress, Option<StoreError>) {
+    let (queue, incoming) = mpsc::channel();
+    for batch in batches {
+        queue.send(Msg::Ops(batch)).expect("the receiver is here");
+    }
+    drop(queue);
+    let (progress_tx, progress) = watch::channel(Progress::default());
+    let failed = Arc::new(Mutex::new(None));
+    run(backend, progress_tx, incoming, failed.clone());
+    let failure = failed.lock().expect("not poisoned").take();
+    let reported = progress.borrow().clone();
+    (reported, failure)
+}
+
+/// Writes the batches `ops` holds (each ending where `ends` says) in one transaction; if that
+/// fails and there were several, each again in a transaction of its own, so that one write that
+/// cannot be made (a job whose payload file cannot be written, say) does not take the others
+/// down with it. The outcome of each batch, in order.
+fn write_batches<B: Backend>(
+    backend: &mut B,
+    ops: &[Op],
+    ends: &[usize],
+) -> Vec<Result<(), StoreError>> {
+    let together = if ops.is_empty() {
+        Ok(())
+    } else {
+        backend.write(ops)
+    };
+    match together {
+        Ok(()) => vec![Ok(()); ends.len()],
+        Err(e) if ends.len() < 2 => vec![Err(e)],
+        Err(e) => {
+            warn!(error = %e, batches = ends.len(), "a group of writes failed: writing each batch alone");
+            let mut start = 0;
+            ends.iter()
+                .map(|&end| {
+                    let batch = &ops[start..end];
+                    start = end;
+                    if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        backend.write(batch)
+                    }
+                })
+                .collect()
         }
     }
 }
