@@ -205,16 +205,14 @@ fn run<B: Backend>(
             .zip(&outcomes)
             .enumerate()
             .find_map(|(k, (&end, outcome))| {
+                let e = outcome.as_ref().err()?;
                 let first = if k == 0 { 0 } else { ends[k - 1] };
                 let lost = &ops[first..end];
                 let tolerated = lost.iter().any(|op| matches!(op, Op::Insert(_)))
                     && lost
                         .iter()
                         .all(|op| matches!(op, Op::Insert(_) | Op::Write(Pending::Attempt { .. })));
-                match outcome {
-                    Err(e) if !tolerated => Some((k as u64, e.clone())),
-                    _ => None,
-                }
+                (!tolerated).then(|| (k as u64, e.clone()))
             });
         ops.clear();
         let written = outcomes
