@@ -96,7 +96,7 @@ impl Coordinator {
             }
         }
         self.state.flush_store();
-        if self.stop_if_fenced(ctx) {
+        if self.stop_if_told(ctx) {
             return;
         }
         self.arm_timer(ctx, now);
@@ -122,9 +122,10 @@ impl Coordinator {
         }));
     }
 
-    /// Stops everything when the store says another coordinator leads: no further work, no writes.
-    fn stop_if_fenced(&mut self, ctx: &mut Context<Self>) -> bool {
-        let Some(reason) = self.state.take_fenced() else {
+    /// Stops everything when the state says this coordinator must stop (another one leads now, or
+    /// the store lost a write): no further work, no writes.
+    fn stop_if_told(&mut self, ctx: &mut Context<Self>) -> bool {
+        let Some(reason) = self.state.take_stop() else {
             return false;
         };
         warn!(%reason, "stopping");
@@ -184,7 +185,7 @@ impl Handler<Submit> for Coordinator {
             ));
         }
         let submitted = self.state.submit(msg.spec, msg.idempotency);
-        if self.stop_if_fenced(ctx) {
+        if self.stop_if_told(ctx) {
             return Err(ApiError::NotLeader { location: None });
         }
         let submitted = submitted?;

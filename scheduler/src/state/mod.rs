@@ -94,7 +94,7 @@ pub struct ClusterState {
     pub ignored_outcomes: u64,
     /// Why this coordinator must stop: the store refused a write because another coordinator
     /// leads now, or lost one the coordinator has acted on (its memory and the store differ).
-    fenced: Option<String>,
+    stop: Option<String>,
 }
 
 impl ClusterState {
@@ -110,7 +110,7 @@ impl ClusterState {
             policy,
             effects: Vec::new(),
             ignored_outcomes: 0,
-            fenced: None,
+            stop: None,
         }
     }
 
@@ -148,20 +148,20 @@ impl ClusterState {
     /// rather than this coordinator going on from what is not).
     fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
         error!(error = %e, "store {what} failed");
-        if self.fenced.is_some() {
+        if self.stop.is_some() {
             return;
         }
         if e.is_fenced() {
-            self.fenced = Some(e.to_string());
+            self.stop = Some(e.to_string());
         } else if what != "insert" {
-            self.fenced = Some(format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored"));
+            self.stop = Some(format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored"));
         }
     }
 
     /// The reason this coordinator must stop, if the store said another one leads now or lost a
     /// write.
-    pub fn take_fenced(&mut self) -> Option<String> {
-        self.fenced.take()
+    pub fn take_stop(&mut self) -> Option<String> {
+        self.stop.take()
     }
 
     /// Loads everything the store holds: finished jobs for status queries, unfinished jobs with
@@ -470,8 +470,8 @@ impl ClusterState {
         };
         if let Err(e) = self.store.finish_job(id, &end, chrono::Utc::now()) {
             error!(job_id = %id, error = %e, "store job end write failed");
-            if e.is_fenced() && self.fenced.is_none() {
-                self.fenced = Some(e.to_string());
+            if e.is_fenced() && self.stop.is_none() {
+                self.stop = Some(e.to_string());
             }
         }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
