@@ -221,18 +221,27 @@ fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
 /// Merges sorted runs in `shares` shares of the output, each on a thread, into a JSON array.
 fn merge_in_shares(runs: &[Vec<i64>], descending: bool, shares: usize) -> Option<String> {
     let bounds = share_bounds(runs, shares, descending);
-    // Where share `s` starts in `run`: at the first value not before its lower bound.
-    let start = |run: &[i64], s: usize| match s {
-        0 => 0,
-        s if s == shares => run.len(),
-        s => {
-            let bound = bounds[s - 1];
-            run.partition_point(|&v| if descending { v > bound } else { v < bound })
-        }
-    };
+    // Where each share starts in each run: at the first value not before its lower bound, and
+    // never before the previous share's start (a run that is not sorted, which a custom task may
+    // send, is then still cut into pieces that cover it once).
+    let cuts: Vec<Vec<usize>> = runs
+        .iter()
+        .map(|run| {
+            let mut at = vec![0; shares + 1];
+            for s in 1..shares {
+                let bound = bounds[s - 1];
+                let first =
+                    run.partition_point(|&v| if descending { v > bound } else { v < bound });
+                at[s] = first.max(at[s - 1]);
+            }
+            at[shares] = run.len();
+            at
+        })
+        .collect();
     let share = |s: usize| -> Vec<&[i64]> {
         runs.iter()
-            .map(|run| &run[start(run, s)..start(run, s + 1)])
+            .zip(&cuts)
+            .map(|(run, at)| &run[at[s]..at[s + 1]])
             .collect()
     };
     let print = |s: usize| {
@@ -441,6 +450,28 @@ mod tests {
             for shares in [1, 2, 3, 8] {
                 let out = merge_in_shares(&runs, descending, shares).unwrap();
                 assert_eq!(out, expected, "descending: {descending}, {shares} shares");
+            }
+        }
+    }
+
+    #[test]
+    fn runs_that_are_not_sorted_are_merged_whole_in_shares() {
+        let runs: Vec<Vec<i64>> = vec![(0..1000).rev().collect(), vec![5, 1, 9, 3], Vec::new()];
+        let count = |out: &str| -> Vec<i64> {
+            let mut v: Vec<i64> = serde_json::from_str(out).unwrap();
+            v.sort_unstable();
+            v
+        };
+        let mut all = runs.concat();
+        all.sort_unstable();
+        for shares in [1, 2, 3, 8] {
+            for descending in [false, true] {
+                let out = merge_in_shares(&runs, descending, shares).unwrap();
+                assert_eq!(
+                    count(&out),
+                    all,
+                    "{shares} shares, descending: {descending}"
+                );
             }
         }
     }
