@@ -143,19 +143,18 @@ impl ClusterState {
         }
     }
 
-    /// Logs a store failure, and remembers it when this coordinator must stop: another one leads
-    /// now, or a write other than a new job's was lost (a restart resumes from what is stored,
-    /// rather than this coordinator going on from what is not).
+    /// Logs a store failure and remembers that this coordinator must stop: another one leads now,
+    /// or a write was lost (a restart resumes from what is stored, rather than this coordinator
+    /// going on from what is not).
     fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
         error!(error = %e, "store {what} failed");
-        if self.stop.is_some() {
-            return;
-        }
-        if e.is_fenced() {
-            self.stop = Some(e.to_string());
-        } else if what != "insert" {
-            self.stop = Some(format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored"));
-        }
+        self.stop.get_or_insert_with(|| {
+            if e.is_fenced() {
+                e.to_string()
+            } else {
+                format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored")
+            }
+        });
     }
 
     /// The reason this coordinator must stop, if the store said another one leads now or lost a
@@ -276,7 +275,12 @@ impl ClusterState {
                 created_at: job.created_at,
             })
             .map_err(|e| {
-                self.store_failed(&e, "insert");
+                // A job that cannot be stored is refused; the coordinator goes on unless fenced.
+                if e.is_fenced() {
+                    self.store_failed(&e, "insert");
+                } else {
+                    error!(error = %e, "store insert failed");
+                }
                 ApiError::Unavailable(format!("the job was not accepted: {e}"))
             })?;
         let n = job.chunks.len() as u32;

@@ -151,13 +151,13 @@ const COMPACT_ATTEMPT: &str = "a1 ";
 /// finished). One is written as each attempt starts and ends, so this runs twice per chunk:
 /// several times cheaper than the JSON the first files used (still read, see [`attempt`]).
 pub(super) fn encode_attempt(record: &AttemptRecord) -> Result<String, StoreError> {
-    let (Some(started), finished) = (
-        record.started_at.timestamp_nanos_opt(),
-        record.finished_at.map(|t| t.timestamp_nanos_opt()),
-    ) else {
-        return serde_json::to_string(record).map_err(encode_err);
+    // Times past 2262 do not fit: such a record is written as JSON.
+    let finished = match record.finished_at {
+        None => Some(None),
+        Some(t) => t.timestamp_nanos_opt().map(Some),
     };
-    let Some(finished) = finished.map_or(Some(None), |f| f.map(Some)) else {
+    let (Some(started), Some(finished)) = (record.started_at.timestamp_nanos_opt(), finished)
+    else {
         return serde_json::to_string(record).map_err(encode_err);
     };
     let mut out = String::with_capacity(96 + record.worker_name.len());

@@ -102,6 +102,9 @@ struct Sqlite {
     checkpoints: mpsc::SyncSender<Option<mpsc::Sender<()>>>,
 }
 
+/// Copies committed pages from the WAL into the database file, without waiting for readers.
+const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
+
 /// Pages in the WAL past which an idle writer asks for a checkpoint (each checkpoint syncs the
 /// database file, so a few pages are left for later).
 const CHECKPOINT_IDLE_PAGES: usize = 100;
@@ -162,8 +165,7 @@ impl Sqlite {
     /// on the writer's own connection: only when the WAL has grown past [`CHECKPOINT_PAGES`], the
     /// checkpoint thread having fallen behind.
     fn checkpoint(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        self.conn.query_row(CHECKPOINT, [], |_| Ok(()))?;
         self.wal_pages.store(0, Ordering::Relaxed);
         Ok(())
     }
@@ -246,7 +248,7 @@ fn spawn_checkpointer(
         .name("muster-checkpoint".into())
         .spawn(move || {
             while let Ok(done) = rx.recv() {
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                if let Err(e) = conn.query_row(CHECKPOINT, [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL checkpoint failed");
                 }
                 if let Some(done) = done {
