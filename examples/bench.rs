@@ -46,7 +46,6 @@ struct Run {
 struct Cluster {
     coordinator: Coordinator,
     workers: Vec<Proc>,
-    store: String,
 }
 
 impl Cluster {
@@ -60,7 +59,6 @@ impl Cluster {
         let mut cluster = Self {
             coordinator,
             workers: Vec::new(),
-            store: store_arg,
         };
         cluster.add_worker();
         cluster.add_worker();
@@ -98,7 +96,6 @@ fn json_array(values: &[u64]) -> String {
     out
 }
 
-/// Submits a raw body and waits for the result; returns (seconds, result).
 /// Submits a raw body and waits for the result; returns (seconds, result). The clock stops when
 /// the result's last byte has arrived: decoding it is the benchmark client's cost, not Muster's.
 fn timed(api: &Api, body: &str) -> (f64, Value) {
@@ -345,7 +342,14 @@ fn main() {
                     break;
                 }
             }
-            let _ = cluster.as_ref().map(|c| &c.store);
+            if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
+                // Profiling: the coordinator's timed log lines for this workload.
+                for line in cluster.iter().flat_map(|c| c.coordinator.proc.lines()) {
+                    if line.contains("took") {
+                        println!("  | {line}");
+                    }
+                }
+            }
             let correct = runs.iter().all(|r| r.correct);
             for (k, (name, _, unit)) in runs[0].figures.iter().enumerate() {
                 let values: Vec<f64> = runs.iter().map(|r| r.figures[k].1).collect();

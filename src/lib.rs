@@ -59,12 +59,14 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with piped output.
+    /// Spawns `cmd` with piped output, logging at `info` unless `MUSTER_CHILD_LOG` says otherwise.
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+        // `MUSTER_CHILD_LOG` (a `RUST_LOG` filter) shows more of a child's log, e.g. when profiling.
+        let log = std::env::var("MUSTER_CHILD_LOG").unwrap_or_else(|_| "info".into());
+        cmd.env("RUST_LOG", log).env("NO_COLOR", "1");
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));

@@ -8,6 +8,20 @@ use bytes::Bytes;
 
 use crate::packed;
 
+#[cfg(target_arch = "x86_64")]
+mod lanes;
+
+/// Parses plain elements (see [`lanes::plain_elements`]) from `i` on; where it stops, the byte
+/// loop goes on.
+#[cfg(target_arch = "x86_64")]
+use lanes::plain_elements;
+
+/// Without SSE2 every element goes through the byte loop.
+#[cfg(not(target_arch = "x86_64"))]
+fn plain_elements(_: &[u8], i: usize, _: &mut Vec<i64>) -> usize {
+    i
+}
+
 /// Why a text is not an array of 64-bit integers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotInts {
@@ -83,12 +97,23 @@ fn int_at(b: &[u8], mut i: usize) -> Option<(i64, usize)> {
 /// Parses the comma-separated integers of `b` (the inside of an array, or a run of it) into `out`;
 /// on failure, the index within `b` of the element at fault.
 fn parse_run(b: &[u8], out: &mut Vec<i64>) -> Result<(), usize> {
+    parse_run_with(b, out, plain_elements)
+}
+
+/// [`parse_run`], with `fast` taking what elements it can before each one the byte loop reads.
+fn parse_run_with(
+    b: &[u8],
+    out: &mut Vec<i64>,
+    fast: fn(&[u8], usize, &mut Vec<i64>) -> usize,
+) -> Result<(), usize> {
     let first = out.len();
     let mut i = skip_ws(b, 0);
     if i == b.len() {
         return Ok(());
     }
     loop {
+        // Elements the fast path takes end in a comma with no space before the next one.
+        i = skip_ws(b, fast(b, i, out));
         let bad = out.len() - first;
         let (v, next) = int_at(b, i).ok_or(bad)?;
         out.push(v);
@@ -276,6 +301,73 @@ pub fn pack_chunks(
 mod tests {
     use super::*;
     use crate::packed::Packed;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed};
+
+    /// The byte loop alone, to hold the fast path to.
+    fn parse_bytewise(b: &[u8]) -> (Vec<i64>, Result<(), usize>) {
+        let mut out = Vec::new();
+        let result = parse_run_with(b, &mut out, |_, i, _| i);
+        (out, result)
+    }
+
+    fn parse_fast(b: &[u8]) -> (Vec<i64>, Result<(), usize>) {
+        let mut out = Vec::new();
+        let result = parse_run(b, &mut out);
+        (out, result)
+    }
+
+    /// An element: an integer of any length, or now and then one that is not.
+    fn element() -> impl Strategy<Value = String> {
+        prop_oneof![
+            8 => any::<i64>().prop_map(|v| v.to_string()),
+            8 => (0u64..1 << 32).prop_map(|v| v.to_string()),
+            2 => (0usize..20).prop_map(|n| "9".repeat(n + 1)),
+            2 => (0usize..20).prop_map(|n| format!("-1{}", "0".repeat(n))),
+            1 => Just("0".to_owned()),
+            1 => prop_oneof![
+                Just("-0"), Just("00"), Just("-"), Just(""), Just("1.5"), Just("2e3"),
+                Just("x"), Just("\"1\""), Just("--1"), Just("1-"), Just("12345678901234567890"),
+            ].prop_map(str::to_owned),
+        ]
+    }
+
+    /// A separator: mostly a bare comma.
+    fn separator() -> impl Strategy<Value = &'static str> {
+        prop_oneof![12 => Just(","), 1 => Just(", "), 1 => Just(" ,"), 1 => Just(",\n\t")]
+    }
+
+    proptest! {
+        #![proptest_config(Config {
+            cases: 400,
+            rng_seed: RngSeed::Fixed(0x696e_7473),
+            failure_persistence: None,
+            ..Config::default()
+        })]
+
+        #[test]
+        fn the_fast_path_reads_exactly_what_the_byte_loop_reads(
+            pieces in proptest::collection::vec((element(), separator()), 0..120),
+            trailing: bool,
+        ) {
+            let mut text: String = pieces.iter().map(|(e, s)| format!("{e}{s}")).collect();
+            if !trailing {
+                text.truncate(text.trim_end_matches([',', ' ', '\n', '\t']).len());
+            }
+            prop_assert_eq!(parse_fast(text.as_bytes()), parse_bytewise(text.as_bytes()));
+            let array = format!("[{text}]");
+            prop_assert_eq!(
+                parse_ints(array.as_bytes()),
+                serde_json::from_str::<Vec<i64>>(&array).ok()
+            );
+        }
+
+        #[test]
+        fn well_formed_arrays_parse_whole(values in proptest::collection::vec(any::<i64>(), 0..400)) {
+            let text = serde_json::to_string(&values).unwrap_or_default();
+            prop_assert_eq!(parse_ints(text.as_bytes()), Some(values));
+        }
+    }
 
     fn pack_all(text: &str, n: usize) -> Result<Vec<Vec<i64>>, NotInts> {
         pack_chunks(text.as_bytes(), |_| n, false).map(|chunks| {
