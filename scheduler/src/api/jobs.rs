@@ -50,9 +50,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let mut body = declared
-        .and_then(|n| bodies.take(n))
-        .unwrap_or_else(|| BytesMut::with_capacity(declared.unwrap_or(0)));
+    let mut body = bodies.take(declared.unwrap_or(0));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::MalformedJson(format!("cannot read body: {e}")))?;
         if body.len() + chunk.len() > limit {

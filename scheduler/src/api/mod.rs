@@ -52,16 +52,21 @@ impl BodyPool {
     /// How long a spare buffer is kept without use.
     const KEEP_FOR: Duration = Duration::from_secs(10);
 
-    /// The spare buffer, if there is one for a body of `len` bytes.
-    pub fn take(&self, len: usize) -> Option<bytes::BytesMut> {
+    /// A buffer for a body of `len` bytes: the spare one if it is large enough, or a new one with
+    /// an eighth more room for large bodies, so that the next body of about the same size fits
+    /// in it too (room that is never written to costs no memory).
+    pub fn take(&self, len: usize) -> bytes::BytesMut {
         if len < Self::MIN_BYTES {
-            return None;
+            return bytes::BytesMut::with_capacity(len);
         }
         let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
-        if spare.as_ref().is_some_and(|(b, _)| b.capacity() >= len) {
-            return spare.take().map(|(b, _)| b);
+        match spare.take() {
+            Some((buffer, _)) if buffer.capacity() >= len => buffer,
+            other => {
+                *spare = other;
+                bytes::BytesMut::with_capacity(len + len / 8)
+            }
         }
-        None
     }
 
     /// Keeps `buffer` as the spare (unless it is small, or smaller than the spare), and frees it
