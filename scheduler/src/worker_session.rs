@@ -26,22 +26,33 @@ const FRAME_PAYLOAD_BYTES: usize = 1 << 20;
 /// What the writer task sends on the socket, in order.
 #[derive(Debug)]
 pub enum Outgoing {
-    /// A binary frame.
-    Binary(Bytes),
+    /// A frame of messages to encode and send.
+    Frame(Frame<CoordinatorMessage>),
     /// An answer to a ping.
     Pong(Bytes),
     /// Close the connection with this reason; nothing is sent after it.
     Close(Option<CloseReason>),
 }
 
-/// Spawns the task that owns the socket's sending half and writes frames in order.
+/// Spawns the task that owns the socket's sending half and writes frames in order. Frames are
+/// encoded here, one at a time, and after a large one the task steps aside so the connection
+/// writes it out: the worker starts on the first chunks of a large batch while the rest are
+/// still being encoded.
 pub fn spawn_writer(mut session: actix_ws::Session) -> mpsc::UnboundedSender<Outgoing> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     actix_rt::spawn(async move {
         let mut reason = None;
         while let Some(out) = rx.recv().await {
             let sent = match out {
-                Outgoing::Binary(bytes) => session.binary(bytes).await,
+                Outgoing::Frame(frame) => {
+                    let bytes = encode(&frame);
+                    let large = bytes.len() >= FRAME_PAYLOAD_BYTES / 4;
+                    let sent = session.binary(bytes).await;
+                    if large {
+                        tokio::task::yield_now().await;
+                    }
+                    sent
+                }
                 Outgoing::Pong(bytes) => session.pong(&bytes).await,
                 Outgoing::Close(r) => {
                     reason = r;
@@ -121,18 +132,16 @@ impl WorkerSession {
             };
             if !frame.is_empty() && bytes + size > FRAME_PAYLOAD_BYTES {
                 let messages = std::mem::take(&mut frame);
-                let _ = self
-                    .out
-                    .send(Outgoing::Binary(encode(&Frame { worker, messages })));
+                let _ = self.out.send(Outgoing::Frame(Frame { worker, messages }));
                 bytes = 0;
             }
             bytes += size;
             frame.push(message);
         }
-        let _ = self.out.send(Outgoing::Binary(encode(&Frame {
+        let _ = self.out.send(Outgoing::Frame(Frame {
             worker,
             messages: frame,
-        })));
+        }));
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {

@@ -170,10 +170,49 @@ pub enum FailureClass {
 #[error("undecodable frame: {0}")]
 pub struct CodecError(#[from] rmp_serde::decode::Error);
 
-/// Encodes a frame as MessagePack.
-pub fn encode<M: Serialize>(frame: &Frame<M>) -> Bytes {
+/// The bytes a message carries besides its fixed fields (a chunk's input, a partial result), to
+/// size a frame's buffer up front.
+pub trait PayloadLen {
+    /// Payload bytes.
+    fn payload_len(&self) -> usize;
+}
+
+impl PayloadLen for CoordinatorMessage {
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Assign(a) => a.input.len(),
+            _ => 0,
+        }
+    }
+}
+
+impl PayloadLen for WorkerMessage {
+    fn payload_len(&self) -> usize {
+        match self {
+            Self::Outcome(ChunkOutcome {
+                result: Outcome::Succeeded(partial),
+                ..
+            }) => partial.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Encodes a frame as MessagePack, into a buffer sized for it up front (a frame of large
+/// payloads is not copied again and again as its buffer grows).
+pub fn encode<M: Serialize + PayloadLen>(frame: &Frame<M>) -> Bytes {
+    // Fixed fields: ids, names and numbers, well under this per message.
+    const PER_MESSAGE: usize = 128;
+    let room = frame
+        .messages
+        .iter()
+        .map(|m| m.payload_len() + PER_MESSAGE)
+        .sum::<usize>()
+        + PER_MESSAGE;
+    let mut out = Vec::with_capacity(room);
     // Encoding plain data into a Vec cannot fail.
-    Bytes::from(rmp_serde::to_vec(frame).unwrap_or_default())
+    let _ = rmp_serde::encode::write(&mut out, frame);
+    Bytes::from(out)
 }
 
 /// Decodes a frame.
