@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use muster_shared::body::parse_job;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::ints::{pack_chunks, parse_ints};
 use muster_shared::protocol::{decode, encode, Assignment, ChunkRef, CoordinatorMessage, Frame};
@@ -53,6 +54,13 @@ fn ints(c: &mut Criterion) {
     g.bench_function("check, cut into 100 chunks and pack 1M integers", |b| {
         b.iter(|| pack_chunks(black_box(text.as_bytes()), |_| 100, false).map(|c| c.len()))
     });
+    let body = Bytes::from(format!(
+        r#"{{"kind": "sum", "chunks": 100, "input": {text}}}"#
+    ));
+    g.bench_function(
+        "read a job body of 1M integers: locate, check, cut into 100 and pack",
+        |b| b.iter(|| parse_job(black_box(&body), 2).is_ok()),
+    );
     g.bench_function("parse 1M integers from JSON", |b| {
         b.iter(|| parse_ints(black_box(text.as_bytes())).map(|v| v.len()))
     });

@@ -1,14 +1,16 @@
 //! Reading a job request body. The commonest large body is an integer array under `input`; a
 //! generic JSON parser would scan those megabytes once to check them and the integer path would
 //! scan them again to cut them. Here the top-level object is read member by member with
-//! serde_json, but an `input` that starts like an array is only located (up to its first `]`);
-//! [`crate::ints::pack_chunks`] then checks it strictly while it cuts it. Whenever that shortcut
+//! serde_json, but an `input` that starts like an array is only located (up to its first `]`,
+//! counting its commas on the way: [`crate::ints::IntArray`]), and then checked strictly while it
+//! is cut. Whenever that shortcut
 //! does not give a valid job, the body is parsed again the ordinary way, which is what decides
 //! every answer (and every error message).
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::ints::IntArray;
 use crate::job::{JobSpec, RawJob};
 
 /// Why a body is not a job.
@@ -83,9 +85,9 @@ fn scan(body: &Bytes) -> Option<RawJob> {
             _ => {}
         }
         if key == "input" && b.get(i) == Some(&b'[') {
-            let close = i + memchr::memchr(b']', &b[i..])?;
-            int_input = Some(body.slice(i..=close));
-            i = close + 1;
+            let array = IntArray::locate(body, i)?;
+            i += array.text().len();
+            int_input = Some(array);
         } else if key == "chunks" && b.get(i) == Some(&b'[') {
             let (_, len) = value_at::<&RawValue>(&b[i..])?;
             i += len;
@@ -140,7 +142,10 @@ mod tests {
     fn an_integer_input_is_found_and_cut_without_the_generic_parser() {
         let body = r#" { "kind" : "sum", "input" : [1, 2, 3, 4] , "chunks": 2 } "#;
         let raw = scan(&Bytes::copy_from_slice(body.as_bytes())).expect("fast path");
-        assert_eq!(raw.int_input.as_deref(), Some(&b"[1, 2, 3, 4]"[..]));
+        assert_eq!(
+            raw.int_input.as_ref().map(IntArray::text),
+            Some(&b"[1, 2, 3, 4]"[..])
+        );
         assert_eq!(raw.kind.as_deref(), Some("sum"));
         assert_eq!(chunks(body), vec![vec![1, 2], vec![3, 4]]);
     }

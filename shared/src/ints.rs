@@ -270,8 +270,95 @@ fn pack_cuts(
     Ok(done.into_iter().filter_map(|(_, r)| r.ok()).collect())
 }
 
-/// Arrays at least this large are cut on several threads.
+/// Arrays at least this large are located and cut on several threads.
 const PARALLEL_BYTES: usize = 4 << 20;
+
+/// Threads for an array text of `bytes` bytes, and at most `most`.
+fn threads_for(bytes: usize, most: usize) -> usize {
+    if bytes < PARALLEL_BYTES {
+        return 1;
+    }
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .clamp(1, 4)
+        .min(most)
+        .max(1)
+}
+
+/// The text of an array that starts a body's member, found by its first `]` (an integer array
+/// holds none before its end), with its commas counted per block on the same pass, on several
+/// threads when it is large. Whether it really is an array of integers is only known once it is
+/// cut ([`IntArray::pack_chunks`]).
+#[derive(Debug, Clone)]
+pub struct IntArray {
+    /// From `[` to `]`, both included.
+    text: Bytes,
+    /// Commas per block of the inside.
+    counts: Vec<usize>,
+}
+
+impl IntArray {
+    /// The array that opens at `body[open]` (a `[`), or `None` when no `]` closes it.
+    pub fn locate(body: &Bytes, open: usize) -> Option<Self> {
+        let from = open + 1;
+        let rest = body.get(from..)?;
+        let blocks = rest.len().div_ceil(COUNT_BLOCK);
+        let threads = threads_for(rest.len(), blocks);
+        // Each thread takes a run of blocks and stops at the first `]` in them.
+        let per = blocks.div_ceil(threads.max(1)).max(1);
+        let scan = |first: usize| {
+            let mut counts = Vec::new();
+            for block in rest.chunks(COUNT_BLOCK).skip(first).take(per) {
+                match memchr::memchr(b']', block) {
+                    Some(at) => {
+                        counts.push(memchr::memchr_iter(b',', &block[..at]).count());
+                        return (counts, Some(at));
+                    }
+                    None => counts.push(memchr::memchr_iter(b',', block).count()),
+                }
+            }
+            (counts, None)
+        };
+        let runs: Vec<(Vec<usize>, Option<usize>)> = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads)
+                .map(|k| scope.spawn(move || scan(k * per)))
+                .collect();
+            let mut runs = vec![scan(0)];
+            for helper in helpers {
+                // A panic while counting is a bug; the ordinary parse then reads the body.
+                runs.push(helper.join().ok()?);
+            }
+            Some(runs)
+        })?;
+        let mut counts = Vec::with_capacity(blocks);
+        for (run, close) in runs {
+            counts.extend(run);
+            if let Some(at) = close {
+                let close = from + (counts.len() - 1) * COUNT_BLOCK + at;
+                return Some(Self {
+                    text: body.slice(open..=close),
+                    counts,
+                });
+            }
+        }
+        None
+    }
+
+    /// The array's text, `[` to `]`.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// [`pack_chunks`] for this array, with its commas already counted.
+    pub fn pack_chunks(
+        &self,
+        chunks: impl FnOnce(usize) -> usize,
+        descending: bool,
+    ) -> Result<Vec<Bytes>, NotInts> {
+        let inside = &self.text[1..self.text.len() - 1];
+        pack_counted(inside, &self.counts, chunks, descending)
+    }
+}
 
 /// Checks that `text` is a JSON array of 64-bit integers, cuts it into `chunks(len)` near-equal
 /// contiguous runs and packs each one, in a single pass over the text.
@@ -281,19 +368,20 @@ pub fn pack_chunks(
     descending: bool,
 ) -> Result<Vec<Bytes>, NotInts> {
     let body = inside(text)?;
-    let counts = comma_counts(body);
+    pack_counted(body, &comma_counts(body), chunks, descending)
+}
+
+/// Cuts and packs the inside of an array (`counts`: its commas per block).
+fn pack_counted(
+    body: &[u8],
+    counts: &[usize],
+    chunks: impl FnOnce(usize) -> usize,
+    descending: bool,
+) -> Result<Vec<Bytes>, NotInts> {
     let len = element_count(body, counts.iter().sum());
     let n = chunks(len).clamp(1, len.max(1));
-    let cuts = cuts(body, &counts, len, n);
-    let threads = if body.len() >= PARALLEL_BYTES {
-        std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, 4)
-            .min(n)
-    } else {
-        1
-    };
-    let packed = pack_cuts(body, &cuts, descending, threads);
+    let cuts = cuts(body, counts, len, n);
+    let packed = pack_cuts(body, &cuts, descending, threads_for(body.len(), n));
     packed.map_err(|index| NotInts::Element { index })
 }
 
@@ -483,6 +571,29 @@ mod tests {
             assert!(hi - lo <= 1, "n = {n}: {sizes:?}");
             assert_eq!(chunks.concat(), values, "n = {n}");
         }
+    }
+
+    #[test]
+    fn arrays_located_in_a_body_cut_as_the_text_alone_does() {
+        // Small and large (located on several threads) arrays, with members after them.
+        for n in [0usize, 1, 7, 1000, 600_000] {
+            let values: Vec<i64> = (0..n as i64).map(|v| v * 7919 - 3).collect();
+            let array = serde_json::to_string(&values).unwrap_or_default();
+            let body = Bytes::from(format!(r#"{{"input": {array}, "after": [1, [2]]}}"#));
+            let open = body.iter().position(|&c| c == b'[').unwrap_or_default();
+            let located = IntArray::locate(&body, open).expect("closed");
+            assert_eq!(located.text(), array.as_bytes(), "n = {n}");
+            for chunks in [1, 3, 100] {
+                assert_eq!(
+                    located.pack_chunks(|_| chunks, false),
+                    pack_chunks(array.as_bytes(), |_| chunks, false),
+                    "n = {n}, {chunks} chunks"
+                );
+            }
+        }
+        let open_only = Bytes::from(format!("[{}", "1,".repeat(3_000_000)));
+        assert!(IntArray::locate(&open_only, 0).is_none());
+        assert!(IntArray::locate(&Bytes::from_static(b"[1, 2"), 0).is_none());
     }
 
     #[test]

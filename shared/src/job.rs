@@ -44,7 +44,7 @@ pub struct RawJob {
     /// The text of an `input` that looked like an integer array, found without parsing it (see
     /// [`crate::body`]); used instead of `input` when set.
     #[serde(skip)]
-    pub int_input: Option<Bytes>,
+    pub int_input: Option<crate::ints::IntArray>,
     /// The text of a `chunks` array, as a slice of the request body (see [`crate::body`]); used
     /// instead of `chunks` when set, so that chunk payloads share the body's buffer.
     #[serde(skip)]
@@ -337,7 +337,7 @@ impl RawJob {
             (None, None) => Chunking::Auto,
         };
         let text: &[u8] = match (&self.int_input, &input) {
-            (Some(ints), _) => ints,
+            (Some(ints), _) => ints.text(),
             (None, Some(raw)) => raw.get().as_bytes(),
             (None, None) => {
                 return Err(invalid(format!("missing `input` for kind {}", kind.name())))
@@ -345,8 +345,11 @@ impl RawJob {
         };
         let descending = matches!(kind, Kind::Sort { descending: true });
         if matches!(kind, Kind::Sum | Kind::Sort { .. }) {
-            let packed =
-                crate::ints::pack_chunks(text, |len| chunk_count(len, chunking, slots), descending);
+            let count = |len| chunk_count(len, chunking, slots);
+            let packed = match &self.int_input {
+                Some(ints) => ints.pack_chunks(count, descending),
+                None => crate::ints::pack_chunks(text, count, descending),
+            };
             if let Ok(chunks) = packed {
                 return Ok(Work::Builtin { kind, chunks });
             }

@@ -290,6 +290,7 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
 /// Writes payloads to a new file in `dir` and makes it durable (its data and its name).
 fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
     use std::io::Write;
+    let started = std::time::Instant::now();
     let path = dir.join(name);
     let file = std::fs::File::create(&path).map_err(|e| io_error("create", &path, e))?;
     // Many small payloads are gathered into 64 KiB writes; a payload larger than the buffer goes
@@ -302,10 +303,14 @@ fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), St
     let file = out
         .into_inner()
         .map_err(|e| io_error("write", &path, e.into_error()))?;
+    let written = started.elapsed();
     file.sync_data().map_err(|e| io_error("sync", &path, e))?;
+    let synced = started.elapsed();
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync", dir, e))
+        .map_err(|e| io_error("sync", dir, e))?;
+    tracing::debug!(?written, ?synced, took = ?started.elapsed(), "payload file written");
+    Ok(())
 }
 
 /// Writes a job's chunk payloads in one row: into it when small, otherwise into a file of their
