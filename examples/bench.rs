@@ -49,13 +49,14 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(store: &str, pg: &mut Option<Postgres>) -> Self {
+    /// A coordinator on `store` with two workers; `log`: the coordinator's `RUST_LOG` filter.
+    fn start(store: &str, pg: &mut Option<Postgres>, log: Option<&str>) -> Self {
         let store_arg = match store {
             "postgres" => pg.get_or_insert_with(Postgres::start).url(),
             other => other.to_owned(),
         };
-        let coordinator =
-            Coordinator::start_with(&["--store", &store_arg, "--max-body-bytes", "400000000"]);
+        let args = ["--store", &store_arg, "--max-body-bytes", "400000000"];
+        let coordinator = Coordinator::start_logging(&args, log);
         let mut cluster = Self {
             coordinator,
             workers: Vec::new(),
@@ -123,7 +124,7 @@ fn timed(api: &Api, body: &str) -> (f64, Value) {
 
 fn w0(store: &str, pg: &mut Option<Postgres>) -> Run {
     let start = Instant::now();
-    let cluster = Cluster::start(store, pg);
+    let cluster = Cluster::start(store, pg, None);
     let answer = cluster.api().call(
         "POST",
         "/v1/jobs",
@@ -192,33 +193,35 @@ fn w3(cluster: &Cluster, seed: u64) -> Run {
     }
 }
 
+/// What the coordinator logs (at debug level, see [`W4_LOG`]) as each chunk succeeds.
+const CHUNK_SUCCEEDED: &str = "chunk succeeded";
+/// W4's coordinator logs each chunk's success, so that the benchmark can kill a worker once 30 %
+/// of the chunks are done: a client cannot see a job's progress before its 201, and by then the
+/// chunks, which start as soon as the job is accepted, are mostly done.
+const W4_LOG: &str = "info,muster_scheduler::state=debug";
+
 fn w4(cluster: &mut Cluster, seed: u64) -> Run {
     let (body, expected) = w2_body(seed);
     let api = cluster.api();
-    let start = Instant::now();
-    let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
-    assert_eq!(answer.status, 201, "{:?}", answer.body);
-    let id = answer.body["id"].as_str().expect("id").to_owned();
-    // Kill a worker once about 30% of the chunks are done; start a fresh one a second later.
-    let mut killed_at = None;
-    loop {
-        let status = api.status(&id);
-        if status["chunks"]["succeeded"].as_u64() >= Some(30)
-            || status["status"] != "running" && status["status"] != "queued"
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    if let Some(victim) = cluster.workers.first() {
-        victim.signal("KILL");
-        killed_at = Some(Instant::now());
-    }
-    let result = api.result(&id);
-    let secs = start.elapsed().as_secs_f64();
-    if let Some(at) = killed_at {
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(at.elapsed()));
-    }
+    let log = &cluster.coordinator.proc;
+    let done_before = log
+        .lines()
+        .iter()
+        .filter(|l| l.contains(CHUNK_SUCCEEDED))
+        .count();
+    let victim = cluster.workers.first().expect("a worker");
+    let (secs, result, killed_at) = std::thread::scope(|scope| {
+        // Kill a worker once 30 of the 100 chunks are done.
+        let killer = scope.spawn(|| {
+            log.wait_for_nth(CHUNK_SUCCEEDED, done_before + 30);
+            victim.signal("KILL");
+            Instant::now()
+        });
+        let (secs, result) = timed(&api, &body);
+        (secs, result, killer.join().expect("killer thread"))
+    });
+    // A fresh worker a second after the kill.
+    std::thread::sleep(Duration::from_secs(1).saturating_sub(killed_at.elapsed()));
     cluster.workers.remove(0);
     cluster.add_worker();
     Run {
@@ -323,7 +326,8 @@ fn main() {
     for workload in &args.workload {
         for store in &args.store {
             let mut runs = Vec::new();
-            let mut cluster = (workload != "W0").then(|| Cluster::start(store, &mut pg));
+            let log = (workload == "W4").then_some(W4_LOG);
+            let mut cluster = (workload != "W0").then(|| Cluster::start(store, &mut pg, log));
             for i in 0..args.runs {
                 let seed = i as u64;
                 let run = match (workload.as_str(), cluster.as_mut()) {

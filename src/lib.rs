@@ -59,14 +59,19 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Spawns `cmd` with piped output, logging at `info` unless `MUSTER_CHILD_LOG` says otherwise.
+    /// Spawns `cmd` with piped output, logging at `info` unless `MUSTER_CHILD_LOG` or the
+    /// command's own `RUST_LOG` says otherwise.
     pub fn spawn(name: &str, mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        // `MUSTER_CHILD_LOG` (a `RUST_LOG` filter) shows more of a child's log, e.g. when profiling.
-        let log = std::env::var("MUSTER_CHILD_LOG").unwrap_or_else(|_| "info".into());
-        cmd.env("RUST_LOG", log).env("NO_COLOR", "1");
+        if !cmd.get_envs().any(|(key, _)| key == "RUST_LOG") {
+            // `MUSTER_CHILD_LOG` (a `RUST_LOG` filter) shows more of a child's log, e.g. when
+            // profiling.
+            let log = std::env::var("MUSTER_CHILD_LOG").unwrap_or_else(|_| "info".into());
+            cmd.env("RUST_LOG", log);
+        }
+        cmd.env("NO_COLOR", "1");
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
@@ -195,19 +200,27 @@ impl Coordinator {
     /// Starts `muster serve` on an ephemeral port with the test tokens and exactly `args` (no
     /// shortened timings): what benchmarks use.
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_logging(args, None)
+    }
+
+    /// [`Coordinator::start_with`], logging with the `RUST_LOG` filter `log` when given.
+    pub fn start_logging(args: &[&str], log: Option<&str>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let proc = Self::spawn(dir.path(), "127.0.0.1:0", args);
+        let proc = Self::spawn(dir.path(), "127.0.0.1:0", args, log);
         let url = listening_url(&proc);
         Self { proc, url, dir }
     }
 
-    fn spawn(dir: &Path, bind: &str, extra: &[&str]) -> Proc {
+    fn spawn(dir: &Path, bind: &str, extra: &[&str], log: Option<&str>) -> Proc {
         let mut cmd = Command::new(bin("muster"));
         cmd.args(["serve", "--bind", bind, "--data-dir"])
             .arg(dir)
             .args(extra)
             .env("MUSTER_CLIENT_TOKEN", CLIENT_TOKEN)
             .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN);
+        if let Some(log) = log {
+            cmd.env("RUST_LOG", log);
+        }
         Proc::spawn("coordinator", cmd)
     }
 
@@ -219,7 +232,7 @@ impl Coordinator {
         let bind = self.url.trim_start_matches("http://").to_owned();
         let mut args = vec!["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
         args.extend_from_slice(extra);
-        self.proc = Self::spawn(self.dir.path(), &bind, &args);
+        self.proc = Self::spawn(self.dir.path(), &bind, &args, None);
         assert_eq!(listening_url(&self.proc), self.url);
     }
 
