@@ -101,7 +101,7 @@ fn json_array(values: &[u64]) -> String {
 /// the result's last byte has arrived: decoding it is the benchmark client's cost, not Muster's.
 fn timed(api: &Api, body: &str) -> (f64, Value) {
     let start = Instant::now();
-    let (status, answer) = api.call_bytes("POST", "/v1/jobs", Some(body));
+    let (status, answer) = api.post_whole("/v1/jobs", body.as_bytes());
     let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
     assert_eq!(status, 201, "{answer:?}");
     let id = answer["id"].as_str().expect("id").to_owned();
@@ -310,6 +310,14 @@ fn s1(cluster: &Cluster, workers: u32, chunks: usize) -> Run {
     }
 }
 
+/// Flushes every file system (`sync`), so that writes left by one workload are not paid by the
+/// next.
+fn settle_disk() {
+    if let Err(e) = std::process::Command::new("sync").status() {
+        eprintln!("cannot run sync: {e}");
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -354,6 +362,10 @@ fn main() {
                     }
                 }
             }
+            // The cluster's data dir goes, and the disk finishes with it (freeing a WAL of many
+            // megabytes can stall the next workload's syncs) before the next workload starts.
+            drop(cluster);
+            settle_disk();
             let correct = runs.iter().all(|r| r.correct);
             for (k, (name, _, unit)) in runs[0].figures.iter().enumerate() {
                 let values: Vec<f64> = runs.iter().map(|r| r.figures[k].1).collect();
