@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_rt::net::TcpStream;
 use actix_rt::time::{interval, sleep_until, Instant};
+use actix_tls::connect::{ConnectError, ConnectInfo, Connection, Connector, Resolver};
 use awc::error::WsClientError;
+use awc::http::Uri;
 use awc::ws;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -55,6 +58,25 @@ pub(crate) enum SessionEnd {
 }
 
 type Socket = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// Connects with `TCP_NODELAY` set: a worker's frames are often small and back to back (an
+/// outcome, then a capacity change), and Nagle's algorithm held the second one back until the
+/// coordinator acknowledged the first, which a delayed acknowledgement made 40 ms.
+fn nodelay_connector() -> impl actix_service::Service<
+    ConnectInfo<Uri>,
+    Response = Connection<Uri, TcpStream>,
+    Error = ConnectError,
+> + Clone {
+    use actix_service::ServiceExt;
+    Connector::new(Resolver::default())
+        .service()
+        .map(|connection: Connection<Uri, TcpStream>| {
+            if let Err(e) = connection.io_ref().set_nodelay(true) {
+                warn!(error = %e, "cannot set TCP_NODELAY on the connection to the coordinator");
+            }
+            connection
+        })
+}
 
 /// State that outlives one connection.
 pub(crate) struct Worker {
@@ -120,6 +142,7 @@ impl Worker {
     async fn connect(&mut self, base: &str) -> Result<Socket, SessionEnd> {
         let url = format!("{}/v1/workers/connect", base.trim_end_matches('/'));
         let client = awc::Client::builder()
+            .connector(awc::Connector::new().connector(nodelay_connector()))
             .timeout(Duration::from_secs(10))
             .finish();
         let mut request = client
