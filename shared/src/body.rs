@@ -3,9 +3,8 @@
 //! scan them again to cut them. Here the top-level object is read member by member with
 //! serde_json, but an `input` that starts like an array is only located (up to its first `]`,
 //! counting its commas on the way: [`crate::ints::IntArray`]), and then checked strictly while it
-//! is cut. Whenever that shortcut
-//! does not give a valid job, the body is parsed again the ordinary way, which is what decides
-//! every answer (and every error message).
+//! is cut. Whenever that shortcut does not give a valid job, the body is parsed again the ordinary
+//! way, which is what decides every answer (and every error message).
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

@@ -97,6 +97,18 @@ pub struct ClusterState {
     stop: Option<String>,
 }
 
+/// [`ClusterState::store_failed`] on the stop reason alone (for callers holding a job).
+fn stop_for(stop: &mut Option<String>, e: &crate::store::StoreError, what: &str) {
+    error!(error = %e, "store {what} failed");
+    stop.get_or_insert_with(|| {
+        if e.is_fenced() {
+            e.to_string()
+        } else {
+            format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored")
+        }
+    });
+}
+
 impl ClusterState {
     /// Empty state over a store.
     pub fn new(store: Box<dyn Store>, policy: Policy) -> Self {
@@ -147,14 +159,7 @@ impl ClusterState {
     /// or a write was lost (a restart resumes from what is stored, rather than this coordinator
     /// going on from what is not).
     fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
-        error!(error = %e, "store {what} failed");
-        self.stop.get_or_insert_with(|| {
-            if e.is_fenced() {
-                e.to_string()
-            } else {
-                format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored")
-            }
-        });
+        stop_for(&mut self.stop, e, what);
     }
 
     /// The reason this coordinator must stop, if the store said another one leads now or lost a
@@ -473,10 +478,7 @@ impl ClusterState {
             _ => JobEnd::Cancelled,
         };
         if let Err(e) = self.store.finish_job(id, &end, chrono::Utc::now()) {
-            error!(job_id = %id, error = %e, "store job end write failed");
-            if e.is_fenced() && self.stop.is_none() {
-                self.stop = Some(e.to_string());
-            }
+            stop_for(&mut self.stop, &e, "job end write");
         }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
         for chunk in job.chunks.iter_mut() {

@@ -176,10 +176,9 @@ fn run<B: Backend>(
             }
         }
         let outcomes = write_batches(&mut backend, &ops, &ends);
-        let mut start = 0;
-        for (&end, outcome) in ends.iter().zip(&outcomes) {
+        for (batch, outcome) in batches(&ops, &ends).zip(&outcomes) {
             if outcome.is_ok() {
-                for op in &ops[start..end] {
+                for op in batch {
                     match op {
                         Op::Write(Pending::Finish { job, .. }) => {
                             finished_large |= large.remove(&**job);
@@ -195,25 +194,22 @@ fn run<B: Backend>(
                     }
                 }
             }
-            start = end;
         }
         // A failed batch whose loss a restart tolerates: new jobs (their clients are told they
         // were not accepted) and attempt records. Any other lost write (a result, a job's end)
         // would leave the coordinator showing what the store does not hold: it must stop.
-        let fatal = ends
-            .iter()
-            .zip(&outcomes)
-            .enumerate()
-            .find_map(|(k, (&end, outcome))| {
-                let e = outcome.as_ref().err()?;
-                let first = if k == 0 { 0 } else { ends[k - 1] };
-                let lost = &ops[first..end];
-                let tolerated = lost.iter().any(|op| matches!(op, Op::Insert(_)))
-                    && lost
-                        .iter()
-                        .all(|op| matches!(op, Op::Insert(_) | Op::Write(Pending::Attempt { .. })));
-                (!tolerated).then(|| (k as u64, e.clone()))
-            });
+        let fatal =
+            batches(&ops, &ends)
+                .zip(&outcomes)
+                .enumerate()
+                .find_map(|(k, (lost, outcome))| {
+                    let e = outcome.as_ref().err()?;
+                    let tolerated = lost.iter().any(|op| matches!(op, Op::Insert(_)))
+                        && lost.iter().all(|op| {
+                            matches!(op, Op::Insert(_) | Op::Write(Pending::Attempt { .. }))
+                        });
+                    (!tolerated).then(|| (k as u64, e.clone()))
+                });
         ops.clear();
         let written = outcomes
             .iter()
@@ -298,11 +294,8 @@ fn write_batches<B: Backend>(
         Err(e) if ends.len() < 2 => vec![Err(e)],
         Err(e) => {
             warn!(error = %e, batches = ends.len(), "a group of writes failed: writing each batch alone");
-            let mut start = 0;
-            ends.iter()
-                .map(|&end| {
-                    let batch = &ops[start..end];
-                    start = end;
+            batches(ops, ends)
+                .map(|batch| {
                     if batch.is_empty() {
                         Ok(())
                     } else {
@@ -312,6 +305,12 @@ fn write_batches<B: Backend>(
                 .collect()
         }
     }
+}
+
+/// The batches `ops` holds, each ending where `ends` says.
+fn batches<'a>(ops: &'a [Op], ends: &'a [usize]) -> impl Iterator<Item = &'a [Op]> + 'a {
+    let starts = std::iter::once(0).chain(ends.iter().copied());
+    starts.zip(ends).map(move |(start, &end)| &ops[start..end])
 }
 
 /// Drops the payloads of these finished jobs, if any.
