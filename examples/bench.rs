@@ -105,6 +105,7 @@ fn timed(api: &Api, body: &str) -> (f64, Value) {
     let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
     assert_eq!(status, 201, "{answer:?}");
     let id = answer["id"].as_str().expect("id").to_owned();
+    let posted = start.elapsed();
     let deadline = Instant::now() + Duration::from_secs(600);
     let bytes = loop {
         let (status, bytes) = api.call_bytes("GET", &format!("/v1/jobs/{id}/result?wait=30"), None);
@@ -118,6 +119,9 @@ fn timed(api: &Api, body: &str) -> (f64, Value) {
         );
     };
     let secs = start.elapsed().as_secs_f64();
+    if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
+        println!("  client: 201 after {posted:?}, result after {secs:.4} s");
+    }
     let result: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (secs, result["result"].clone())
 }
@@ -355,9 +359,12 @@ fn main() {
                 }
             }
             if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
-                // Profiling: the coordinator's timed log lines for this workload.
+                // Profiling: the coordinator's timed log lines and each job's start and end.
                 for line in cluster.iter().flat_map(|c| c.coordinator.proc.lines()) {
-                    if line.contains("took") {
+                    if ["took", "job accepted", "job finished"]
+                        .iter()
+                        .any(|s| line.contains(s))
+                    {
                         println!("  | {line}");
                     }
                 }

@@ -64,6 +64,12 @@ fn ints(c: &mut Criterion) {
     g.bench_function("parse 1M integers from JSON", |b| {
         b.iter(|| parse_ints(black_box(text.as_bytes())).map(|v| v.len()))
     });
+    // As Python's `json.dumps` writes arrays by default.
+    let spaced = text.replace(',', ", ");
+    g.throughput(Throughput::Bytes(spaced.len() as u64));
+    g.bench_function("check, cut and pack 1M integers separated by \", \"", |b| {
+        b.iter(|| pack_chunks(black_box(spaced.as_bytes()), |_| 100, false).map(|c| c.len()))
+    });
     g.finish();
 }
 

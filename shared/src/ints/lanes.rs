@@ -61,7 +61,8 @@ fn value(window: &[u8; 16], len: usize) -> u64 {
 }
 
 /// Parses elements from `i` (the start of one) into `out` while each is an optionally negative
-/// integer of at most 16 digits, in JSON's form, followed right away by a comma; returns the index
+/// integer of at most 16 digits, in JSON's form, after at most one space and followed right away
+/// by a comma; returns the index
 /// of the first element it did not take (the scalar parser goes on from there).
 pub(super) fn plain_elements(b: &[u8], mut i: usize, out: &mut Vec<i64>) -> usize {
     while let Some(block) = b.get(i..i + 64).and_then(|s| <&[u8; 64]>::try_from(s).ok()) {
@@ -71,8 +72,10 @@ pub(super) fn plain_elements(b: &[u8], mut i: usize, out: &mut Vec<i64>) -> usiz
         while commas != 0 {
             let end = commas.trailing_zeros() as usize;
             commas &= commas - 1;
-            let negative = block[start] == b'-';
-            let first = start + usize::from(negative);
+            // One space after the comma, as `json.dumps` and many other writers put there.
+            let spaced = usize::from(block[start] == b' ');
+            let negative = block[start + spaced] == b'-';
+            let first = start + spaced + usize::from(negative);
             let len = end.wrapping_sub(first);
             // Empty, too long, or a leading zero (or `-0`): the scalar parser decides.
             if len == 0 || len > 16 || (block[first] == b'0' && (len > 1 || negative)) {
