@@ -359,11 +359,18 @@ fn main() {
                 }
             }
             if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
-                // Profiling: the coordinator's timed log lines and each job's start and end.
+                // Profiling: the coordinator's timed log lines, each job's start and end, lost workers
+                // and their failed attempts.
                 for line in cluster.iter().flat_map(|c| c.coordinator.proc.lines()) {
-                    if ["took", "job accepted", "job finished"]
-                        .iter()
-                        .any(|s| line.contains(s))
+                    if [
+                        "took",
+                        "job accepted",
+                        "job finished",
+                        "attempt failed",
+                        "connection ended",
+                    ]
+                    .iter()
+                    .any(|s| line.contains(s))
                     {
                         println!("  | {line}");
                     }

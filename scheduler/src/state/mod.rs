@@ -337,7 +337,7 @@ impl ClusterState {
             return;
         };
         warn!(worker = %id, name = %entry.name, %reason, running = entry.running.len(), "worker lost");
-        for chunk in entry.running {
+        for chunk in entry.running.into_keys() {
             if self.is_current(chunk, id) {
                 self.fail_attempt(chunk, reason.clone());
             }
@@ -648,7 +648,8 @@ impl ClusterState {
             chunk: index,
             attempt,
         };
-        self.workers.occupy(worker, chunk);
+        let bytes = job.chunk(index).map_or(0, |c| c.input.len() as u64);
+        self.workers.occupy(worker, chunk, bytes);
         if let Some(ChunkState::Running {
             deadline: Some(at), ..
         }) = job.chunk(index).map(|c| &c.state)

@@ -1,6 +1,12 @@
 //! The coordinator's view of connected workers: capacity, what they run, what they can run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// Payload bytes of assigned, unfinished chunks past which a worker gets no more than its slots
+/// can run: its queue stays a few milliseconds of transfer deep however large the chunks, so that
+/// a worker lost with a full queue leaves little to send again, and the rest of a job goes to
+/// whichever worker frees room first.
+pub const MAX_QUEUED_BYTES: u64 = 8 << 20;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -30,8 +36,10 @@ pub struct WorkerEntry {
     pub labels: BTreeMap<String, String>,
     /// True once it announced shutdown: it gets no new chunks.
     pub draining: bool,
-    /// Attempts it runs now.
-    pub running: HashSet<ChunkRef>,
+    /// Attempts it runs or holds queued now, with their payload sizes.
+    pub running: HashMap<ChunkRef, u64>,
+    /// Sum of the payload sizes in `running`.
+    pub running_bytes: u64,
     /// When it registered.
     pub connected_at: DateTime<Utc>,
     /// When it was last heard from.
@@ -42,7 +50,7 @@ impl WorkerEntry {
     /// A freshly registered worker.
     pub fn new(id: WorkerId, hello: Hello, address: String) -> Self {
         let now = Utc::now();
-        let running = hello.running.into_iter().collect();
+        let running = hello.running.into_iter().map(|c| (c, 0)).collect();
         Self {
             id,
             name: hello.name.into(),
@@ -53,14 +61,20 @@ impl WorkerEntry {
             labels: hello.labels,
             draining: false,
             running,
+            running_bytes: 0,
             connected_at: now,
             last_heartbeat: now,
         }
     }
 
-    /// Chunks it can still take: free slots plus room in its prefetch queue.
+    /// Chunks it can still take: free slots plus room in its prefetch queue, none beyond its
+    /// slots once it holds [`MAX_QUEUED_BYTES`] of payloads.
     pub fn free(&self) -> u32 {
-        (self.slots + self.prefetch).saturating_sub(self.running.len() as u32)
+        let held = self.running.len() as u32;
+        if held >= self.slots && self.running_bytes >= MAX_QUEUED_BYTES {
+            return 0;
+        }
+        (self.slots + self.prefetch).saturating_sub(held)
     }
 
     /// True when the worker could ever run this job's chunks (task and labels), busy or not.
@@ -203,17 +217,22 @@ impl Workers {
         }
     }
 
-    /// The worker now runs (or holds) this attempt.
-    pub fn occupy(&mut self, id: WorkerId, chunk: ChunkRef) {
+    /// The worker now runs (or holds) this attempt, whose payload is `bytes` long.
+    pub fn occupy(&mut self, id: WorkerId, chunk: ChunkRef, bytes: u64) {
         self.update(id, |w| {
-            w.running.insert(chunk);
+            if let Some(old) = w.running.insert(chunk, bytes) {
+                w.running_bytes -= old;
+            }
+            w.running_bytes += bytes;
         });
     }
 
     /// The worker no longer runs this attempt.
     pub fn release(&mut self, id: WorkerId, chunk: &ChunkRef) {
         self.update(id, |w| {
-            w.running.remove(chunk);
+            if let Some(bytes) = w.running.remove(chunk) {
+                w.running_bytes -= bytes;
+            }
         });
     }
 
@@ -273,5 +292,80 @@ impl Workers {
             .filter_map(|(_, id)| self.by_id.get(id))
             .find(|w| w.suits(meta) && !(avoid_any && avoid.contains(&w.id)))
             .map(|w| w.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use muster_shared::ids::{Attempt, ChunkIndex, JobId};
+
+    use super::*;
+
+    fn worker(slots: u32, prefetch: u32) -> WorkerEntry {
+        let hello = Hello {
+            protocol: muster_shared::protocol::PROTOCOL_VERSION,
+            name: "w".into(),
+            slots,
+            prefetch,
+            tasks: vec!["sum".into()],
+            labels: BTreeMap::new(),
+            running: Vec::new(),
+        };
+        WorkerEntry::new(WorkerId::new(), hello, "127.0.0.1:1".into())
+    }
+
+    fn chunk(job: JobId, i: u32) -> ChunkRef {
+        ChunkRef {
+            job,
+            chunk: ChunkIndex(i),
+            attempt: Attempt(1),
+        }
+    }
+
+    #[test]
+    fn large_payloads_fill_a_queue_by_bytes_small_ones_by_count() {
+        let mut workers = Workers::default();
+        let w = worker(2, 100);
+        let id = w.id;
+        workers.add(w).unwrap();
+        let job = JobId::new();
+        let big = MAX_QUEUED_BYTES / 4;
+        for i in 0..3 {
+            workers.occupy(id, chunk(job, i), big);
+            assert!(
+                workers.get(id).unwrap().free() > 0,
+                "after {} chunks",
+                i + 1
+            );
+        }
+        workers.occupy(id, chunk(job, 3), big);
+        assert_eq!(workers.get(id).unwrap().free(), 0);
+        assert_eq!(workers.free_slots(), 0);
+        assert!(workers.place(&JobMeta::sum_for_tests(3), &[]).is_none());
+        // An outcome frees room again.
+        workers.release(id, &chunk(job, 0));
+        assert_eq!(workers.get(id).unwrap().running_bytes, 3 * big);
+        assert_eq!(workers.place(&JobMeta::sum_for_tests(3), &[]), Some(id));
+
+        // Its slots always take a chunk, however large.
+        let mut workers = Workers::default();
+        let w = worker(2, 100);
+        let id = w.id;
+        workers.add(w).unwrap();
+        workers.occupy(id, chunk(job, 0), 2 * MAX_QUEUED_BYTES);
+        assert!(workers.get(id).unwrap().free() > 0);
+        workers.occupy(id, chunk(job, 1), 2 * MAX_QUEUED_BYTES);
+        assert_eq!(workers.get(id).unwrap().free(), 0);
+
+        // Tiny payloads stop only at slots plus prefetch.
+        let mut workers = Workers::default();
+        let w = worker(1, 3);
+        let id = w.id;
+        workers.add(w).unwrap();
+        for i in 0..4 {
+            assert!(workers.get(id).unwrap().free() > 0);
+            workers.occupy(id, chunk(job, i), 10);
+        }
+        assert_eq!(workers.get(id).unwrap().free(), 0);
     }
 }

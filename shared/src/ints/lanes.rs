@@ -7,10 +7,9 @@
 //! (the byte loop's `v * 10 + d` chain does), which is where the speed comes from.
 
 use safe_arch::{
-    bitand_m128i, cmp_eq_mask_i8_m128i, cmp_gt_mask_i8_m128i, get_i64_from_m128i_s,
-    load_unaligned_m128i, min_u8_m128i, move_mask_i8_m128i, mul_i16_horizontal_add_m128i,
-    pack_i32_to_i16_m128i, set_i16_m128i, set_reversed_i8_m128i, set_splat_i8_m128i, sub_i8_m128i,
-    unpack_high_i8_m128i, unpack_low_i8_m128i, zeroed_m128i,
+    bitand_m128i, cmp_eq_mask_i8_m128i, get_i64_from_m128i_s, load_unaligned_m128i, min_u8_m128i,
+    move_mask_i8_m128i, mul_i16_horizontal_add_m128i, pack_i32_to_i16_m128i, set_i16_m128i,
+    set_splat_i8_m128i, sub_i8_m128i, unpack_high_i8_m128i, unpack_low_i8_m128i, zeroed_m128i,
 };
 
 /// Bit k is set where `block[k]` is a comma, and where it is a decimal digit.
@@ -35,12 +34,26 @@ fn block_masks(block: &[u8; 64]) -> (u64, u64) {
     (commas, digits)
 }
 
+/// `KEEP[len]` keeps the last `len` bytes of sixteen: the digits of a number that ends a window.
+const KEEP: [[u8; 16]; 17] = {
+    let mut masks = [[0u8; 16]; 17];
+    let mut len = 0;
+    while len <= 16 {
+        let mut k = 16 - len;
+        while k < 16 {
+            masks[len][k] = 0xff;
+            k += 1;
+        }
+        len += 1;
+    }
+    masks
+};
+
 /// The value of the last `len` (1..=16) bytes of `window`, which are decimal digits.
 #[inline]
 fn value(window: &[u8; 16], len: usize) -> u64 {
-    let index = set_reversed_i8_m128i(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     // The bytes before the number (the previous element's tail) count as zeros.
-    let keep = cmp_gt_mask_i8_m128i(index, set_splat_i8_m128i(15 - len as i8));
+    let keep = load_unaligned_m128i(&KEEP[len.min(16)]);
     let digits = bitand_m128i(
         sub_i8_m128i(load_unaligned_m128i(window), set_splat_i8_m128i(b'0' as i8)),
         keep,
