@@ -33,7 +33,7 @@ pub struct Coordinator {
     /// Registered sessions, with the serial of the connection that registered.
     sessions: HashMap<WorkerId, (u64, Addr<WorkerSession>)>,
     /// Long-pollers waiting for jobs to finish.
-    waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    waiters: HashMap<JobId, Vec<oneshot::Sender<(JobResult, Ticket)>>>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -89,10 +89,20 @@ impl Coordinator {
                 session.do_send(Deliver(messages));
             }
         }
-        // Woken long-polls ask again, and their answer comes with a ticket covering the job's end.
+        // Long-polls get the job's end with a ticket covering it (taking the ticket hands the
+        // end to the store's writer), so they need not ask again.
         for id in finished {
-            for waiter in self.waiters.remove(&id).unwrap_or_default() {
-                let _ = waiter.send(());
+            let Some(waiters) = self.waiters.remove(&id) else {
+                continue;
+            };
+            // Without a ticket (the store failed) or a job, a dropped waiter asks again and is
+            // told why.
+            let (Ok(ticket), Some(job)) = (self.state.ticket(), self.state.job(id)) else {
+                continue;
+            };
+            let answer = result_of(&job.state);
+            for waiter in waiters {
+                let _ = waiter.send((answer.clone(), ticket.clone()));
             }
         }
         self.state.flush_store();
@@ -250,7 +260,7 @@ impl Handler<GetJob> for Coordinator {
 }
 
 /// A job's result, or why there is none.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum JobResult {
     /// Succeeded with this JSON.
     Ready(Bytes),
@@ -260,14 +270,36 @@ pub enum JobResult {
         status: &'static str,
         /// Error when failed.
         error: Option<String>,
-        /// A receiver that fires when the job finishes, for a non-terminal job.
-        finished: Option<oneshot::Receiver<()>>,
     },
+}
+
+/// The answer to [`GetResult`].
+#[derive(Debug)]
+pub struct Answer {
+    /// What is known now.
+    pub result: JobResult,
+    /// For a watched job not finished yet: its result when it finishes, with a ticket covering
+    /// its end (dropped if the coordinator stops first).
+    pub finished: Option<oneshot::Receiver<(JobResult, Ticket)>>,
+}
+
+/// What [`GetResult`] tells of a job in `state`.
+fn result_of(state: &JobState) -> JobResult {
+    match state {
+        JobState::Succeeded { result } => JobResult::Ready(result.clone()),
+        other => JobResult::Missing {
+            status: other.name(),
+            error: match other {
+                JobState::Failed { error } => Some(error.clone()),
+                _ => None,
+            },
+        },
+    }
 }
 
 /// Read a job's result; `watch` registers a long-poll waiter when it is not finished.
 #[derive(Message)]
-#[rtype(result = "Result<(JobResult, Ticket), ApiError>")]
+#[rtype(result = "Result<(Answer, Ticket), ApiError>")]
 pub struct GetResult {
     /// The job.
     pub id: JobId,
@@ -276,7 +308,7 @@ pub struct GetResult {
 }
 
 impl Handler<GetResult> for Coordinator {
-    type Result = Result<(JobResult, Ticket), ApiError>;
+    type Result = Result<(Answer, Ticket), ApiError>;
 
     fn handle(&mut self, msg: GetResult, _ctx: &mut Context<Self>) -> Self::Result {
         let ticket = self.state.ticket()?;
@@ -286,26 +318,18 @@ impl Handler<GetResult> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.id.to_string(),
             })?;
-        let answer = match &job.state {
-            JobState::Succeeded { result } => JobResult::Ready(result.clone()),
-            other => {
-                let finished =
-                    (msg.watch && !other.is_terminal() && !self.shutting_down).then(|| {
-                        let (tx, rx) = oneshot::channel();
-                        self.waiters.entry(msg.id).or_default().push(tx);
-                        rx
-                    });
-                JobResult::Missing {
-                    status: other.name(),
-                    error: match other {
-                        JobState::Failed { error } => Some(error.clone()),
-                        _ => None,
-                    },
-                    finished,
-                }
-            }
-        };
-        Ok((answer, ticket))
+        let finished = (msg.watch && !job.state.is_terminal() && !self.shutting_down).then(|| {
+            let (tx, rx) = oneshot::channel();
+            self.waiters.entry(msg.id).or_default().push(tx);
+            rx
+        });
+        Ok((
+            Answer {
+                result: result_of(&job.state),
+                finished,
+            },
+            ticket,
+        ))
     }
 }
 

@@ -193,7 +193,7 @@ pub(super) async fn result(
             )))
         }
     };
-    let (mut answer, mut ticket) = app
+    let (answer, mut ticket) = app
         .coordinator(&req)?
         .send(GetResult {
             id,
@@ -201,23 +201,24 @@ pub(super) async fn result(
         })
         .await
         .map_err(mailbox)??;
-    if let (
-        Some(wait),
-        JobResult::Missing {
-            finished: Some(rx), ..
-        },
-    ) = (wait, &mut answer)
-    {
-        // Finished, timed out, or the coordinator is stopping: in every case answer what is known now.
-        let _ = tokio::time::timeout(wait, rx).await;
-        (answer, ticket) = app
-            .coordinator(&req)?
-            .send(GetResult { id, watch: false })
-            .await
-            .map_err(mailbox)??;
+    let mut result = answer.result;
+    if let (Some(wait), Some(finished)) = (wait, answer.finished) {
+        match tokio::time::timeout(wait, finished).await {
+            // Finished: the coordinator sent the end along.
+            Ok(Ok(end)) => (result, ticket) = end,
+            // Timed out, or the coordinator is stopping: answer what is known now.
+            _ => {
+                let (answer, now) = app
+                    .coordinator(&req)?
+                    .send(GetResult { id, watch: false })
+                    .await
+                    .map_err(mailbox)??;
+                (result, ticket) = (answer.result, now);
+            }
+        }
     }
     durable(ticket).await?;
-    match answer {
+    match result {
         JobResult::Ready(result) => {
             // The result can be megabytes: sent as it is stored, between two small pieces.
             let parts = [
@@ -231,7 +232,7 @@ pub(super) async fn result(
                 .content_type("application/json")
                 .body(SizedStream::new(len, stream)))
         }
-        JobResult::Missing { status, error, .. } => Err(ApiError::NotFinished {
+        JobResult::Missing { status, error } => Err(ApiError::NotFinished {
             detail: match (status, error) {
                 ("failed", Some(error)) => format!("job {id} failed: {error}"),
                 ("cancelled", _) => format!("job {id} was cancelled"),
