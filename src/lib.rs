@@ -145,13 +145,23 @@ impl Proc {
         }
     }
 
-    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `KILL`).
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`, `INT`, `KILL`).
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args(["-s", sig, &self.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {sig} {} failed", self.pid());
+        use rustix::process::{kill_process, Pid, Signal};
+        let signal = match sig {
+            "KILL" => Signal::KILL,
+            "TERM" => Signal::TERM,
+            "INT" => Signal::INT,
+            "STOP" => Signal::STOP,
+            "CONT" => Signal::CONT,
+            other => panic!("no signal {other} in the harness"),
+        };
+        let pid = i32::try_from(self.pid())
+            .ok()
+            .and_then(Pid::from_raw)
+            .expect("a process id");
+        kill_process(pid, signal)
+            .unwrap_or_else(|e| panic!("kill -s {sig} {} failed: {e}", self.pid()));
     }
 
     /// Waits for the process to exit (bounded) and returns its exit code.
