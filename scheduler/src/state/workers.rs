@@ -1,12 +1,6 @@
 //! The coordinator's view of connected workers: capacity, what they run, what they can run.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-
-/// Payload bytes of assigned, unfinished chunks past which a worker gets no more than its slots
-/// can run: its queue stays a few milliseconds of transfer deep however large the chunks, so that
-/// a worker lost with a full queue leaves little to send again, and the rest of a job goes to
-/// whichever worker frees room first.
-pub const MAX_QUEUED_BYTES: u64 = 8 << 20;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -16,6 +10,12 @@ use muster_shared::protocol::{ChunkRef, Hello};
 use serde::Serialize;
 
 use super::job::JobMeta;
+
+/// Payload bytes of assigned, unfinished chunks past which a worker gets no more than its slots
+/// can run: its queue stays a few milliseconds of transfer deep however large the chunks, so that
+/// a worker lost with a full queue leaves little to send again, and the rest of a job goes to
+/// whichever worker frees room first.
+pub const MAX_QUEUED_BYTES: u64 = 8 << 20;
 
 /// One connected worker.
 #[derive(Debug, Clone)]
