@@ -220,6 +220,53 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<Frame<M>, CodecError>
     Ok(rmp_serde::from_slice(bytes)?)
 }
 
+/// [`CoordinatorMessage`] as decoded in place: the same variants, in the same order, with an
+/// assignment's input borrowed from the frame.
+#[derive(Deserialize)]
+enum MessageInPlace<'a> {
+    Welcome { heartbeat_interval_ms: u64 },
+    Assign(#[serde(borrow)] AssignmentInPlace<'a>),
+    Cancel(ChunkRef),
+    Heartbeat,
+}
+
+/// [`Assignment`] with its input borrowed from the frame.
+#[derive(Deserialize)]
+struct AssignmentInPlace<'a> {
+    chunk: ChunkRef,
+    task: String,
+    #[serde(borrow)]
+    input: &'a [u8],
+}
+
+/// Decodes a frame from the coordinator with each chunk's input a slice of `bytes`, not a copy:
+/// a frame of large chunks is not copied again on the worker.
+pub fn decode_in_place(bytes: &Bytes) -> Result<Frame<CoordinatorMessage>, CodecError> {
+    let frame: Frame<MessageInPlace<'_>> = rmp_serde::from_slice(bytes)?;
+    let messages = frame
+        .messages
+        .into_iter()
+        .map(|m| match m {
+            MessageInPlace::Welcome {
+                heartbeat_interval_ms,
+            } => CoordinatorMessage::Welcome {
+                heartbeat_interval_ms,
+            },
+            MessageInPlace::Assign(a) => CoordinatorMessage::Assign(Assignment {
+                chunk: a.chunk,
+                task: a.task,
+                input: bytes.slice_ref(a.input),
+            }),
+            MessageInPlace::Cancel(chunk) => CoordinatorMessage::Cancel(chunk),
+            MessageInPlace::Heartbeat => CoordinatorMessage::Heartbeat,
+        })
+        .collect();
+    Ok(Frame {
+        worker: frame.worker,
+        messages,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +300,53 @@ mod tests {
     #[test]
     fn garbage_is_an_error() {
         assert!(decode::<CoordinatorMessage>(b"\xc1\xc1").is_err());
+        assert!(decode_in_place(&Bytes::from_static(b"\xc1\xc1")).is_err());
+    }
+
+    #[test]
+    fn frames_decoded_in_place_match_and_borrow_their_inputs() {
+        let chunk = |i| ChunkRef {
+            job: JobId::new(),
+            chunk: ChunkIndex(i),
+            attempt: Attempt(1),
+        };
+        let messages = vec![
+            CoordinatorMessage::Welcome {
+                heartbeat_interval_ms: 250,
+            },
+            CoordinatorMessage::Assign(Assignment {
+                chunk: chunk(0),
+                task: "sum".into(),
+                input: Bytes::from(vec![7u8; 100_000]),
+            }),
+            CoordinatorMessage::Cancel(chunk(1)),
+            CoordinatorMessage::Heartbeat,
+            CoordinatorMessage::Assign(Assignment {
+                chunk: chunk(2),
+                task: "wordcount".into(),
+                input: Bytes::new(),
+            }),
+        ];
+        // Every variant is here: a new one must be added to `MessageInPlace` too.
+        for m in &messages {
+            match m {
+                CoordinatorMessage::Welcome { .. }
+                | CoordinatorMessage::Assign(_)
+                | CoordinatorMessage::Cancel(_)
+                | CoordinatorMessage::Heartbeat => {}
+            }
+        }
+        let frame = Frame {
+            worker: WorkerId::new(),
+            messages,
+        };
+        let bytes = encode(&frame);
+        let copied: Frame<CoordinatorMessage> = decode(&bytes).unwrap();
+        let in_place = decode_in_place(&bytes).unwrap();
+        assert_eq!(format!("{copied:?}"), format!("{in_place:?}"));
+        let CoordinatorMessage::Assign(a) = &in_place.messages[1] else {
+            panic!("an assignment");
+        };
+        assert!(bytes.as_ptr_range().contains(&a.input.as_ptr()));
     }
 }

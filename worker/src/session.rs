@@ -16,9 +16,9 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use muster_shared::ids::WorkerId;
 use muster_shared::protocol::{
-    decode, encode, Assignment, ChunkOutcome, ChunkRef, CoordinatorMessage, Failure, FailureClass,
-    Frame, Hello, Outcome, WorkerMessage, CLOSE_REFUSED, CLOSE_VERSION_MISMATCH, MAX_FRAME_BYTES,
-    PROTOCOL_HEADER, PROTOCOL_VERSION,
+    decode_in_place, encode, Assignment, ChunkOutcome, ChunkRef, CoordinatorMessage, Failure,
+    FailureClass, Frame, Hello, Outcome, WorkerMessage, CLOSE_REFUSED, CLOSE_VERSION_MISMATCH,
+    MAX_FRAME_BYTES, PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -419,7 +419,7 @@ impl Worker {
         welcomed: &mut bool,
         heartbeat_every: &mut Duration,
     ) -> Result<Vec<WorkerMessage>, String> {
-        let frame: Frame<CoordinatorMessage> = decode(bytes).map_err(|e| e.to_string())?;
+        let frame = decode_in_place(bytes).map_err(|e| e.to_string())?;
         if frame.worker != self.id {
             return Err(format!(
                 "frame addressed to worker {} reached worker {}",
