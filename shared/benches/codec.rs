@@ -51,8 +51,9 @@ fn ints(c: &mut Criterion) {
     let text = serde_json::to_string(&values).unwrap_or_default();
     let mut g = c.benchmark_group("ints");
     g.throughput(Throughput::Bytes(text.len() as u64));
+    let shared = Bytes::from(text.clone());
     g.bench_function("check, cut into 100 chunks and pack 1M integers", |b| {
-        b.iter(|| pack_chunks(black_box(text.as_bytes()), |_| 100, false).map(|c| c.len()))
+        b.iter(|| pack_chunks(black_box(&shared), |_| 100, false).map(|c| c.len()))
     });
     let body = Bytes::from(format!(
         r#"{{"kind": "sum", "chunks": 100, "input": {text}}}"#
@@ -65,10 +66,10 @@ fn ints(c: &mut Criterion) {
         b.iter(|| parse_ints(black_box(text.as_bytes())).map(|v| v.len()))
     });
     // As Python's `json.dumps` writes arrays by default.
-    let spaced = text.replace(',', ", ");
+    let spaced = Bytes::from(text.replace(',', ", "));
     g.throughput(Throughput::Bytes(spaced.len() as u64));
     g.bench_function("check, cut and pack 1M integers separated by \", \"", |b| {
-        b.iter(|| pack_chunks(black_box(spaced.as_bytes()), |_| 100, false).map(|c| c.len()))
+        b.iter(|| pack_chunks(black_box(&spaced), |_| 100, false).map(|c| c.len()))
     });
     g.finish();
 }

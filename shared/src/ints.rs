@@ -229,40 +229,52 @@ fn pack_cut(
     Ok(packed::pack(values, descending))
 }
 
-/// Packs every cut on `threads` threads (this one included), each taking the next cut as it
-/// finishes one, so a thread that runs slower takes fewer. After a failure no new cut is started:
-/// every cut before the failing one was already taken, so the first bad element is still found.
-fn pack_cuts(
+/// Takes cuts one at a time from `next` and packs them, until none is left or one failed.
+fn take_cuts(
     body: &[u8],
     cuts: &[Cut],
     descending: bool,
+    next: &AtomicUsize,
+    failed: &AtomicBool,
+) -> Vec<(usize, Result<Bytes, usize>)> {
+    let mut values = Vec::new();
+    let mut done = Vec::new();
+    while !failed.load(Ordering::Relaxed) {
+        let k = next.fetch_add(1, Ordering::Relaxed);
+        let Some(cut) = cuts.get(k) else { break };
+        let packed = pack_cut(body, cut, descending, &mut values);
+        if packed.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        done.push((k, packed));
+    }
+    done
+}
+
+/// Packs every cut on `threads` threads (this one and kept helpers), each taking the next cut as
+/// it finishes one, so a thread that runs slower takes fewer. After a failure no new cut is
+/// started: every cut before the failing one was already taken, so the first bad element is
+/// still found.
+fn pack_cuts(
+    body: &Bytes,
+    cuts: Vec<Cut>,
+    descending: bool,
     threads: usize,
 ) -> Result<Vec<Bytes>, usize> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let work = || {
-        let mut values = Vec::new();
-        let mut done = Vec::new();
-        while !failed.load(Ordering::Relaxed) {
-            let k = next.fetch_add(1, Ordering::Relaxed);
-            let Some(cut) = cuts.get(k) else { break };
-            let packed = pack_cut(body, cut, descending, &mut values);
-            if packed.is_err() {
-                failed.store(true, Ordering::Relaxed);
-            }
-            done.push((k, packed));
-        }
-        done
-    };
-    let mut done = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mut done = work();
-        for helper in helpers {
+    let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+    let mut done = if threads <= 1 {
+        take_cuts(body, &cuts, descending, &next, &failed)
+    } else {
+        let body = body.clone();
+        let shares = crate::helpers::run_shares(threads, move |_| {
+            take_cuts(&body, &cuts, descending, &next, &failed)
+        });
+        shares
+            .into_iter()
             // A panic while parsing is a bug; report it as an unreadable first element.
-            done.extend(helper.join().unwrap_or_else(|_| vec![(0, Err(0))]));
-        }
-        done
-    });
+            .flat_map(|share| share.unwrap_or_else(|| vec![(0, Err(0))]))
+            .collect()
+    };
     if let Some(first_bad) = done.iter().filter_map(|(_, r)| r.as_ref().err()).min() {
         return Err(*first_bad);
     }
@@ -283,6 +295,22 @@ fn threads_for(bytes: usize, most: usize) -> usize {
         .clamp(1, 4)
         .min(most)
         .max(1)
+}
+
+/// Commas per block in the `per` blocks of `rest` from block `first` on, up to the first `]` in
+/// them, and where in its block that `]` is.
+fn scan(rest: &[u8], first: usize, per: usize) -> (Vec<usize>, Option<usize>) {
+    let mut counts = Vec::new();
+    for block in rest.chunks(COUNT_BLOCK).skip(first).take(per) {
+        match memchr::memchr(b']', block) {
+            Some(at) => {
+                counts.push(memchr::memchr_iter(b',', &block[..at]).count());
+                return (counts, Some(at));
+            }
+            None => counts.push(memchr::memchr_iter(b',', block).count()),
+        }
+    }
+    (counts, None)
 }
 
 /// The text of an array that starts a body's member, found by its first `]` (an integer array
@@ -306,30 +334,15 @@ impl IntArray {
         let threads = threads_for(rest.len(), blocks);
         // Each thread takes a run of blocks and stops at the first `]` in them.
         let per = blocks.div_ceil(threads.max(1)).max(1);
-        let scan = |first: usize| {
-            let mut counts = Vec::new();
-            for block in rest.chunks(COUNT_BLOCK).skip(first).take(per) {
-                match memchr::memchr(b']', block) {
-                    Some(at) => {
-                        counts.push(memchr::memchr_iter(b',', &block[..at]).count());
-                        return (counts, Some(at));
-                    }
-                    None => counts.push(memchr::memchr_iter(b',', block).count()),
-                }
-            }
-            (counts, None)
-        };
-        let runs: Vec<(Vec<usize>, Option<usize>)> = std::thread::scope(|scope| {
-            let helpers: Vec<_> = (1..threads)
-                .map(|k| scope.spawn(move || scan(k * per)))
-                .collect();
-            let mut runs = vec![scan(0)];
-            for helper in helpers {
+        let runs = if threads <= 1 {
+            vec![scan(rest, 0, per)]
+        } else {
+            let rest = body.slice(from..);
+            crate::helpers::run_shares(threads, move |k| scan(&rest, k * per, per))
+                .into_iter()
                 // A panic while counting is a bug; the ordinary parse then reads the body.
-                runs.push(helper.join().ok()?);
-            }
-            Some(runs)
-        })?;
+                .collect::<Option<Vec<_>>>()?
+        };
         let mut counts = Vec::with_capacity(blocks);
         for (run, close) in runs {
             counts.extend(run);
@@ -355,25 +368,25 @@ impl IntArray {
         chunks: impl FnOnce(usize) -> usize,
         descending: bool,
     ) -> Result<Vec<Bytes>, NotInts> {
-        let inside = &self.text[1..self.text.len() - 1];
-        pack_counted(inside, &self.counts, chunks, descending)
+        let inside = self.text.slice(1..self.text.len() - 1);
+        pack_counted(&inside, &self.counts, chunks, descending)
     }
 }
 
 /// Checks that `text` is a JSON array of 64-bit integers, cuts it into `chunks(len)` near-equal
 /// contiguous runs and packs each one, in a single pass over the text.
 pub fn pack_chunks(
-    text: &[u8],
+    text: &Bytes,
     chunks: impl FnOnce(usize) -> usize,
     descending: bool,
 ) -> Result<Vec<Bytes>, NotInts> {
-    let body = inside(text)?;
-    pack_counted(body, &comma_counts(body), chunks, descending)
+    let body = text.slice_ref(inside(text)?);
+    pack_counted(&body, &comma_counts(&body), chunks, descending)
 }
 
 /// Cuts and packs the inside of an array (`counts`: its commas per block).
 fn pack_counted(
-    body: &[u8],
+    body: &Bytes,
     counts: &[usize],
     chunks: impl FnOnce(usize) -> usize,
     descending: bool,
@@ -381,7 +394,7 @@ fn pack_counted(
     let len = element_count(body, counts.iter().sum());
     let n = chunks(len).clamp(1, len.max(1));
     let cuts = cuts(body, counts, len, n);
-    let packed = pack_cuts(body, &cuts, descending, threads_for(body.len(), n));
+    let packed = pack_cuts(body, cuts, descending, threads_for(body.len(), n));
     packed.map_err(|index| NotInts::Element { index })
 }
 
@@ -460,7 +473,7 @@ mod tests {
     }
 
     fn pack_all(text: &str, n: usize) -> Result<Vec<Vec<i64>>, NotInts> {
-        pack_chunks(text.as_bytes(), |_| n, false).map(|chunks| {
+        pack_chunks(&Bytes::copy_from_slice(text.as_bytes()), |_| n, false).map(|chunks| {
             chunks
                 .iter()
                 .map(|c| Packed::read(c).expect("packed").values())
@@ -588,7 +601,7 @@ mod tests {
             for chunks in [1, 3, 100] {
                 assert_eq!(
                     located.pack_chunks(|_| chunks, false),
-                    pack_chunks(array.as_bytes(), |_| chunks, false),
+                    pack_chunks(&Bytes::from(array.clone()), |_| chunks, false),
                     "n = {n}, {chunks} chunks"
                 );
             }

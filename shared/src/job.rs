@@ -348,7 +348,8 @@ impl RawJob {
             let count = |len| chunk_count(len, chunking, slots);
             let packed = match &self.int_input {
                 Some(ints) => ints.pack_chunks(count, descending),
-                None => crate::ints::pack_chunks(text, count, descending),
+                // Only when the body's shortcut could not read it (an escaped key, say).
+                None => crate::ints::pack_chunks(&Bytes::copy_from_slice(text), count, descending),
             };
             if let Ok(chunks) = packed {
                 return Ok(Work::Builtin { kind, chunks });

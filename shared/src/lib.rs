@@ -17,6 +17,7 @@
 //! store keeps the bytes as they are.
 
 pub mod body;
+mod helpers;
 pub mod ids;
 pub mod ints;
 pub mod job;

@@ -37,7 +37,7 @@ fn run_ints(kind: &Kind, items: &[i64], chunks: u64) -> String {
     let text = serde_json::to_string(items).expect("json");
     let descending = matches!(kind, Kind::Sort { descending: true });
     let packed = pack_chunks(
-        text.as_bytes(),
+        &Bytes::from(text),
         |len| chunk_count(len, Chunking::Count(chunks), 1),
         descending,
     )
