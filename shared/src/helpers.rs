@@ -54,7 +54,8 @@ const TAKEN_BACK: u8 = 2;
 /// Runs `f(0)` on this thread and `f(1)` to `f(n - 1)` on helper threads, and gives the results
 /// in that order. A share no helper has started by the time this thread finished its own is run
 /// here instead (the helpers may be busy with another request), so no call waits on another's
-/// work. A share that panicked on a helper gives `None`; a panic here unwinds as usual.
+/// work. A share that panicked on a helper gives `None`; a panic here unwinds as usual. When this
+/// returns, no helper holds `f` any more.
 pub(crate) fn run_shares<T, F>(n: usize, f: F) -> Vec<Option<T>>
 where
     T: Send + 'static,
@@ -65,13 +66,21 @@ where
     for k in 1..n {
         let state = Arc::new(AtomicU8::new(WAITING));
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let (share, taken) = (f.clone(), state.clone());
+        // Helpers hold `f` (and what it holds, a request's body say) only while they run it: a
+        // task left queued, its share taken back, must not keep the body from being reused.
+        let (share, taken) = (Arc::downgrade(&f), state.clone());
         let task: Task = Box::new(move || {
             if taken
                 .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                let _ = done_tx.send(catch_unwind(AssertUnwindSafe(|| share(k))).ok());
+                // The caller holds `f` until every share a helper took has answered.
+                let result = share.upgrade().and_then(|share| {
+                    let result = catch_unwind(AssertUnwindSafe(|| share(k))).ok();
+                    drop(share);
+                    result
+                });
+                let _ = done_tx.send(result);
             }
         });
         // Without helpers, or if the queue is gone, the share stays waiting and is run here.
@@ -139,5 +148,23 @@ mod tests {
         assert_eq!(got, vec![Some(0), Some(1), None]);
         assert!(started.load(Ordering::Acquire));
         assert_eq!(run_shares(3, |k| k * 10), vec![Some(0), Some(10), Some(20)]);
+    }
+
+    #[test]
+    fn nothing_a_share_holds_outlives_the_call() {
+        for _ in 0..50 {
+            let held = Arc::new(());
+            let inside = held.clone();
+            let got = run_shares(3, move |k| {
+                let _ = &inside;
+                k
+            });
+            assert_eq!(got, vec![Some(0), Some(1), Some(2)]);
+            assert_eq!(
+                Arc::strong_count(&held),
+                1,
+                "a helper still holds the share"
+            );
+        }
     }
 }
