@@ -215,12 +215,12 @@ fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
     } else {
         1
     };
-    merge_in_shares(&runs, descending, shares)
+    merge_in_shares(runs, descending, shares)
 }
 
 /// Merges sorted runs in `shares` shares of the output, each on a thread, into a JSON array.
-fn merge_in_shares(runs: &[Vec<i64>], descending: bool, shares: usize) -> Option<String> {
-    let bounds = share_bounds(runs, shares, descending);
+fn merge_in_shares(runs: Vec<Vec<i64>>, descending: bool, shares: usize) -> Option<String> {
+    let bounds = share_bounds(&runs, shares, descending);
     // Where each share starts in each run: at the first value not before its lower bound, and
     // never before the previous share's start (a run that is not sorted, which a custom task may
     // send, is then still cut into pieces that cover it once).
@@ -238,30 +238,22 @@ fn merge_in_shares(runs: &[Vec<i64>], descending: bool, shares: usize) -> Option
             at
         })
         .collect();
-    let share = |s: usize| -> Vec<&[i64]> {
-        runs.iter()
+    // Each share on a kept helper thread (see `crate::helpers`), whose allocator arena keeps the
+    // memory of earlier merges.
+    let print = move |s: usize| {
+        let share: Vec<&[i64]> = runs
+            .iter()
             .zip(&cuts)
             .map(|(run, at)| &run[at[s]..at[s + 1]])
-            .collect()
-    };
-    let print = |s: usize| {
-        let merged = merge_runs(share(s), descending);
+            .collect();
+        let merged = merge_runs(share, descending);
         let mut text = Vec::with_capacity(merged.len() * 11);
         crate::packed::json_items(&merged, &mut text);
         text
     };
-    let texts: Vec<Vec<u8>> = if shares == 1 {
-        vec![print(0)]
-    } else {
-        std::thread::scope(|scope| {
-            let threads: Vec<_> = (1..shares).map(|s| scope.spawn(move || print(s))).collect();
-            let mut texts = vec![print(0)];
-            for thread in threads {
-                texts.push(thread.join().ok()?);
-            }
-            Some(texts)
-        })?
-    };
+    let texts: Vec<Vec<u8>> = crate::helpers::run_shares(shares, print)
+        .into_iter()
+        .collect::<Option<_>>()?;
     let mut out = Vec::with_capacity(texts.iter().map(|t| t.len() + 1).sum::<usize>() + 2);
     out.push(b'[');
     for text in texts.iter().filter(|t| !t.is_empty()) {
@@ -448,7 +440,7 @@ mod tests {
                 .unwrap();
             assert_eq!(out, expected, "descending: {descending}");
             for shares in [1, 2, 3, 8] {
-                let out = merge_in_shares(&runs, descending, shares).unwrap();
+                let out = merge_in_shares(runs.clone(), descending, shares).unwrap();
                 assert_eq!(out, expected, "descending: {descending}, {shares} shares");
             }
         }
@@ -466,7 +458,7 @@ mod tests {
         all.sort_unstable();
         for shares in [1, 2, 3, 8] {
             for descending in [false, true] {
-                let out = merge_in_shares(&runs, descending, shares).unwrap();
+                let out = merge_in_shares(runs.clone(), descending, shares).unwrap();
                 assert_eq!(
                     count(&out),
                     all,
