@@ -1,7 +1,7 @@
 //! Threads kept for the parallel parts of reading a large body (locating an integer array,
-//! cutting and packing it). They are started once and reused: a thread started for each request
-//! took its allocations from a fresh allocator arena every time, so the chunks it packed (half of
-//! a W2 job's 40 MB) were faulted in anew on every request.
+//! cutting and packing it) and of merging large sorted results. They are started once and reused:
+//! a thread started for each request took its allocations from a fresh allocator arena every
+//! time, so the chunks it packed (half of a W2 job's 40 MB) were faulted in anew on every request.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex, OnceLock};
 
 type Task = Box<dyn FnOnce() + Send>;
 
-/// Most helper threads kept (the callers use at most four threads, theirs included).
+/// Most helper threads kept (one fewer than the cores, as a caller works on its own share too).
 const MOST: usize = 3;
 
 /// The helpers' queue, started on first use; `None` when no thread could be started.
