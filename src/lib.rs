@@ -331,8 +331,6 @@ impl Api {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    /// Sends a request with the token, `headers` and a JSON `body`; an error when no HTTP answer
-    /// came (connection refused or closed).
     /// POSTs `body` as JSON on a fresh connection, writing the request's head and then its body
     /// each in one `write` (as `curl --data-binary` does; `ureq` copies a body out 8 KiB at a
     /// time), and returns the status and the answer's body.
@@ -368,6 +366,8 @@ impl Api {
         (status, answer[split + 4..].to_vec())
     }
 
+    /// Sends a request with the token, `headers` and a JSON `body`; an error when no HTTP answer
+    /// came (connection refused or closed).
     fn send(
         &self,
         agent: &ureq::Agent,

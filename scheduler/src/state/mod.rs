@@ -648,11 +648,12 @@ impl ClusterState {
             chunk: index,
             attempt,
         };
-        let bytes = job.chunk(index).map_or(0, |c| c.input.len() as u64);
+        let started = job.chunk(index);
+        let bytes = started.map_or(0, |c| c.input.len() as u64);
         self.workers.occupy(worker, chunk, bytes);
         if let Some(ChunkState::Running {
             deadline: Some(at), ..
-        }) = job.chunk(index).map(|c| &c.state)
+        }) = started.map(|c| &c.state)
         {
             self.deadlines.push(Reverse((*at, id, index, attempt)));
         }
