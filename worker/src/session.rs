@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::daemon::WorkerError;
-use crate::tasks::TaskContext;
+use crate::tasks::{TaskContext, TaskFn};
 use crate::TaskError;
 use crate::{Tasks, WorkerConfig};
 
@@ -43,6 +43,9 @@ const MAX_PREFETCH_PER_SLOT: u32 = 512;
 const HOLD_OUTCOMES_FOR: Duration = Duration::from_millis(1);
 /// Most outcomes held back before a frame goes anyway.
 const MAX_HELD_OUTCOMES: usize = 256;
+/// A chunk of a built-in task at most this large runs on the session's thread when a slot is free
+/// (a sum of this many bytes takes a few microseconds, a sort or a word count some tens).
+const INLINE_MAX_BYTES: usize = 4096;
 /// How long the coordinator has to answer a hello.
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -227,10 +230,14 @@ impl Worker {
                     };
                     match frame {
                         ws::Frame::Binary(bytes) => {
-                            let replies = match self.handle(&bytes, &mut welcomed, &mut heartbeat_every) {
+                            let mut replies = match self.handle(&bytes, &mut welcomed, &mut heartbeat_every) {
                                 Ok(replies) => replies,
                                 Err(reason) => return disconnected(reason, welcomed),
                             };
+                            // Chunks run inline tell how short chunks are, too.
+                            if let Some(prefetch) = self.grow_prefetch() {
+                                replies.push(WorkerMessage::Capacity { prefetch });
+                            }
                             if heartbeat_every != ticker.period() {
                                 ticker = interval(heartbeat_every);
                             }
@@ -401,15 +408,20 @@ impl Worker {
             }
             Done::Outcome(outcome, took) => (outcome, took),
         };
-        self.run_time = Some(match self.run_time {
-            None => took,
-            Some(avg) => (avg * 7 + took) / 8,
-        });
+        self.note_run_time(took);
         if self.running.remove(&outcome.chunk).is_some() {
             batch.push(outcome);
         } else {
             debug!(chunk = %outcome.chunk, "dropped outcome of a cancelled attempt");
         }
+    }
+
+    /// Adds a chunk's run time to the moving average.
+    fn note_run_time(&mut self, took: Duration) {
+        self.run_time = Some(match self.run_time {
+            None => took,
+            Some(avg) => (avg * 7 + took) / 8,
+        });
     }
 
     /// Handles one frame from the coordinator; returns immediate replies.
@@ -476,7 +488,8 @@ impl Worker {
         refusals
     }
 
-    /// Runs an attempt now if a slot is free, queues it if the prefetch allows, or refuses it.
+    /// Runs an attempt now if a slot is free, queues it if the prefetch allows, or refuses it;
+    /// returns an outcome to send at once (a refusal, or the result of a chunk run inline).
     fn start(&mut self, assignment: Assignment) -> Option<ChunkOutcome> {
         if self.shutting_down() {
             return Some(failure(
@@ -486,6 +499,12 @@ impl Worker {
             ));
         }
         if self.busy < self.config.slots as usize {
+            if assignment.input.len() <= INLINE_MAX_BYTES && self.tasks.is_bounded(&assignment.task)
+            {
+                if let Some(f) = self.tasks.get(&assignment.task).cloned() {
+                    return Some(self.run_inline(assignment, f));
+                }
+            }
             return self.launch(vec![assignment]).pop();
         }
         // The coordinator counts a chunk as outstanding until it hears its outcome; counting the
@@ -534,38 +553,54 @@ impl Worker {
                     continue;
                 }
                 let started = std::time::Instant::now();
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx, &input)))
-                        .unwrap_or_else(|panic| {
-                            let what = panic
-                                .downcast_ref::<&str>()
-                                .map(|s| (*s).to_owned())
-                                .or_else(|| panic.downcast_ref::<String>().cloned())
-                                .unwrap_or_default();
-                            Err(TaskError::retryable(format!(
-                                "task `{task}` panicked: {what}"
-                            )))
-                        });
-                let result = match result {
-                    Ok(output) => Outcome::Succeeded(output),
-                    Err(e) => Outcome::Failed(Failure {
-                        class: if e.permanent {
-                            FailureClass::Permanent
-                        } else {
-                            FailureClass::TaskError
-                        },
-                        message: e.message,
-                    }),
-                };
-                let outcome = ChunkOutcome {
-                    chunk: ctx.chunk(),
-                    result,
-                };
+                let outcome = run_attempt(&ctx, &task, &f, &input);
                 let _ = tx.send(Done::Outcome(outcome, started.elapsed()));
             }
             let _ = tx.send(Done::SlotFree);
         }));
         refusals
+    }
+
+    /// Runs a small chunk of a built-in task on the session's own thread: it takes microseconds,
+    /// less than handing it to a blocking thread and hearing back.
+    fn run_inline(&mut self, assignment: Assignment, f: TaskFn) -> ChunkOutcome {
+        let Assignment { chunk, task, input } = assignment;
+        debug!(%chunk, %task, "running small chunk inline");
+        let ctx = TaskContext::new(chunk, Arc::new(AtomicBool::new(false)));
+        let started = std::time::Instant::now();
+        let outcome = run_attempt(&ctx, &task, &f, &input);
+        self.note_run_time(started.elapsed());
+        outcome
+    }
+}
+
+/// Runs one attempt, a panic included, and words its outcome.
+fn run_attempt(ctx: &TaskContext, task: &str, f: &TaskFn, input: &[u8]) -> ChunkOutcome {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, input)))
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(TaskError::retryable(format!(
+                "task `{task}` panicked: {what}"
+            )))
+        });
+    let result = match result {
+        Ok(output) => Outcome::Succeeded(output),
+        Err(e) => Outcome::Failed(Failure {
+            class: if e.permanent {
+                FailureClass::Permanent
+            } else {
+                FailureClass::TaskError
+            },
+            message: e.message,
+        }),
+    };
+    ChunkOutcome {
+        chunk: ctx.chunk(),
+        result,
     }
 }
 
@@ -684,6 +719,45 @@ mod tests {
         assert!(
             w.start(assignment(2)).is_some(),
             "past slots + prefetch outstanding, a chunk is handed back"
+        );
+    }
+
+    fn assignment(task: &str, input: Vec<u8>) -> Assignment {
+        Assignment {
+            chunk: ChunkRef {
+                job: muster_shared::ids::JobId::new(),
+                chunk: muster_shared::ids::ChunkIndex(0),
+                attempt: muster_shared::ids::Attempt(1),
+            },
+            task: task.into(),
+            input: Bytes::from(input),
+        }
+    }
+
+    #[actix_rt::test]
+    async fn only_small_chunks_of_built_in_tasks_run_inline() {
+        let mut w = worker();
+        w.tasks
+            .register_raw("echo", |_ctx, input| Ok(Bytes::copy_from_slice(input)));
+        let small = w.start(assignment("sum", b"[1, 2, 3]".to_vec()));
+        match small.map(|o| o.result) {
+            Some(Outcome::Succeeded(sum)) => assert_eq!(&sum[..], b"6"),
+            other => panic!("a small sum runs at once: {other:?}"),
+        }
+        assert!(w.running.is_empty() && w.busy == 0);
+        let mut large = b"[1".to_vec();
+        large.extend(b", 1".repeat(INLINE_MAX_BYTES / 3));
+        large.push(b']');
+        assert!(w.start(assignment("sum", large)).is_none());
+        assert_eq!(w.busy, 1, "a large chunk goes to a blocking thread");
+        let mut custom = worker();
+        custom
+            .tasks
+            .register_raw("sum", |_ctx, _input| Ok(Bytes::from_static(b"0")));
+        assert!(custom.start(assignment("sum", b"[1]".to_vec())).is_none());
+        assert_eq!(
+            custom.busy, 1,
+            "a task registered by the embedder is never inline"
         );
     }
 

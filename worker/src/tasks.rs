@@ -1,6 +1,6 @@
 //! The task registry: task names a worker advertises, and the functions that run them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,9 @@ pub type TaskFn = Arc<dyn Fn(&TaskContext, &[u8]) -> Result<Bytes, TaskError> + 
 #[derive(Clone, Default)]
 pub struct Tasks {
     by_name: HashMap<String, TaskFn>,
+    /// Tasks whose run time is bounded by their input's size (the stock built-ins): a small
+    /// chunk of one runs in microseconds.
+    bounded: HashSet<String>,
 }
 
 impl std::fmt::Debug for Tasks {
@@ -83,6 +86,7 @@ impl Tasks {
             tasks
                 .by_name
                 .insert(name.to_owned(), Arc::new(move |_ctx, input| f(input)));
+            tasks.bounded.insert(name.to_owned());
         }
         tasks
     }
@@ -99,6 +103,7 @@ impl Tasks {
             None => f(ctx, input),
         });
         self.by_name.insert(name.to_owned(), task);
+        self.bounded.remove(name);
         self
     }
 
@@ -125,6 +130,11 @@ impl Tasks {
     /// The task of that name.
     pub fn get(&self, name: &str) -> Option<&TaskFn> {
         self.by_name.get(name)
+    }
+
+    /// Whether `name` is a stock built-in task, whose run time its input's size bounds.
+    pub(crate) fn is_bounded(&self, name: &str) -> bool {
+        self.bounded.contains(name)
     }
 
     /// Every task name, sorted.
