@@ -336,18 +336,10 @@ impl Api {
     /// time), and returns the status and the answer's body.
     pub fn post_whole(&self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
         use std::io::Write;
-        let host = self.base.trim_start_matches("http://");
+        let host = self.host();
         let mut stream = std::net::TcpStream::connect(host)
             .unwrap_or_else(|e| panic!("POST {path}: cannot connect to {host}: {e}"));
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
+        let head = self.head("POST", path, body.len(), "close");
         let mut answer = Vec::new();
         stream
             .write_all(head.as_bytes())
@@ -364,6 +356,40 @@ impl Api {
             .and_then(|code| code.parse().ok())
             .unwrap_or_else(|| panic!("POST {path}: no status in the answer"));
         (status, answer[split + 4..].to_vec())
+    }
+
+    /// `host:port` of the coordinator.
+    fn host(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// A request's head with the token and a JSON body of `len` bytes.
+    fn head(&self, method: &str, path: &str, len: usize, connection: &str) -> String {
+        let host = self.host();
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\nContent-Length: {len}\r\nConnection: {connection}\r\n\r\n"
+        )
+    }
+
+    /// A kept-alive connection for timing small requests (see [`Connection`]).
+    pub fn connect(&self) -> Connection {
+        let host = self.host();
+        let stream = std::net::TcpStream::connect(host)
+            .unwrap_or_else(|e| panic!("cannot connect to {host}: {e}"));
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_read_timeout(Some(WAIT)))
+            .unwrap_or_else(|e| panic!("cannot set up the connection to {host}: {e}"));
+        Connection {
+            api: Api::new(&self.base, self.token.as_deref()),
+            stream,
+            buf: Vec::with_capacity(8192),
+        }
     }
 
     /// Sends a request with the token, `headers` and a JSON `body`; an error when no HTTP answer
@@ -505,6 +531,74 @@ impl Api {
                 "job {id} never reached the awaited state: {s}"
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection that writes each request, head and body, in one `write` (as
+/// Python's `http.client` does with a small body; `ureq` writes the body apart and checks a pooled
+/// connection with a `recv` first) and reads each answer by its `Content-Length`: for timing small
+/// requests without a general-purpose client's own costs.
+pub struct Connection {
+    api: Api,
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Sends a request with an optional JSON body; returns the status and the answer's body.
+    /// Panics on a broken connection or an answer without `Content-Length`.
+    pub fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> (u16, Vec<u8>) {
+        use std::io::Write;
+        let body = body.unwrap_or_default();
+        let mut request = self
+            .api
+            .head(method, path, body.len(), "keep-alive")
+            .into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        self.stream
+            .write_all(&request)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let fail = |what: &str| -> ! { panic!("{method} {path}: {what}") };
+        let head_len = loop {
+            if let Some(at) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            self.fill().unwrap_or_else(|e| fail(&e));
+        };
+        let head =
+            std::str::from_utf8(&self.buf[..head_len]).unwrap_or_else(|_| fail("head not UTF-8"));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| fail("no status in the answer"));
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| fail("no Content-Length in the answer"));
+        while self.buf.len() < head_len + len {
+            self.fill().unwrap_or_else(|e| fail(&e));
+        }
+        let answer = self.buf[head_len..head_len + len].to_vec();
+        self.buf.drain(..head_len + len);
+        (status, answer)
+    }
+
+    /// Reads what the connection has into the buffer.
+    fn fill(&mut self) -> Result<(), String> {
+        let mut chunk = [0u8; 8192];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Err("connection closed".into()),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
         }
     }
 }

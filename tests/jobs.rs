@@ -35,3 +35,21 @@ fn three_workers_compute_sum_sort_and_wordcount_exactly() {
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["chunks"]["succeeded"], 100);
 }
+
+#[test]
+fn one_kept_alive_connection_serves_submits_and_long_polls_in_turn() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker("w1", 1);
+    let mut conn = c.api().connect();
+    for i in 0..5_i64 {
+        let body = json!({"task": "sum", "chunks": [[i, 1], [2]], "reduce": "sum"}).to_string();
+        let (status, created) = conn.request("POST", "/v1/jobs", Some(&body));
+        assert_eq!(status, 201, "{}", String::from_utf8_lossy(&created));
+        let created: serde_json::Value = serde_json::from_slice(&created).expect("json");
+        let id = created["id"].as_str().expect("id");
+        let (status, result) = conn.request("GET", &format!("/v1/jobs/{id}/result?wait=10"), None);
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&result));
+        let result: serde_json::Value = serde_json::from_slice(&result).expect("json");
+        assert_eq!(result["result"], json!(i + 3));
+    }
+}

@@ -290,7 +290,6 @@ impl ClusterState {
             })?;
         let n = job.chunks.len() as u32;
         let key = job_key(job.meta.priority, id);
-        info!(job_id = %id, name = %job.meta.name, chunks = n, "job accepted");
         self.jobs.insert(id, job);
         self.queue.push_job(key, (0..n).map(ChunkIndex));
         if let Some((k, digest)) = idempotency {
@@ -492,7 +491,6 @@ impl ClusterState {
         }
         job.counts.pending = 0;
         job.counts.running = 0;
-        info!(job_id = %id, status = state.name(), "job finished");
         job.finish(state);
         let key = job_key(job.meta.priority, id);
         self.queue.remove_job(&key);
