@@ -119,9 +119,7 @@ fn timed(api: &Api, body: &str) -> (f64, Value) {
         );
     };
     let secs = start.elapsed().as_secs_f64();
-    if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
-        println!("  client: 201 after {posted:?}, result after {secs:.4} s");
-    }
+    show_client_times(posted, secs);
     let result: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     (secs, result["result"].clone())
 }
@@ -258,6 +256,13 @@ fn w5(cluster: &Cluster) -> Run {
     }
 }
 
+/// With `MUSTER_CHILD_LOG` set (profiling), when the client got its 201 and its result.
+fn show_client_times(posted: Duration, secs: f64) {
+    if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
+        println!("  client: 201 after {posted:?}, result after {secs:.4} s");
+    }
+}
+
 fn rss_kib(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -297,10 +302,12 @@ fn s1(cluster: &Cluster, workers: u32, chunks: usize) -> Run {
     let before = rss_kib(pid, "VmRSS:");
     let start = Instant::now();
     let answer = api.call("POST", "/v1/jobs", Some(&body), &[]);
+    let posted = start.elapsed();
     let queued = rss_kib(pid, "VmRSS:");
     let id = answer.body["id"].as_str().unwrap_or_default().to_owned();
     let result = api.wait_result_within(&id, Duration::from_secs(900)).body["result"].clone();
     let secs = start.elapsed().as_secs_f64();
+    show_client_times(posted, secs);
     Run {
         figures: vec![
             ("chunks_per_s", chunks as f64 / secs, "chunks/s"),
