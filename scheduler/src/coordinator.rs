@@ -98,8 +98,8 @@ impl Coordinator {
         for &id in &finished {
             self.log_later(ctx, id, true);
         }
-        // Long-polls get the job's end with a ticket covering it (taking the ticket hands the
-        // end to the store's writer), so they need not ask again.
+        // Long-polls get the job's end with a ticket covering it (the end went to the store's
+        // writer above), so they need not ask again.
         for id in finished {
             let Some(waiters) = self.waiters.remove(&id) else {
                 continue;

@@ -737,8 +737,6 @@ mod tests {
     #[actix_rt::test]
     async fn only_small_chunks_of_built_in_tasks_run_inline() {
         let mut w = worker();
-        w.tasks
-            .register_raw("echo", |_ctx, input| Ok(Bytes::copy_from_slice(input)));
         let small = w.start(assignment("sum", b"[1, 2, 3]".to_vec()));
         match small.map(|o| o.result) {
             Some(Outcome::Succeeded(sum)) => assert_eq!(&sum[..], b"6"),
