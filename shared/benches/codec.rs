@@ -116,6 +116,20 @@ fn reducers(c: &mut Criterion) {
     g.bench_function("merge 16 packed sorted runs of 125k random integers", |b| {
         b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&w3_runs)))
     });
+    // A W3 chunk as a worker gets it: 125k random integers below 2^32, packed, not sorted.
+    let unsorted: Vec<i64> = (0..125_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 32) as i64
+        })
+        .collect();
+    let chunk = muster_shared::packed::pack(&unsorted, false);
+    g.throughput(Throughput::Elements(125_000));
+    g.bench_function("sort a packed chunk of 125k random integers", |b| {
+        b.iter(|| muster_shared::packed::Packed::read(black_box(&chunk)).map(|run| run.sorted()))
+    });
     g.throughput(Throughput::Elements(16));
     g.bench_function("count_map of 16 partials", |b| {
         b.iter(|| Reducer::CountMap { top: Some(2) }.reduce(black_box(&counts)))
