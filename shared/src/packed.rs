@@ -382,6 +382,31 @@ mod tests {
     }
 
     #[test]
+    fn integers_print_as_rust_prints_them() {
+        let mut values = vec![
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            99,
+            100,
+            -101,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ];
+        values.extend((0..19).map(|p| 10_i64.pow(p)));
+        values.extend((1..19).map(|p| 10_i64.pow(p) - 1));
+        values.extend((1..19).map(|p| -(10_i64.pow(p) + 7)));
+        let mut out = Vec::new();
+        json_items(&values, &mut out);
+        let expected: Vec<String> = values.iter().map(i64::to_string).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), expected.join(","));
+    }
+
+    #[test]
     fn json_and_damaged_runs_are_not_packed() {
         assert!(Packed::read(b"[1,2]").is_none());
         assert!(Packed::read(&[0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0]).is_none());

@@ -318,11 +318,60 @@ fn merge_runs(runs: Vec<&[i64]>, descending: bool) -> Vec<i64> {
 
 /// Merges two sorted runs of integers.
 fn merge_two(a: &[i64], b: &[i64], descending: bool) -> Vec<i64> {
+    if descending {
+        merge_two_ordered(a, b, |x, y| x >= y)
+    } else {
+        merge_two_ordered(a, b, |x, y| x <= y)
+    }
+}
+
+/// Merges two runs sorted so that `first(x, y)` holds when `x` may come before `y`, from both
+/// ends at once: the front takes the smaller half, the back the larger, and the two walks do
+/// not wait on each other, so a core runs them side by side (each step of one walk waits on the
+/// comparison before it). Ties go to `a` first at the front and to `b` first at the back, the
+/// same order, so the halves meet without taking a value twice. Runs that are not sorted (a
+/// custom task's) can make the walks cross; they are then merged from the front alone, which
+/// keeps every value once whatever the order.
+fn merge_two_ordered(a: &[i64], b: &[i64], first: impl Fn(i64, i64) -> bool) -> Vec<i64> {
+    if a.is_empty() || b.is_empty() {
+        return [a, b].concat();
+    }
+    let n = a.len() + b.len();
+    let mut out = vec![0; n];
+    // The front's next values are a[i] and b[j]; the back's, a[ia - 1] and b[jb - 1]. An
+    // exhausted side still reads a valid index, and its value is then never taken.
+    let (mut i, mut j) = (0, 0);
+    let (mut ia, mut jb) = (a.len(), b.len());
+    let half = n / 2;
+    for k in 0..half {
+        let (x, y) = (a[i.min(a.len() - 1)], b[j.min(b.len() - 1)]);
+        let take_a = (i < a.len()) & ((j >= b.len()) | first(x, y));
+        out[k] = if take_a { x } else { y };
+        i += usize::from(take_a);
+        j += usize::from(!take_a);
+        let (x, y) = (a[ia.max(1) - 1], b[jb.max(1) - 1]);
+        let take_b = (jb > 0) & ((ia == 0) | first(x, y));
+        out[n - 1 - k] = if take_b { y } else { x };
+        jb -= usize::from(take_b);
+        ia -= usize::from(!take_b);
+    }
+    if i > ia || j > jb {
+        return merge_forward(a, b, first);
+    }
+    if n % 2 == 1 {
+        // One value is left between the two halves.
+        out[half] = if i < ia { a[i] } else { b[j] };
+    }
+    out
+}
+
+/// Merges two runs from the front only.
+fn merge_forward(a: &[i64], b: &[i64], first: impl Fn(i64, i64) -> bool) -> Vec<i64> {
     let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         let (x, y) = (a[i], b[j]);
-        let take_a = if descending { x >= y } else { x <= y };
+        let take_a = first(x, y);
         out.push(if take_a { x } else { y });
         i += usize::from(take_a);
         j += usize::from(!take_a);
@@ -442,6 +491,50 @@ mod tests {
             for shares in [1, 2, 3, 8] {
                 let out = merge_in_shares(runs.clone(), descending, shares).unwrap();
                 assert_eq!(out, expected, "descending: {descending}, {shares} shares");
+            }
+        }
+    }
+
+    #[test]
+    fn two_runs_merge_from_both_ends_into_one_order() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |range: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % range) as i64
+        };
+        let sizes = [
+            (1, 1),
+            (1, 6),
+            (7, 0),
+            (0, 3),
+            (100, 3),
+            (2, 99),
+            (1000, 999),
+            (513, 512),
+        ];
+        // Few distinct values (many ties) and many.
+        for range in [3, 1 << 40] {
+            for (m, n) in sizes {
+                let mut a: Vec<i64> = (0..m).map(|_| next(range)).collect();
+                let mut b: Vec<i64> = (0..n).map(|_| next(range)).collect();
+                let mut all = [a.clone(), b.clone()].concat();
+                for descending in [false, true] {
+                    a.sort_unstable();
+                    b.sort_unstable();
+                    all.sort_unstable();
+                    if descending {
+                        a.reverse();
+                        b.reverse();
+                        all.reverse();
+                    }
+                    assert_eq!(
+                        merge_two(&a, &b, descending),
+                        all,
+                        "{m} + {n}, range {range}"
+                    );
+                }
             }
         }
     }
