@@ -142,3 +142,28 @@ fn a_job_that_cannot_be_stored_is_refused_and_forgotten() {
         .collect();
     assert_eq!(listed, vec![small.as_str()]);
 }
+
+#[test]
+fn a_second_coordinator_on_the_same_data_dir_is_refused() {
+    let c = Coordinator::start(&[]);
+    // The first one's store is open once it answers from it.
+    assert_eq!(c.api().get("/v1/jobs").status, 200);
+    let mut cmd = std::process::Command::new(muster_suite::bin("muster"));
+    cmd.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(c.dir.path())
+        .env("MUSTER_CLIENT_TOKEN", muster_suite::CLIENT_TOKEN)
+        .env("MUSTER_WORKER_TOKEN", muster_suite::WORKER_TOKEN);
+    let mut second = muster_suite::Proc::spawn("second", cmd);
+    let refusal = second.wait_for("in use by another muster coordinator");
+    assert!(
+        refusal.contains(&c.dir.path().display().to_string()),
+        "{refusal}"
+    );
+    assert_ne!(second.wait_exit(), Some(0));
+    // The first one goes on.
+    let id = c
+        .api()
+        .submit(&json!({"kind": "sum", "input": [1, 2], "chunks": 1}));
+    let _worker = c.worker("w", 1);
+    assert_eq!(c.api().result(&id), json!(3));
+}

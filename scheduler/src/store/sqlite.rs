@@ -93,6 +93,8 @@ DROP TABLE attempts_v1;
 /// The SQLite database the writer thread owns.
 struct Sqlite {
     conn: Connection,
+    /// Held for as long as the store is open: one coordinator per data directory.
+    _lock: std::fs::File,
     /// The directory of payload files.
     payloads: PathBuf,
     /// Pages in the WAL, as SQLite reports after each commit.
@@ -101,6 +103,13 @@ struct Sqlite {
     /// to stop it).
     checkpoints: mpsc::SyncSender<Option<mpsc::Sender<()>>>,
 }
+
+/// The lock file that keeps a second coordinator off a data directory.
+const LOCK_FILE: &str = "muster.lock";
+
+/// Bytes of zeros a new WAL file starts with: more than the WAL reaches between checkpoints
+/// ([`CHECKPOINT_BUSY_PAGES`] 4 KiB pages, plus what is written while a checkpoint runs).
+const WAL_RESERVE: usize = 8 << 20;
 
 /// Copies committed pages from the WAL into the database file, without waiting for readers.
 const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
@@ -113,7 +122,7 @@ const CHECKPOINT_IDLE_PAGES: usize = 100;
 /// a growing file.
 const CHECKPOINT_BUSY_PAGES: usize = 1_000;
 /// Pages past which the writer checkpoints itself, the checkpoint thread having fallen behind or
-/// a large job running, so that the WAL cannot grow without bound (256 MiB of 16 KiB pages).
+/// a large job running, so that the WAL cannot grow without bound (64 MiB of 4 KiB pages).
 const CHECKPOINT_PAGES: usize = 16_384;
 
 /// Opens (creating if needed) the database at `path` and starts its writer thread.
@@ -177,14 +186,25 @@ impl Sqlite {
     }
 
     fn open(path: &Path) -> Result<Self, StoreError> {
-        let mut conn = Connection::open(path)
-            .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
-        // 16 KiB pages (set when the file is created): chunk payloads can be megabytes, and the
-        // default 4 KiB pages made writing them twice as slow; larger pages made the small
-        // commits of short jobs slower.
-        conn.execute_batch(
-            "PRAGMA page_size = 16384; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
-        )?;
+        let lock = lock_data_dir(path)?;
+        let connect = || {
+            let conn = Connection::open(path)
+                .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
+            // 4 KiB pages (set when the file is created; files made with 16 KiB pages keep them):
+            // a small job's commit writes a page per table it touches, and payloads large enough
+            // for pages to matter live in files of their own.
+            conn.execute_batch(
+                "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
+            )?;
+            Ok::<_, StoreError>(conn)
+        };
+        // SQLite deletes the WAL of a database without pages: a new one gets its schema, and its
+        // connection is closed (which removes its WAL), before the WAL is reserved.
+        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+            connect()?.execute_batch(SCHEMA)?;
+        }
+        reserve_wal(path)?;
+        let mut conn = connect()?;
         // Checkpoints (copying the WAL into the database file) run on a thread of their own, not
         // inside the commit a client waits for: with 100 MB jobs they cost as much as the commit.
         // (The WAL hook set below replaces the automatic checkpoint.)
@@ -225,11 +245,61 @@ impl Sqlite {
         let checkpoints = spawn_checkpointer(path)?;
         Ok(Self {
             conn,
+            _lock: lock,
             payloads,
             wal_pages,
             checkpoints,
         })
     }
+}
+
+/// Locks the database's directory for this process (a lock file beside the database, released
+/// when the process ends however it ends): two coordinators on one SQLite store would both run
+/// its jobs.
+fn lock_data_dir(db: &Path) -> Result<std::fs::File, StoreError> {
+    let path = db.with_file_name(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_error("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Other(format!(
+            "{} is in use by another muster coordinator",
+            db.parent().unwrap_or_else(|| Path::new(".")).display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_error("lock", &path, e)),
+    }
+}
+
+/// Gives a database opened without a WAL file one of [`WAL_RESERVE`] zero bytes, written and
+/// synced, before SQLite opens it. SQLite reads a WAL without a valid header as empty and writes
+/// its frames from the start, over these blocks; a commit that writes over allocated blocks
+/// syncs without the file system's metadata (W5's jobs: ~0.6-0.8 ms each against ~1.0-1.5 while
+/// the WAL grows). A WAL already there (left by a crash) is SQLite's to recover and is not
+/// touched; SQLite removes the WAL when the store is closed cleanly, so each start makes it anew.
+fn reserve_wal(db: &Path) -> Result<(), StoreError> {
+    use std::io::Write;
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    let wal = PathBuf::from(name);
+    let mut file = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&wal)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io_error("create", &wal, e)),
+    };
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..WAL_RESERVE / zeros.len() {
+        file.write_all(&zeros)
+            .map_err(|e| io_error("write", &wal, e))?;
+    }
+    file.sync_all().map_err(|e| io_error("sync", &wal, e))
 }
 
 /// Starts the thread that checkpoints the WAL on a connection of its own when asked. A checkpoint
@@ -913,6 +983,52 @@ mod tests {
                 snapshot.jobs[0].chunks[0].result.as_deref(),
                 Some(&b"1"[..])
             );
+        }
+    }
+
+    #[test]
+    fn a_new_wal_is_reserved_and_commits_stay_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.db");
+        let wal = dir.path().join("muster.db-wal");
+        let mut db = Sqlite::open(&path).unwrap();
+        let wal_bytes = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(
+            wal_bytes(),
+            WAL_RESERVE as u64,
+            "SQLite kept the reserved WAL"
+        );
+        let id = JobId::new().to_string();
+        db.write(&[Op::Insert(InsertJob {
+            id: id.clone(),
+            meta: meta(),
+            created_at: Utc::now().to_rfc3339(),
+            inputs: vec![Bytes::from_static(b"[1]"); 4],
+            idempotency: None,
+        })])
+        .unwrap();
+        for n in 1..=200 {
+            db.write(&[Op::Write(Pending::Attempt {
+                job: id.as_str().into(),
+                chunk: n % 4,
+                attempt: n,
+                record: record(n, false),
+            })])
+            .unwrap();
+        }
+        assert!(db.wal_pages.load(Ordering::Relaxed) >= 200);
+        assert_eq!(
+            wal_bytes(),
+            WAL_RESERVE as u64,
+            "commits wrote within the reserve"
+        );
+        match Sqlite::open(&path) {
+            Err(e) => assert!(
+                e.to_string()
+                    .contains("in use by another muster coordinator"),
+                "{e}"
+            ),
+            Ok(_) => panic!("a second store opened the same data dir"),
         }
     }
 
