@@ -102,13 +102,30 @@ struct Sqlite {
     /// Asks the checkpoint thread for a checkpoint, to be told when it is done or not (dropped
     /// to stop it).
     checkpoints: mpsc::SyncSender<Option<mpsc::Sender<()>>>,
+    /// What the checkpoint thread is doing.
+    checkpointer: Arc<CheckpointState>,
+    /// WAL pages past which a commit asks for a checkpoint: [`CHECKPOINT_BUSY_BYTES`] of this
+    /// database's pages.
+    busy_pages: usize,
+    /// The thread's current checkpoint was asked for by a commit past `busy_pages`, when the WAL
+    /// held this many pages.
+    asked_busy: Option<usize>,
+}
+
+/// The checkpoint thread's state, as the writer sees it.
+#[derive(Default)]
+struct CheckpointState {
+    /// A checkpoint was asked for and has not finished.
+    running: std::sync::atomic::AtomicBool,
+    /// A checkpoint finished since the writer last looked.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 /// The lock file that keeps a second coordinator off a data directory.
 const LOCK_FILE: &str = "muster.lock";
 
 /// Bytes of zeros a new WAL file starts with: more than the WAL reaches between checkpoints
-/// ([`CHECKPOINT_BUSY_PAGES`] 4 KiB pages, plus what is written while a checkpoint runs).
+/// ([`CHECKPOINT_BUSY_BYTES`], plus what is written while one runs).
 const WAL_RESERVE: usize = 8 << 20;
 
 /// Copies committed pages from the WAL into the database file, without waiting for readers.
@@ -117,10 +134,13 @@ const CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 /// Pages in the WAL past which an idle writer asks for a checkpoint (each checkpoint syncs the
 /// database file, so a few pages are left for later).
 const CHECKPOINT_IDLE_PAGES: usize = 100;
-/// Pages past which a commit asks for a checkpoint, as SQLite's automatic checkpoint does, when no
-/// large job is in flight: the WAL is then written over from its start, which syncs faster than
-/// a growing file.
-const CHECKPOINT_BUSY_PAGES: usize = 1_000;
+/// WAL bytes (in pages) past which a commit asks for a checkpoint, as SQLite's automatic checkpoint
+/// does after 1000 pages, when no large job is in flight: the WAL is then written over from its
+/// start, within [`WAL_RESERVE`], which syncs faster than a growing file.
+const CHECKPOINT_BUSY_BYTES: usize = 6 << 20;
+/// Most WAL pages committed while the thread checkpointed that the writer copies itself to let
+/// the WAL start over (see `Sqlite::checkpoint_when_busy`).
+const CHECKPOINT_FINISH_PAGES: usize = 256;
 /// Pages past which the writer checkpoints itself, the checkpoint thread having fallen behind or
 /// a large job running, so that the WAL cannot grow without bound (64 MiB of 4 KiB pages).
 const CHECKPOINT_PAGES: usize = 16_384;
@@ -179,10 +199,40 @@ impl Sqlite {
         Ok(())
     }
 
-    /// Asks the checkpoint thread to copy the WAL into the database file; a request already
-    /// waiting covers this one.
+    /// Asks the checkpoint thread to copy the WAL into the database file, unless it is at it.
     fn checkpoint_behind(&self) {
-        let _ = self.checkpoints.try_send(None);
+        if !self.checkpointer.running.swap(true, Ordering::AcqRel) {
+            let _ = self.checkpoints.try_send(None);
+        }
+    }
+
+    /// Once the WAL is past [`CHECKPOINT_BUSY_BYTES`]: the thread copies the bulk of it beside
+    /// the writer, then the writer copies what was committed meanwhile itself (a few pages and a
+    /// sync of the database file, ahead of its next commit), since the WAL only starts over at a
+    /// transaction that finds every frame copied: with commits every half millisecond (W5), the
+    /// thread's checkpoints never caught up, and one was asked for after every commit, each
+    /// syncing the database file beside the commits' syncs.
+    /// When more than [`CHECKPOINT_FINISH_PAGES`] were committed while the thread's checkpoint
+    /// ran (heavy writing, as in S1), the thread is asked again instead: the writer's own copy
+    /// would hold up its commits for longer, and their writes would pile up in memory meanwhile.
+    fn checkpoint_when_busy(&mut self, pages: usize) -> Result<(), StoreError> {
+        match self.asked_busy {
+            Some(asked) if self.checkpointer.finished.swap(false, Ordering::AcqRel) => {
+                if pages.saturating_sub(asked) <= CHECKPOINT_FINISH_PAGES {
+                    self.asked_busy = None;
+                    return self.checkpoint();
+                }
+                self.asked_busy = Some(pages);
+            }
+            Some(_) => {}
+            None => {
+                // A checkpoint that finished earlier (an idle one) copied none of this.
+                self.checkpointer.finished.store(false, Ordering::Release);
+                self.asked_busy = Some(pages);
+            }
+        }
+        self.checkpoint_behind();
+        Ok(())
     }
 
     fn open(path: &Path) -> Result<Self, StoreError> {
@@ -242,13 +292,18 @@ impl Sqlite {
                 Ok(())
             },
         ))?;
-        let checkpoints = spawn_checkpointer(path)?;
+        let checkpointer = Arc::new(CheckpointState::default());
+        let checkpoints = spawn_checkpointer(path, checkpointer.clone())?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         Ok(Self {
             conn,
             _lock: lock,
             payloads,
             wal_pages,
             checkpoints,
+            checkpointer,
+            busy_pages: CHECKPOINT_BUSY_BYTES / usize::try_from(page_size).unwrap_or(4096).max(512),
+            asked_busy: None,
         })
     }
 }
@@ -309,6 +364,7 @@ fn reserve_wal(db: &Path) -> Result<(), StoreError> {
 /// than growing it. The thread ends when the store is dropped.
 fn spawn_checkpointer(
     path: &Path,
+    state: Arc<CheckpointState>,
 ) -> Result<mpsc::SyncSender<Option<mpsc::Sender<()>>>, StoreError> {
     let conn = Connection::open(path)
         .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
@@ -318,9 +374,13 @@ fn spawn_checkpointer(
         .name("muster-checkpoint".into())
         .spawn(move || {
             while let Ok(done) = rx.recv() {
-                if let Err(e) = conn.query_row(CHECKPOINT, [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed");
+                let started = std::time::Instant::now();
+                match conn.query_row(CHECKPOINT, [], |_| Ok(())) {
+                    Ok(()) => tracing::debug!(took = ?started.elapsed(), "WAL checkpoint done"),
+                    Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
                 }
+                state.finished.store(true, Ordering::Release);
+                state.running.store(false, Ordering::Release);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -660,8 +720,8 @@ impl Backend for Sqlite {
         let pages = self.wal_pages.load(Ordering::Relaxed);
         if pages >= CHECKPOINT_PAGES {
             self.checkpoint()?;
-        } else if !large_jobs_running && pages >= CHECKPOINT_BUSY_PAGES {
-            self.checkpoint_behind();
+        } else if !large_jobs_running && pages >= self.busy_pages {
+            self.checkpoint_when_busy(pages)?;
         }
         Ok(())
     }
@@ -1033,6 +1093,51 @@ mod tests {
     }
 
     #[test]
+    fn back_to_back_commits_past_the_busy_mark_still_let_the_wal_start_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+        let id = JobId::new().to_string();
+        db.write(&[Op::Insert(InsertJob {
+            id: id.clone(),
+            meta: meta(),
+            created_at: Utc::now().to_rfc3339(),
+            inputs: vec![Bytes::from_static(b"[1]"); 4],
+            idempotency: None,
+        })])
+        .unwrap();
+        let busy = db.busy_pages;
+        // Rows of ~4 KiB: a page each.
+        let record = "r".repeat(3900);
+        let mut commit = |n: u32| {
+            db.write(&[Op::Write(Pending::Attempt {
+                job: id.as_str().into(),
+                chunk: n % 4,
+                attempt: n,
+                record: record.clone(),
+            })])
+            .unwrap();
+            db.after_commit(false).unwrap();
+            db.wal_pages.load(Ordering::Relaxed)
+        };
+        let mut n = 1;
+        while commit(n) < busy {
+            n += 1;
+        }
+        // Commits go on while the thread checkpoints; the WAL must start over soon after.
+        let limit = n + 5_000;
+        let mut pages = usize::MAX;
+        while pages > 16 {
+            n += 1;
+            assert!(n < limit, "the WAL never started over ({pages} pages)");
+            pages = commit(n);
+        }
+        let wal = std::fs::metadata(dir.path().join("muster.db-wal"))
+            .unwrap()
+            .len();
+        assert_eq!(wal, WAL_RESERVE as u64, "the WAL stayed within its reserve");
+    }
+
+    #[test]
     fn a_checkpoint_beside_the_writer_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
         let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
@@ -1054,7 +1159,7 @@ mod tests {
             })
         };
         let mut n = 1;
-        while db.wal_pages.load(Ordering::Relaxed) < CHECKPOINT_BUSY_PAGES {
+        while db.wal_pages.load(Ordering::Relaxed) < db.busy_pages {
             db.write(&[attempt(n)]).unwrap();
             n += 1;
         }
