@@ -93,8 +93,9 @@ DROP TABLE attempts_v1;
 /// The SQLite database the writer thread owns.
 struct Sqlite {
     conn: Connection,
-    /// Held for as long as the store is open: one coordinator per data directory.
-    _lock: std::fs::File,
+    /// Held for as long as the store is open: one coordinator per data directory (none where the
+    /// file system cannot lock files).
+    _lock: Option<std::fs::File>,
     /// The directory of payload files.
     payloads: PathBuf,
     /// Pages in the WAL, as SQLite reports after each commit.
@@ -249,11 +250,14 @@ impl Sqlite {
             Ok::<_, StoreError>(conn)
         };
         // SQLite deletes the WAL of a database without pages: a new one gets its schema, and its
-        // connection is closed (which removes its WAL), before the WAL is reserved.
-        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
-            connect()?.execute_batch(SCHEMA)?;
+        // connection is closed (which removes its WAL), before the WAL is reserved. Only a store
+        // this process holds the lock of is written to before SQLite opens it.
+        if lock.is_some() {
+            if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+                connect()?.execute_batch(SCHEMA)?;
+            }
+            reserve_wal(path)?;
         }
-        reserve_wal(path)?;
         let mut conn = connect()?;
         // Checkpoints (copying the WAL into the database file) run on a thread of their own, not
         // inside the commit a client waits for: with 100 MB jobs they cost as much as the commit.
@@ -310,8 +314,8 @@ impl Sqlite {
 
 /// Locks the database's directory for this process (a lock file beside the database, released
 /// when the process ends however it ends): two coordinators on one SQLite store would both run
-/// its jobs.
-fn lock_data_dir(db: &Path) -> Result<std::fs::File, StoreError> {
+/// its jobs. Where the file system cannot lock files, says so and goes on without.
+fn lock_data_dir(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
     let path = db.with_file_name(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -320,12 +324,15 @@ fn lock_data_dir(db: &Path) -> Result<std::fs::File, StoreError> {
         .open(&path)
         .map_err(|e| io_error("open", &path, e))?;
     match file.try_lock() {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(Some(file)),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Other(format!(
             "{} is in use by another muster coordinator",
             db.parent().unwrap_or_else(|| Path::new(".")).display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(io_error("lock", &path, e)),
+        Err(std::fs::TryLockError::Error(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot lock the data dir: nothing keeps a second coordinator off it");
+            Ok(None)
+        }
     }
 }
 
