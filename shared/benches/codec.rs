@@ -74,6 +74,18 @@ fn ints(c: &mut Criterion) {
     g.finish();
 }
 
+/// `n` seeded random integers below 2^32 (xorshift from `seed`).
+fn random_below_2_32(seed: &mut u64, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|_| {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            (*seed >> 32) as i64
+        })
+        .collect()
+}
+
 fn reducers(c: &mut Criterion) {
     let partials: Vec<Bytes> = (0..100)
         .map(|i| Bytes::from(format!("{}", i * 1_000_003)))
@@ -88,14 +100,7 @@ fn reducers(c: &mut Criterion) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let w3_runs: Vec<Bytes> = (0..16)
         .map(|_| {
-            let mut run: Vec<i64> = (0..125_000)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    (seed >> 32) as i64
-                })
-                .collect();
+            let mut run = random_below_2_32(&mut seed, 125_000);
             run.sort_unstable();
             muster_shared::packed::pack(&run, false)
         })
@@ -117,15 +122,7 @@ fn reducers(c: &mut Criterion) {
         b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&w3_runs)))
     });
     // A W3 chunk as a worker gets it: 125k random integers below 2^32, packed, not sorted.
-    let unsorted: Vec<i64> = (0..125_000)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed >> 32) as i64
-        })
-        .collect();
-    let chunk = muster_shared::packed::pack(&unsorted, false);
+    let chunk = muster_shared::packed::pack(&random_below_2_32(&mut seed, 125_000), false);
     g.throughput(Throughput::Elements(125_000));
     g.bench_function("sort a packed chunk of 125k random integers", |b| {
         b.iter(|| muster_shared::packed::Packed::read(black_box(&chunk)).map(|run| run.sorted()))

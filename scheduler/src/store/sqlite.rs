@@ -1098,18 +1098,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_new_wal_is_reserved_and_commits_stay_within_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("muster.db");
-        let wal = dir.path().join("muster.db-wal");
-        let mut db = Sqlite::open(&path).unwrap();
-        let wal_bytes = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
-        assert_eq!(
-            wal_bytes(),
-            WAL_RESERVE as u64,
-            "SQLite kept the reserved WAL"
-        );
+    /// A store in `dir` holding one job of four tiny chunks, and the job's id.
+    fn open_with_job(dir: &Path) -> (Sqlite, String) {
+        let mut db = Sqlite::open(&dir.join("muster.db")).unwrap();
         let id = JobId::new().to_string();
         db.write(&[Op::Insert(InsertJob {
             id: id.clone(),
@@ -1119,6 +1110,21 @@ mod tests {
             idempotency: None,
         })])
         .unwrap();
+        (db, id)
+    }
+
+    #[test]
+    fn a_new_wal_is_reserved_and_commits_stay_within_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("muster.db");
+        let wal = dir.path().join("muster.db-wal");
+        let wal_bytes = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let (mut db, id) = open_with_job(dir.path());
+        assert_eq!(
+            wal_bytes(),
+            WAL_RESERVE as u64,
+            "SQLite kept the reserved WAL"
+        );
         for n in 1..=200 {
             db.write(&[Op::Write(Pending::Attempt {
                 job: id.as_str().into(),
@@ -1147,16 +1153,7 @@ mod tests {
     #[test]
     fn back_to_back_commits_past_the_busy_mark_still_let_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
-        let id = JobId::new().to_string();
-        db.write(&[Op::Insert(InsertJob {
-            id: id.clone(),
-            meta: meta(),
-            created_at: Utc::now().to_rfc3339(),
-            inputs: vec![Bytes::from_static(b"[1]"); 4],
-            idempotency: None,
-        })])
-        .unwrap();
+        let (mut db, id) = open_with_job(dir.path());
         let busy = db.busy_pages;
         // Rows of ~4 KiB: a page each.
         let record = "r".repeat(3900);
@@ -1192,16 +1189,7 @@ mod tests {
     #[test]
     fn a_checkpoint_beside_the_writer_lets_the_wal_start_over() {
         let dir = tempfile::tempdir().unwrap();
-        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
-        let id = JobId::new().to_string();
-        db.write(&[Op::Insert(InsertJob {
-            id: id.clone(),
-            meta: meta(),
-            created_at: Utc::now().to_rfc3339(),
-            inputs: vec![Bytes::from_static(b"[1]"); 4],
-            idempotency: None,
-        })])
-        .unwrap();
+        let (mut db, id) = open_with_job(dir.path());
         let attempt = |n: u32| {
             Op::Write(Pending::Attempt {
                 job: id.as_str().into(),
