@@ -213,6 +213,7 @@ impl Sqlite {
     /// transaction that finds every frame copied: with commits every half millisecond (W5), the
     /// thread's checkpoints never caught up, and one was asked for after every commit, each
     /// syncing the database file beside the commits' syncs.
+    ///
     /// When more than [`CHECKPOINT_FINISH_PAGES`] were committed while the thread's checkpoint
     /// ran (heavy writing, as in S1), the thread is asked again instead: the writer's own copy
     /// would hold up its commits for longer, and their writes would pile up in memory meanwhile.
@@ -339,7 +340,7 @@ fn lock_data_dir(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
 /// Gives a database opened without a WAL file one of [`WAL_RESERVE`] zero bytes, written and
 /// synced, before SQLite opens it. SQLite reads a WAL without a valid header as empty and writes
 /// its frames from the start, over these blocks; a commit that writes over allocated blocks
-/// syncs without the file system's metadata (W5's jobs: ~0.6-0.8 ms each against ~1.0-1.5 while
+/// syncs without the file system's metadata (W5's jobs: ~1.0 ms each against ~1.3-1.5 ms while
 /// the WAL grows). A WAL already there (left by a crash) is SQLite's to recover and is not
 /// touched; SQLite removes the WAL when the store is closed cleanly, so each start makes it anew.
 fn reserve_wal(db: &Path) -> Result<(), StoreError> {
