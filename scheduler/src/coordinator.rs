@@ -95,12 +95,10 @@ impl Coordinator {
                 session.do_send(Deliver(messages));
             }
         }
-        for &id in &finished {
-            self.log_later(ctx, id, true);
-        }
         // Long-polls get the job's end with a ticket covering it (the end went to the store's
         // writer above), so they need not ask again.
         for id in finished {
+            self.log_later(ctx, id, true);
             let Some(waiters) = self.waiters.remove(&id) else {
                 continue;
             };
