@@ -10,6 +10,7 @@
 //! not succeeded.
 
 mod memory;
+mod payload_files;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -241,6 +242,11 @@ pub trait Store: Send {
     fn failure(&mut self) -> Option<StoreError>;
     /// Reads back everything needed to resume.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
+}
+
+/// A file system error on `path`, saying what was being done.
+fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> StoreError {
+    StoreError::Other(format!("cannot {what} {}: {e}", path.display()))
 }
 
 #[cfg(test)]

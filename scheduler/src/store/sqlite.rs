@@ -12,16 +12,16 @@ use std::sync::{mpsc, Arc};
 use bytes::Bytes;
 use rusqlite::{params, Connection, Transaction};
 
+use super::payload_files::PayloadFiles;
 use super::rows::{self, Pending};
 use super::writer::{Backend, InsertJob, Op, Writer};
-use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
+use super::{io_error, Snapshot, Store, StoreError, StoredChunk, StoredJob};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
-/// A job with at least this many bytes of payloads keeps them in a file of their own: one write
-/// and one sync, where SQLite would write and checksum them page by page, twice (WAL, then the
-/// database file).
+/// A job with at least this many bytes of payloads keeps them in a file of their own (see
+/// [`PayloadFiles`]).
 const FILE_PAYLOAD_BYTES: usize = 1 << 20;
 
 /// Where payload files live, beside the database.
@@ -96,8 +96,8 @@ struct Sqlite {
     /// Held for as long as the store is open: one coordinator per data directory (none where the
     /// file system cannot lock files).
     _lock: Option<std::fs::File>,
-    /// The directory of payload files.
-    payloads: PathBuf,
+    /// The payload files' directory and spares.
+    payloads: PayloadFiles,
     /// Pages in the WAL, as SQLite reports after each commit.
     wal_pages: Arc<AtomicUsize>,
     /// Asks the checkpoint thread for a checkpoint, to be told when it is done or not (dropped
@@ -155,22 +155,6 @@ pub fn open(path: &Path) -> Result<Box<dyn Store>, StoreError> {
 }
 
 impl Sqlite {
-    /// Removes payload files no stored job names (left by a crash between writing a file and
-    /// committing its job, or between dropping a job's payloads and deleting the file).
-    fn remove_stray_payloads(&self, named: &std::collections::HashSet<String>) {
-        let Ok(entries) = std::fs::read_dir(&self.payloads) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".bin") && !named.contains(&name) {
-                if let Err(e) = std::fs::remove_file(entry.path()) {
-                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stray payload file");
-                }
-            }
-        }
-    }
-
     /// Deletes the stored payloads of `jobs` (partial results stay: a succeeded job's result is
     /// merged from them on restart); returns the payload files to remove.
     fn delete_inputs(&mut self, jobs: &[String]) -> Result<Vec<String>, StoreError> {
@@ -274,9 +258,9 @@ impl Sqlite {
             .parent()
             .unwrap_or_else(|| Path::new("."))
             .join(PAYLOAD_DIR);
-        std::fs::create_dir_all(&payloads).map_err(|e| io_error("create", &payloads, e))?;
+        let mut payloads = PayloadFiles::open(payloads)?;
         if version == 1 {
-            migrate_v1(&conn, &payloads)?;
+            migrate_v1(&conn, &mut payloads)?;
         }
         conn.execute_batch(SCHEMA)?;
         // Version 2 files made before payload files and combined result rows lack these columns.
@@ -399,7 +383,7 @@ fn spawn_checkpointer(
 }
 
 /// Moves a version 1 database to the current layout, in one transaction.
-fn migrate_v1(conn: &Connection, payloads: &Path) -> Result<(), StoreError> {
+fn migrate_v1(conn: &Connection, payloads: &mut PayloadFiles) -> Result<(), StoreError> {
     let tx = conn.unchecked_transaction()?;
     tx.execute_batch(MIGRATE_V1)?;
     tx.execute_batch(SCHEMA)?;
@@ -421,148 +405,11 @@ fn migrate_v1(conn: &Connection, payloads: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn io_error(what: &str, path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Other(format!("cannot {what} {}: {e}", path.display()))
-}
-
-/// Payload files are written past the page cache (`O_DIRECT`, where the file system allows it) in
-/// pieces of this many bytes, copied into one aligned buffer: copying 40 MB into the page cache
-/// cost the writer thread 20-130 ms of CPU on W2, in the middle of the chunks' dispatch, and the
-/// sync then had all of it still to write.
-const DIRECT_PIECE: usize = 4 << 20;
-/// Alignment of `O_DIRECT` buffers, offsets and lengths (a page: enough for any block size).
-const DIRECT_ALIGN: usize = 4096;
-
-/// Writes `inputs` one after another into a new file at `path` with `O_DIRECT`; an error of any
-/// kind (a file system without `O_DIRECT` among them) leaves the caller to write it the ordinary
-/// way.
-#[cfg(target_os = "linux")]
-fn write_direct(path: &Path, inputs: &[Bytes]) -> std::io::Result<std::fs::File> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)?;
-    let total: u64 = inputs.iter().map(|input| input.len() as u64).sum();
-    // Two pieces: one is filled while a thread writes the other, so the disk does not wait for
-    // the copies (40 MB of them for W2's payloads).
-    let (full_tx, full_rx) = mpsc::sync_channel::<(DirectPiece, usize)>(1);
-    let (free_tx, free_rx) = mpsc::channel::<DirectPiece>();
-    let mut spare = vec![DirectPiece::new(), DirectPiece::new()];
-    std::thread::scope(|scope| {
-        let writer = scope.spawn(move || -> std::io::Result<std::fs::File> {
-            for (piece, len) in full_rx {
-                file.write_all(&piece.bytes()[..len])?;
-                let _ = free_tx.send(piece);
-            }
-            Ok(file)
-        });
-        let mut piece = spare.pop();
-        let mut filled = 0;
-        'fill: for input in inputs {
-            let mut rest: &[u8] = input;
-            while !rest.is_empty() {
-                let Some(current) = piece.as_mut() else {
-                    break 'fill;
-                };
-                let n = rest.len().min(DIRECT_PIECE - filled);
-                current.bytes_mut()[filled..filled + n].copy_from_slice(&rest[..n]);
-                (filled, rest) = (filled + n, &rest[n..]);
-                if filled == DIRECT_PIECE {
-                    let full = piece.take().map(|p| (p, DIRECT_PIECE));
-                    if full.is_some_and(|full| full_tx.send(full).is_err()) {
-                        break 'fill;
-                    }
-                    // A failed write ends the writer, and with it the free pieces.
-                    piece = spare.pop().or_else(|| free_rx.recv().ok());
-                    filled = 0;
-                }
-            }
-        }
-        if let Some(mut last) = piece.filter(|_| filled > 0) {
-            // The last piece is written whole, padded with zeros; the file is then cut to its
-            // length.
-            let padded = filled.next_multiple_of(DIRECT_ALIGN);
-            last.bytes_mut()[filled..padded].fill(0);
-            let _ = full_tx.send((last, padded));
-        }
-        drop(full_tx);
-        let file = writer
-            .join()
-            .map_err(|_| std::io::Error::other("the payload writer thread panicked"))??;
-        file.set_len(total)?;
-        Ok(file)
-    })
-}
-
-/// An aligned piece of [`DIRECT_PIECE`] bytes for `O_DIRECT` writes.
-struct DirectPiece {
-    buffer: Vec<u8>,
-    start: usize,
-}
-
-impl DirectPiece {
-    fn new() -> Self {
-        let buffer = vec![0u8; DIRECT_PIECE + DIRECT_ALIGN];
-        let start = buffer.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
-        Self { buffer, start }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buffer[self.start..self.start + DIRECT_PIECE]
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buffer[self.start..self.start + DIRECT_PIECE]
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn write_direct(_: &Path, _: &[Bytes]) -> std::io::Result<std::fs::File> {
-    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
-}
-
-/// Writes `inputs` one after another into a new file at `path` through the page cache.
-fn write_buffered(path: &Path, inputs: &[Bytes]) -> Result<std::fs::File, StoreError> {
-    use std::io::Write;
-    let file = std::fs::File::create(path).map_err(|e| io_error("create", path, e))?;
-    // Many small payloads are gathered into 64 KiB writes; a payload larger than the buffer goes
-    // straight through, without a copy into it.
-    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
-    for input in inputs {
-        out.write_all(input)
-            .map_err(|e| io_error("write", path, e))?;
-    }
-    out.into_inner()
-        .map_err(|e| io_error("write", path, e.into_error()))
-}
-
-/// Writes payloads to a new file in `dir` and makes it durable (its data and its name).
-fn write_payload_file(dir: &Path, name: &str, inputs: &[Bytes]) -> Result<(), StoreError> {
-    let started = std::time::Instant::now();
-    let path = dir.join(name);
-    let (file, direct) = match write_direct(&path, inputs) {
-        Ok(file) => (file, true),
-        Err(_) => (write_buffered(&path, inputs)?, false),
-    };
-    let written = started.elapsed();
-    file.sync_data().map_err(|e| io_error("sync", &path, e))?;
-    let synced = started.elapsed();
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error("sync", dir, e))?;
-    tracing::debug!(direct, ?written, ?synced, took = ?started.elapsed(), "payload file written");
-    Ok(())
-}
-
 /// Writes a job's chunk payloads in one row: into it when small, otherwise into a file of their
 /// own that is durable before the row naming it is committed.
 fn insert_inputs(
     tx: &Transaction<'_>,
-    payloads: &Path,
+    payloads: &mut PayloadFiles,
     job: &str,
     inputs: &[Bytes],
 ) -> Result<(), StoreError> {
@@ -576,8 +423,7 @@ fn insert_inputs(
         "INSERT INTO inputs (job_id, first, ends, data, file) VALUES (?1, 0, ?2, ?3, ?4)",
     )?;
     if end as usize >= FILE_PAYLOAD_BYTES {
-        let name = format!("{job}.bin");
-        write_payload_file(payloads, &name, inputs)?;
+        let name = payloads.write(job, inputs)?;
         row.execute(params![job, ends, &[] as &[u8], name])?;
     } else {
         let data: Vec<u8> = inputs.concat();
@@ -586,7 +432,11 @@ fn insert_inputs(
     Ok(())
 }
 
-fn insert(tx: &Transaction<'_>, payloads: &Path, job: &InsertJob) -> Result<(), StoreError> {
+fn insert(
+    tx: &Transaction<'_>,
+    payloads: &mut PayloadFiles,
+    job: &InsertJob,
+) -> Result<(), StoreError> {
     tx.prepare_cached("INSERT INTO jobs (id, meta, created_at, chunks) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             job.id,
@@ -754,7 +604,7 @@ impl Backend for Sqlite {
         for op in ops {
             match op {
                 Op::Write(pending) => writes.push(pending),
-                Op::Insert(job) => insert(&tx, &self.payloads, job)?,
+                Op::Insert(job) => insert(&tx, &mut self.payloads, job)?,
             }
         }
         apply(&tx, &writes)?;
@@ -785,11 +635,7 @@ impl Backend for Sqlite {
         let dropped = self.delete_inputs(jobs);
         self.conn.execute_batch("PRAGMA synchronous = FULL")?;
         // A file left behind by a crash here is removed at the next start.
-        for file in dropped? {
-            let path = self.payloads.join(file);
-            std::fs::remove_file(&path).map_err(|e| io_error("remove", &path, e))?;
-        }
-        Ok(())
+        self.payloads.retire(dropped?)
     }
 
     fn load(&mut self) -> Result<Snapshot, StoreError> {
@@ -827,22 +673,27 @@ impl Backend for Sqlite {
         while let Some(r) = rows.next()? {
             let job: String = r.get(0)?;
             let first: u32 = r.get(1)?;
+            let ends: Vec<u8> = r.get(2)?;
             let data = match r.get::<_, Option<String>>(4)? {
                 Some(file) => {
-                    let path = self.payloads.join(&file);
+                    // A spare written over may hold a former job's bytes past the last end.
+                    let len = ends
+                        .last_chunk::<8>()
+                        .map_or(0, |end| u64::from_le_bytes(*end));
+                    let data = self.payloads.read(&file, len)?;
                     files.insert(file);
-                    std::fs::read(&path).map_err(|e| io_error("read", &path, e))?
+                    data
                 }
                 None => r.get::<_, Vec<u8>>(3)?,
             };
-            let inputs = segment_inputs(&r.get::<_, Vec<u8>>(2)?, Bytes::from(data))?;
+            let inputs = segment_inputs(&ends, Bytes::from(data))?;
             for (i, input) in (first..).zip(inputs) {
                 if let Some(c) = stored_chunk(&mut snapshot, &at, &job, i) {
                     c.input = input;
                 }
             }
         }
-        self.remove_stray_payloads(&files);
+        self.payloads.remove_strays(&files);
 
         let mut attempts = self
             .conn
@@ -903,44 +754,6 @@ mod tests {
 
     use super::*;
     use crate::state::job::{AttemptRecord, JobMeta};
-
-    #[test]
-    fn payload_files_hold_exactly_their_payloads_written_either_way() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        // Lengths that are not multiples of a block, across and within pieces.
-        let sizes: [&[usize]; 4] = [
-            &[1],
-            &[4095, 4097, 1],
-            &[DIRECT_PIECE - 3, 5, 3 * DIRECT_PIECE / 2],
-            &[400_000; 30],
-        ];
-        for (k, sizes) in sizes.iter().enumerate() {
-            let inputs: Vec<Bytes> = sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| {
-                    Bytes::from((0..n).map(|b| (b * 7 + i + k) as u8).collect::<Vec<_>>())
-                })
-                .collect();
-            let whole = inputs.concat();
-            let name = format!("job-{k}.bin");
-            write_payload_file(dir.path(), &name, &inputs).expect("written");
-            assert_eq!(
-                std::fs::read(dir.path().join(&name)).expect("read"),
-                whole,
-                "case {k}"
-            );
-            let buffered = dir.path().join(format!("buffered-{k}.bin"));
-            drop(write_buffered(&buffered, &inputs).expect("written"));
-            assert_eq!(std::fs::read(&buffered).expect("read"), whole, "case {k}");
-            // Where the file system takes O_DIRECT (not tmpfs, say), that path on its own.
-            let direct = dir.path().join(format!("direct-{k}.bin"));
-            if let Ok(file) = write_direct(&direct, &inputs) {
-                drop(file);
-                assert_eq!(std::fs::read(&direct).expect("read"), whole, "case {k}");
-            }
-        }
-    }
 
     const SCHEMA_V1: &str = "
         CREATE TABLE jobs (id TEXT PRIMARY KEY, meta TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -1067,8 +880,8 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
             // The large job's payload file cannot be written.
-            std::fs::remove_dir(&db.payloads).unwrap();
-            std::fs::write(&db.payloads, b"not a directory").unwrap();
+            std::fs::remove_dir(db.payloads.dir()).unwrap();
+            std::fs::write(db.payloads.dir(), b"not a directory").unwrap();
             let (small, large) = (JobId::new().to_string(), JobId::new().to_string());
             let mut failing = vec![insert(&large, FILE_PAYLOAD_BYTES), start(&large)];
             if fatal {
@@ -1298,8 +1111,9 @@ mod tests {
         assert_eq!(small_job.chunks[0].attempts.len(), 1);
         assert!(small_job.chunks[0].attempts[0].finished_at.is_some());
         db.drop_inputs(std::slice::from_ref(&large)).unwrap();
-        assert!(!file.exists());
+        assert!(file.exists(), "kept as a spare for the next large job");
         let snapshot = db.load().unwrap();
+        assert!(!file.exists(), "spares are not kept across a restart");
         let job = snapshot
             .jobs
             .iter()
