@@ -246,6 +246,16 @@ fn w5(cluster: &Cluster) -> Run {
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
         correct &= status == 200 && json(&result)["result"] == json!(i + 1);
     }
+    if profiling() {
+        // Slow jobs in a row point at the machine (a busy disk), lone ones at a checkpoint.
+        let mut slowest: Vec<(usize, f64)> = latencies.iter().copied().enumerate().collect();
+        slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let shown: Vec<String> = slowest[..6]
+            .iter()
+            .map(|(job, ms)| format!("#{job} {ms:.2} ms"))
+            .collect();
+        println!("  slowest jobs: {}", shown.join(", "));
+    }
     latencies.sort_by(f64::total_cmp);
     Run {
         figures: vec![
@@ -256,9 +266,14 @@ fn w5(cluster: &Cluster) -> Run {
     }
 }
 
-/// With `MUSTER_CHILD_LOG` set (profiling), when the client got its 201 and its result.
+/// Whether `MUSTER_CHILD_LOG` is set: a profiling run, which also shows client-side timings.
+fn profiling() -> bool {
+    std::env::var_os("MUSTER_CHILD_LOG").is_some()
+}
+
+/// When profiling, when the client got its 201 and its result.
 fn show_client_times(posted: Duration, secs: f64) {
-    if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
+    if profiling() {
         println!("  client: 201 after {posted:?}, result after {secs:.4} s");
     }
 }
@@ -366,7 +381,7 @@ fn main() {
                     break;
                 }
             }
-            if std::env::var_os("MUSTER_CHILD_LOG").is_some() {
+            if profiling() {
                 // Profiling: the coordinator's timed log lines, each job's start and end, lost workers
                 // and their failed attempts.
                 for line in cluster.iter().flat_map(|c| c.coordinator.proc.lines()) {
