@@ -97,9 +97,58 @@ fn json_array(values: &[u64]) -> String {
     out
 }
 
+/// How long the machine must be idle before a run starts, and how long to wait for that at most.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+const IDLE_WAIT: Duration = Duration::from_secs(10);
+/// Idle: every CPU together busy for less than this share of one core over the window.
+const IDLE_SHARE: f64 = 0.02;
+
+/// Waits until the machine is idle, as the peers' figures were measured (each run started on an
+/// idle machine): the previous run's housekeeping and the next body's making are done, and a
+/// neighbour's burst has passed. Says so when the machine stayed busy.
+fn wait_for_idle() {
+    let started = Instant::now();
+    loop {
+        let (before, at) = (cpu_busy_secs(), Instant::now());
+        std::thread::sleep(IDLE_WINDOW);
+        let share = (cpu_busy_secs() - before) / at.elapsed().as_secs_f64();
+        if share < IDLE_SHARE {
+            if profiling() {
+                println!("  idle after {:.1} s", started.elapsed().as_secs_f64());
+            }
+            return;
+        }
+        if started.elapsed() > IDLE_WAIT {
+            println!(
+                "  the machine stayed busy: {:.0} % of a core before this run",
+                share * 100.0
+            );
+            return;
+        }
+    }
+}
+
+/// CPU seconds every CPU spent busy since boot (`/proc/stat`: all but idle and iowait, steal
+/// included, in the kernel's 100 Hz ticks); 0 where there is no `/proc/stat`.
+fn cpu_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let idle = ticks.get(3).unwrap_or(&0.0) + ticks.get(4).unwrap_or(&0.0);
+    (ticks.iter().sum::<f64>() - idle) / 100.0
+}
+
 /// Submits a raw body and waits for the result; returns (seconds, result). The clock stops when
 /// the result's last byte has arrived: decoding it is the benchmark client's cost, not Muster's.
 fn timed(api: &Api, body: &str) -> (f64, Value) {
+    wait_for_idle();
     let start = Instant::now();
     let (status, answer) = api.post_whole("/v1/jobs", body.as_bytes());
     let answer: Value = serde_json::from_slice(&answer).unwrap_or(Value::Null);
@@ -125,6 +174,7 @@ fn timed(api: &Api, body: &str) -> (f64, Value) {
 }
 
 fn w0(store: &str, pg: &mut Option<Postgres>) -> Run {
+    wait_for_idle();
     let start = Instant::now();
     let cluster = Cluster::start(store, pg, None);
     let answer = cluster.api().call(
@@ -237,6 +287,7 @@ fn w5(cluster: &Cluster) -> Run {
     let mut latencies = Vec::with_capacity(200);
     let mut correct = true;
     let json = |body: &[u8]| serde_json::from_slice::<Value>(body).unwrap_or(Value::Null);
+    wait_for_idle();
     for i in 0..200u64 {
         let body = format!(r#"{{"task": "sum", "chunks": [[{i}, 1]], "reduce": "sum"}}"#);
         let start = Instant::now();
