@@ -3,16 +3,18 @@
 //! machine-readable line per workload. See BENCHMARKS.md.
 //!
 //! ```text
-//! cargo build --release --workspace --bins --examples
-//! ./target/release/examples/bench                      # every workload, default store
-//! ./target/release/examples/bench --workload W1,W5 --store memory,sqlite,postgres
+//! cargo run --release --example bench                  # every workload, default store
+//! cargo run --release --example bench -- --workload W1,W5 --store memory,sqlite,postgres
 //! ```
+//!
+//! Started by `cargo run`, it first builds the binaries it starts; started directly
+//! (`./target/release/examples/bench`), it uses the ones built beside it.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use muster_suite::{bin, Api, Coordinator, Postgres, Proc, WORKER_TOKEN};
+use muster_suite::{bin, bin_dir, Api, Coordinator, Postgres, Proc, WORKER_TOKEN};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -401,8 +403,46 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// When `cargo run` started the bench, builds the binaries it starts (the coordinator, the worker
+/// and the S1 swarm) in its own profile first: `cargo run --release --example bench` builds only
+/// the bench, and would otherwise measure binaries left from an older build, or none.
+fn build_binaries() {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return;
+    };
+    let profile = match bin_dir().file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(name) => name.to_owned(),
+        None => return,
+    };
+    let mut build = std::process::Command::new(cargo);
+    build.args([
+        "build",
+        "--profile",
+        &profile,
+        "--workspace",
+        "--bins",
+        "--examples",
+    ]);
+    if let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") {
+        build.current_dir(dir);
+    }
+    match build.status() {
+        Ok(status) if status.success() => {}
+        Ok(status) => {
+            eprintln!("bench: building the binaries failed ({status})");
+            std::process::exit(2);
+        }
+        Err(e) => {
+            eprintln!("bench: cannot run cargo to build the binaries: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 fn main() {
     let args = Args::parse();
+    build_binaries();
     let mut pg: Option<Postgres> = None;
     let mut lines = Vec::new();
     println!(
