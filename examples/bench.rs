@@ -443,6 +443,9 @@ fn build_binaries() {
 fn main() {
     let args = Args::parse();
     build_binaries();
+    // What a build (or anything before the bench) left to write goes to the disk before the
+    // first workload's syncs, not during them.
+    settle_disk();
     let mut pg: Option<Postgres> = None;
     let mut lines = Vec::new();
     println!(
