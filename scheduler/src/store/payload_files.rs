@@ -182,7 +182,7 @@ fn write_direct(path: &Path, inputs: &[Bytes], spare: bool) -> std::io::Result<s
             }
         }
         if let Some(mut last) = piece.filter(|_| filled > 0) {
-            // The last piece is written whole, padded with zeros; the file is then cut to its
+            // The last piece is written whole, padded with zeros; a new file is then cut to its
             // length.
             let padded = filled.next_multiple_of(DIRECT_ALIGN);
             last.bytes_mut()[filled..padded].fill(0);
