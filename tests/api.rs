@@ -157,3 +157,53 @@ fn a_worker_of_another_protocol_version_is_refused_with_a_reason() {
     );
     c.proc.wait_for("protocol version 99 is not supported");
 }
+
+#[test]
+fn metrics_show_jobs_chunks_and_workers_in_prometheus_text_for_a_client_token() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker("w1", 2);
+    let api = c.api();
+    let id = api.submit(&json!({"kind": "sum", "input": [1, 2, 3, 4, 5, 6], "chunks": 3}));
+    assert_eq!(api.result(&id), json!(21));
+
+    let answer = api.get("/metrics");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type, "text/plain; version=0.0.4");
+    let (status, text) = api.call_bytes("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    let text = String::from_utf8(text).expect("utf-8");
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    for (series, expected) in [
+        ("muster_leader", 1.0),
+        ("muster_store_info{store=\"sqlite\"}", 1.0),
+        ("muster_jobs{status=\"succeeded\"}", 1.0),
+        ("muster_jobs{status=\"running\"}", 0.0),
+        ("muster_jobs_submitted_total", 1.0),
+        ("muster_jobs_finished_total{status=\"succeeded\"}", 1.0),
+        ("muster_jobs_finished_total{status=\"failed\"}", 0.0),
+        ("muster_chunk_attempts_started_total", 3.0),
+        ("muster_chunk_attempts_succeeded_total", 3.0),
+        (
+            "muster_chunk_attempts_failed_total{reason=\"worker_lost\"}",
+            0.0,
+        ),
+        ("muster_chunks_pending", 0.0),
+        ("muster_workers", 1.0),
+        ("muster_worker_slots", 2.0),
+        ("muster_worker_slots_busy", 0.0),
+    ] {
+        assert_eq!(value(series), Some(expected), "{series} in:\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE muster_jobs_submitted_total counter"),
+        "{text}"
+    );
+
+    let anonymous = Api::new(&c.url, None);
+    assert_problem(&anonymous.get("/metrics"), 401, "missing `Authorization");
+    let worker = Api::new(&c.url, Some(WORKER_TOKEN));
+    assert_problem(&worker.get("/metrics"), 403, "worker token");
+}

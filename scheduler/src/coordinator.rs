@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::state::job::{FailReason, JobState};
 use crate::state::views::JobView;
 use crate::state::workers::WorkerView;
-use crate::state::{ClusterState, Effect, Submitted};
+use crate::state::{ClusterState, Counters, Effect, Gauges, Submitted};
 use crate::store::Ticket;
 use crate::worker_session::{Deliver, Evict, WorkerSession};
 
@@ -434,6 +434,34 @@ impl Handler<ListWorkers> for Coordinator {
         let mut views: Vec<WorkerView> = self.state.workers().iter().map(|w| w.view()).collect();
         views.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         MessageResult(views)
+    }
+}
+
+/// What `/metrics` shows of the coordinator: its counters, its state's sizes and its store.
+#[derive(Message)]
+#[rtype(result = "Observed")]
+pub struct Observe;
+
+/// The coordinator's answer to [`Observe`].
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// What happened since it started leading.
+    pub counters: Counters,
+    /// Its state's sizes now.
+    pub gauges: Gauges,
+    /// Its store's kind.
+    pub store: &'static str,
+}
+
+impl Handler<Observe> for Coordinator {
+    type Result = MessageResult<Observe>;
+
+    fn handle(&mut self, _msg: Observe, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(Observed {
+            counters: self.state.counters.clone(),
+            gauges: self.state.gauges(),
+            store: self.state.store_kind(),
+        })
     }
 }
 

@@ -1,6 +1,8 @@
-//! The HTTP surface: the REST API under `/v1`, the worker WebSocket endpoint, and `/healthz`.
+//! The HTTP surface: the REST API under `/v1`, the worker WebSocket endpoint, `/healthz` and
+//! `/metrics`.
 
 mod jobs;
+mod metrics;
 mod workers;
 
 use std::sync::atomic::AtomicU64;
@@ -102,6 +104,7 @@ impl BodyPool {
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
+        .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/jobs", web::post().to(jobs::submit))
         .route("/v1/jobs", web::get().to(jobs::list))
         .route("/v1/jobs/{id}", web::get().to(jobs::status))

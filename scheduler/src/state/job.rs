@@ -44,6 +44,32 @@ pub enum FailReason {
 }
 
 impl FailReason {
+    /// Every [`FailReason::class`].
+    pub const CLASSES: [&'static str; 8] = [
+        "worker_lost",
+        "heartbeat_timeout",
+        "chunk_timeout",
+        "task_error",
+        "permanent",
+        "unknown_task",
+        "handed_back",
+        "coordinator_restarted",
+    ];
+
+    /// The reason's kind, as its stored record names it (`worker_lost`, `task_error`, ...).
+    pub fn class(&self) -> &'static str {
+        match self {
+            FailReason::WorkerLost => "worker_lost",
+            FailReason::HeartbeatTimeout => "heartbeat_timeout",
+            FailReason::ChunkTimeout => "chunk_timeout",
+            FailReason::TaskError(_) => "task_error",
+            FailReason::Permanent(_) => "permanent",
+            FailReason::UnknownTask(_) => "unknown_task",
+            FailReason::HandedBack => "handed_back",
+            FailReason::CoordinatorRestarted => "coordinator_restarted",
+        }
+    }
+
     /// True when the job must fail at once, without retries.
     pub fn is_permanent(&self) -> bool {
         matches!(self, FailReason::Permanent(_))
@@ -664,5 +690,23 @@ mod tests {
             Duration::ZERO
         ));
         assert!(j.failure_report(ChunkIndex(0)).contains("permanently"));
+    }
+
+    #[test]
+    fn a_reasons_class_is_the_one_its_record_names() {
+        for reason in [
+            FailReason::WorkerLost,
+            FailReason::HeartbeatTimeout,
+            FailReason::ChunkTimeout,
+            FailReason::TaskError("x".into()),
+            FailReason::Permanent("x".into()),
+            FailReason::UnknownTask("x".into()),
+            FailReason::HandedBack,
+            FailReason::CoordinatorRestarted,
+        ] {
+            let record = serde_json::to_value(&reason).expect("serialised");
+            assert_eq!(record["class"], reason.class(), "{reason}");
+            assert!(FailReason::CLASSES.contains(&reason.class()), "{reason}");
+        }
     }
 }

@@ -80,6 +80,40 @@ pub struct Submitted {
     pub created: bool,
 }
 
+/// Counts of what happened since this coordinator started leading, for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// New jobs (not answers to a repeated idempotency key).
+    pub jobs_submitted: u64,
+    /// Jobs that reached a terminal state, by its name.
+    pub jobs_finished: BTreeMap<&'static str, u64>,
+    /// Attempts handed to workers.
+    pub attempts_started: u64,
+    /// Attempts whose result counted.
+    pub attempts_succeeded: u64,
+    /// Attempts that ended without a result, by [`FailReason::class`].
+    pub attempts_failed: BTreeMap<&'static str, u64>,
+    /// Outcomes ignored because they were late or duplicates.
+    pub outcomes_ignored: u64,
+}
+
+/// What `/metrics` shows of the coordinator's state now.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    /// Jobs held, by status name.
+    pub jobs: BTreeMap<&'static str, u64>,
+    /// Chunks of unfinished jobs waiting for a worker (retries included).
+    pub chunks_pending: u64,
+    /// Chunks running or queued on a worker.
+    pub chunks_running: u64,
+    /// Connected workers.
+    pub workers: u64,
+    /// Their slots.
+    pub slots: u64,
+    /// Their slots running a chunk.
+    pub busy_slots: u64,
+}
+
 /// Jobs, queue and workers.
 pub struct ClusterState {
     jobs: BTreeMap<JobId, Job>,
@@ -90,8 +124,8 @@ pub struct ClusterState {
     store: Box<dyn Store>,
     policy: Policy,
     effects: Vec<Effect>,
-    /// Outcomes ignored because they were late or duplicates (for logs and metrics).
-    pub ignored_outcomes: u64,
+    /// What happened since this coordinator started leading (for `/metrics`).
+    pub counters: Counters,
     /// Why this coordinator must stop: the store refused a write because another coordinator
     /// leads now, or lost one the coordinator has acted on (its memory and the store differ).
     stop: Option<String>,
@@ -121,7 +155,7 @@ impl ClusterState {
             store,
             policy,
             effects: Vec::new(),
-            ignored_outcomes: 0,
+            counters: Counters::default(),
             stop: None,
         }
     }
@@ -295,6 +329,7 @@ impl ClusterState {
         if let Some((k, digest)) = idempotency {
             self.idempotency.insert(k, (id, digest));
         }
+        self.counters.jobs_submitted += 1;
         Ok(Submitted { id, created: true })
     }
 
@@ -354,7 +389,7 @@ impl ClusterState {
         let chunk = outcome.chunk;
         self.workers.release(worker, &chunk);
         if !self.is_current(chunk, worker) {
-            self.ignored_outcomes += 1;
+            self.counters.outcomes_ignored += 1;
             info!(%worker, %chunk, "ignored late or duplicate outcome");
             return;
         }
@@ -394,6 +429,7 @@ impl ClusterState {
             return;
         };
         let all_done = job.chunk_succeeded(chunk.chunk, result);
+        self.counters.attempts_succeeded += 1;
         self.record_attempt(chunk);
         debug!(%chunk, "chunk succeeded");
         if all_done {
@@ -407,6 +443,11 @@ impl ClusterState {
             return;
         };
         info!(%chunk, %reason, "chunk attempt failed");
+        *self
+            .counters
+            .attempts_failed
+            .entry(reason.class())
+            .or_default() += 1;
         let retry = job.chunk_failed(chunk.chunk, reason, backoff);
         let key = job_key(job.meta.priority, job.id);
         let ready_at = match job.chunk(chunk.chunk).map(|c| &c.state) {
@@ -491,6 +532,7 @@ impl ClusterState {
         }
         job.counts.pending = 0;
         job.counts.running = 0;
+        *self.counters.jobs_finished.entry(state.name()).or_default() += 1;
         job.finish(state);
         let key = job_key(job.meta.priority, id);
         self.queue.remove_job(&key);
@@ -660,8 +702,25 @@ impl ClusterState {
             task: job.meta.task.clone(),
             input: job.chunks[index.get()].input.clone(),
         };
+        self.counters.attempts_started += 1;
         self.record_attempt(chunk);
         self.effects.push(Effect::Assign { worker, assignment });
+    }
+
+    /// The state's sizes now, for `/metrics`: one pass over the jobs held.
+    pub fn gauges(&self) -> Gauges {
+        let mut gauges = Gauges::default();
+        for job in self.jobs.values() {
+            *gauges.jobs.entry(job.state.name()).or_default() += 1;
+            gauges.chunks_pending += u64::from(job.counts.pending);
+            gauges.chunks_running += u64::from(job.counts.running);
+        }
+        for worker in self.workers.iter() {
+            gauges.workers += 1;
+            gauges.slots += u64::from(worker.slots);
+            gauges.busy_slots += (worker.running.len() as u64).min(u64::from(worker.slots));
+        }
+        gauges
     }
 
     /// The job, if known.
@@ -1014,7 +1073,7 @@ mod tests {
         };
         s.outcome(w, ok());
         s.outcome(w, ok());
-        assert_eq!(s.ignored_outcomes, 1);
+        assert_eq!(s.counters.outcomes_ignored, 1);
         assert!(
             matches!(&s.job(job.id).unwrap().state, JobState::Succeeded { result } if &result[..] == b"7")
         );
