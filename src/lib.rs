@@ -4,6 +4,7 @@
 //! Every wait here is bounded and waits for an event (a log line, a status change) rather than
 //! sleeping for a fixed time.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -192,19 +193,67 @@ impl Drop for Proc {
 pub struct Coordinator {
     /// The process.
     pub proc: Proc,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for [`Coordinator::start_tls`].
     pub url: String,
     /// Its data dir (kept until the coordinator is dropped).
     pub dir: tempfile::TempDir,
+    /// Its certificate and key when it serves HTTPS (the certificate is self-signed: clients and
+    /// workers trust it as their CA).
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The test timings every coordinator but a benchmark's gets.
+const TEST_TIMINGS: [&str; 4] = ["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
+
+/// A self-signed certificate for 127.0.0.1 and localhost with its key, written into `dir`.
+pub fn self_signed_certificate(dir: &Path) -> (PathBuf, PathBuf) {
+    let made =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("a self-signed certificate");
+    let (cert, key) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("certificate written");
+    std::fs::write(&key, made.key_pair.serialize_pem()).expect("key written");
+    (cert, key)
 }
 
 impl Coordinator {
     /// Starts `muster serve` on an ephemeral port with the test tokens, a 1 s heartbeat timeout
     /// and a short retry backoff, plus `extra` flags.
     pub fn start(extra: &[&str]) -> Self {
-        let mut args = vec!["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
+        let mut args = TEST_TIMINGS.to_vec();
         args.extend_from_slice(extra);
         Self::start_with(&args)
+    }
+
+    /// [`Coordinator::start`] serving HTTPS with a self-signed certificate made in its data dir;
+    /// its [`Coordinator::api`] and workers trust that certificate.
+    pub fn start_tls(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tls = self_signed_certificate(dir.path());
+        let proc = Self::spawn(
+            dir.path(),
+            "127.0.0.1:0",
+            &Self::args(Some(&tls), extra),
+            None,
+        );
+        let url = listening_url(&proc);
+        Self {
+            proc,
+            url,
+            dir,
+            tls: Some(tls),
+        }
+    }
+
+    /// The test timings, the TLS flags for `tls`, then `extra`.
+    fn args(tls: Option<&(PathBuf, PathBuf)>, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = TEST_TIMINGS.iter().map(|a| a.to_string()).collect();
+        if let Some((cert, key)) = tls {
+            args.extend(["--tls-cert".to_owned(), cert.display().to_string()]);
+            args.extend(["--tls-key".to_owned(), key.display().to_string()]);
+        }
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
     }
 
     /// Starts `muster serve` on an ephemeral port with the test tokens and exactly `args` (no
@@ -218,10 +267,15 @@ impl Coordinator {
         let dir = tempfile::tempdir().expect("temp dir");
         let proc = Self::spawn(dir.path(), "127.0.0.1:0", args, log);
         let url = listening_url(&proc);
-        Self { proc, url, dir }
+        Self {
+            proc,
+            url,
+            dir,
+            tls: None,
+        }
     }
 
-    fn spawn(dir: &Path, bind: &str, extra: &[&str], log: Option<&str>) -> Proc {
+    fn spawn(dir: &Path, bind: &str, extra: &[impl AsRef<OsStr>], log: Option<&str>) -> Proc {
         let mut cmd = Command::new(bin("muster"));
         cmd.args(["serve", "--bind", bind, "--data-dir"])
             .arg(dir)
@@ -239,9 +293,8 @@ impl Coordinator {
     pub fn restart(&mut self, extra: &[&str]) {
         self.proc.signal("KILL");
         self.proc.wait_exit();
-        let bind = self.url.trim_start_matches("http://").to_owned();
-        let mut args = vec!["--heartbeat-timeout", "1", "--retry-backoff", "0.05"];
-        args.extend_from_slice(extra);
+        let bind = self.url.split("://").nth(1).unwrap_or_default().to_owned();
+        let args = Self::args(self.tls.as_ref(), extra);
         self.proc = Self::spawn(self.dir.path(), &bind, &args, None);
         assert_eq!(listening_url(&self.proc), self.url);
     }
@@ -270,14 +323,20 @@ impl Coordinator {
         .args(extra)
         .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
         .env_remove("MUSTER_SCHEDULER");
+        if let Some((cert, _)) = &self.tls {
+            cmd.arg("--ca-cert").arg(cert);
+        }
         let proc = Proc::spawn(name, cmd);
         proc.wait_for("registered with coordinator");
         proc
     }
 
-    /// A REST client with the client token.
+    /// A REST client with the client token (trusting the coordinator's certificate over TLS).
     pub fn api(&self) -> Api {
-        Api::new(&self.url, Some(CLIENT_TOKEN))
+        match &self.tls {
+            Some((cert, _)) => Api::trusting(&self.url, Some(CLIENT_TOKEN), cert),
+            None => Api::new(&self.url, Some(CLIENT_TOKEN)),
+        }
     }
 }
 
@@ -316,6 +375,19 @@ impl Api {
             base: base.to_owned(),
             token: token.map(str::to_owned),
             agent: ureq::AgentBuilder::new().timeout(WAIT).build(),
+        }
+    }
+
+    /// A client for an `https://` `base` that trusts the CA certificates in `ca` (PEM) alone.
+    pub fn trusting(base: &str, token: Option<&str>, ca: &Path) -> Self {
+        let tls = muster_worker::tls::client_config(Some(ca)).expect("a TLS client configuration");
+        Self {
+            base: base.to_owned(),
+            token: token.map(str::to_owned),
+            agent: ureq::AgentBuilder::new()
+                .timeout(WAIT)
+                .tls_config(tls)
+                .build(),
         }
     }
 

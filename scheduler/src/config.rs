@@ -51,6 +51,10 @@ pub struct RawConfig {
     pub lease: Option<f64>,
     /// URL this coordinator is reached at.
     pub advertise_url: Option<String>,
+    /// Certificate chain (PEM) to serve HTTPS with.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl RawConfig {
@@ -77,6 +81,8 @@ impl RawConfig {
             http_workers: self.http_workers.or(under.http_workers),
             lease: self.lease.or(under.lease),
             advertise_url: self.advertise_url.or(under.advertise_url),
+            tls_cert: self.tls_cert.or(under.tls_cert),
+            tls_key: self.tls_key.or(under.tls_key),
         }
     }
 
@@ -124,6 +130,16 @@ impl RawConfig {
                 anyhow::bail!("--advertise-url `{url}` must be an http:// or https:// URL");
             }
         }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                anyhow::bail!("--tls-cert needs --tls-key: the certificate's private key")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("--tls-key needs --tls-cert: the certificate chain to serve")
+            }
+        };
         let http_workers = self
             .http_workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -147,6 +163,7 @@ impl RawConfig {
             advertise_url: self
                 .advertise_url
                 .map(|u| u.trim_end_matches('/').to_owned()),
+            tls,
         })
     }
 }
@@ -200,9 +217,29 @@ pub struct Config {
     pub lease: Duration,
     /// URL other coordinators, workers and clients reach this one at (default: the bound address).
     pub advertise_url: Option<String>,
+    /// Serve HTTPS with these files (both PEM); plain HTTP without.
+    pub tls: Option<TlsFiles>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Config {
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     /// How often each side sends a heartbeat: a quarter of the timeout, so three may be lost.
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_timeout / 4

@@ -23,6 +23,7 @@ pub mod error;
 pub mod leader;
 pub mod state;
 pub mod store;
+mod tls;
 pub mod worker_session;
 
 use std::future::Future;
@@ -81,7 +82,7 @@ pub async fn run(
     }
     let address = match &config.advertise_url {
         Some(url) => url.clone(),
-        None => format!("http://{}", listener.local_addr()?),
+        None => format!("{}://{}", config.scheme(), listener.local_addr()?),
     };
     let leadership = match &config.store {
         StoreChoice::Postgres(url) => Leadership::compete(LeaseConfig {
@@ -106,9 +107,12 @@ pub async fn run(
         HttpServer::new(move || App::new().app_data(routes.clone()).configure(api::routes))
             .workers(config.http_workers)
             .disable_signals()
-            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-            .listen(listener)?
-            .run();
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS);
+    let server = match &config.tls {
+        Some(files) => server.listen_rustls_0_23(listener, tls::server_config(files)?)?,
+        None => server.listen(listener)?,
+    }
+    .run();
     let handle = server.handle();
     let served = actix_rt::spawn(server);
     let mut shutdown = Box::pin(shutdown);

@@ -30,6 +30,10 @@ pub struct WorkerArgs {
     /// File holding the worker token (else MUSTER_WORKER_TOKEN, else ./muster-data/worker.token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for an https:// coordinator, instead of the web's public
+    /// roots (a coordinator with a self-signed certificate: that certificate).
+    #[arg(long, env = "MUSTER_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Chunks run at once (default: one per CPU).
     #[arg(long, env = "MUSTER_SLOTS")]
     pub slots: Option<u32>,
@@ -101,6 +105,9 @@ impl WorkerArgs {
     pub fn into_config(self) -> anyhow::Result<WorkerConfig> {
         let schedulers = coordinator_urls(&self.schedulers)?;
         let mut config = WorkerConfig::new(schedulers);
+        // A bad CA file is an error at start, not at each connection attempt.
+        crate::tls::client_config(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+        config.ca_cert = self.ca_cert;
         config.token = match (&self.token_file, std::env::var("MUSTER_WORKER_TOKEN")) {
             (Some(path), _) => Some(read_token(path)?),
             (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),

@@ -29,6 +29,9 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
     /// The coordinator is presumed gone after this long without any frame from it.
     pub coordinator_timeout: Duration,
+    /// CA certificates (PEM) trusted for `https://` coordinators, instead of the web's public
+    /// roots (see [`crate::tls`]).
+    pub ca_cert: Option<std::path::PathBuf>,
 }
 
 impl WorkerConfig {
@@ -47,6 +50,7 @@ impl WorkerConfig {
             reconnect_max: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),
             coordinator_timeout: Duration::from_secs(15),
+            ca_cert: None,
         }
     }
 }

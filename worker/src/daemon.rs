@@ -22,6 +22,9 @@ pub enum WorkerError {
         /// 401 (missing or wrong token) or 403 (a client token).
         status: u16,
     },
+    /// TLS cannot be set up (an unreadable `--ca-cert`).
+    #[error("{0}")]
+    Tls(String),
     /// The coordinator refused this worker (protocol version, invalid hello).
     #[error("coordinator at {url} refused this worker: {reason}")]
     Refused {

@@ -28,6 +28,7 @@ pub mod config;
 mod daemon;
 mod session;
 pub mod tasks;
+pub mod tls;
 
 pub use config::WorkerConfig;
 pub use daemon::{run, WorkerError};

@@ -99,6 +99,8 @@ pub(crate) struct Worker {
     /// Moving average of how long a chunk runs, for the adaptive prefetch.
     run_time: Option<Duration>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Whom to trust over TLS, made at the first connection.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Worker {
@@ -116,6 +118,7 @@ impl Worker {
             busy: 0,
             run_time: None,
             shutdown,
+            tls: None,
         }
     }
 
@@ -144,8 +147,20 @@ impl Worker {
 
     async fn connect(&mut self, base: &str) -> Result<Socket, SessionEnd> {
         let url = format!("{}/v1/workers/connect", base.trim_end_matches('/'));
+        let tls = match &self.tls {
+            Some(tls) => tls.clone(),
+            None => {
+                let tls = crate::tls::client_config(self.config.ca_cert.as_deref())
+                    .map_err(|e| SessionEnd::Fatal(WorkerError::Tls(e)))?;
+                self.tls.insert(tls).clone()
+            }
+        };
         let client = awc::Client::builder()
-            .connector(awc::Connector::new().connector(nodelay_connector()))
+            .connector(
+                awc::Connector::new()
+                    .connector(nodelay_connector())
+                    .rustls_0_23(tls),
+            )
             .timeout(Duration::from_secs(10))
             .finish();
         let mut request = client

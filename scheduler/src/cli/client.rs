@@ -27,6 +27,10 @@ pub struct ClientArgs {
     /// File with the client token (else MUSTER_TOKEN, else ./muster-data/client.token).
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for an https:// coordinator, instead of the web's public
+    /// roots (a coordinator with a self-signed certificate: that certificate).
+    #[arg(long, env = "MUSTER_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
     pub json: bool,
@@ -137,7 +141,10 @@ impl Client {
             }
         };
         // Redirects are followed by hand: awc drops the token when following one to another port.
+        let tls =
+            muster_worker::tls::client_config(args.ca_cert.as_deref()).map_err(CliError::Usage)?;
         let http = awc::Client::builder()
+            .connector(awc::Connector::new().rustls_0_23(tls))
             .timeout(Duration::from_secs(600))
             .disable_redirects()
             .finish();

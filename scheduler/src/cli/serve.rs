@@ -53,6 +53,13 @@ pub struct ServeArgs {
     /// URL workers, clients and other coordinators reach this one at [default: http://BIND].
     #[arg(long, env = "MUSTER_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// Certificate chain (PEM, the server's certificate first) to serve HTTPS with; needs
+    /// --tls-key.
+    #[arg(long, env = "MUSTER_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "MUSTER_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     /// TOML file with any of the settings above (kebab-case keys).
     #[arg(long, env = "MUSTER_CONFIG")]
     config: Option<PathBuf>,
@@ -77,12 +84,18 @@ impl ServeArgs {
             http_workers: self.http_workers,
             lease: self.lease,
             advertise_url: self.advertise_url,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
         };
         flags.over(file).validate()
     }
 }
 
+/// Binds the configured address, once the TLS files (if any) are known to be usable.
 fn bind(config: &Config) -> Result<TcpListener, CliError> {
+    if let Some(files) = &config.tls {
+        crate::tls::server_config(files).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    }
     TcpListener::bind(config.bind)
         .map_err(|e| CliError::Failed(format!("cannot listen on {}: {e}", config.bind)))
 }
@@ -91,7 +104,7 @@ fn announce(listener: &TcpListener, config: &Config) -> Result<String, CliError>
     let addr = listener
         .local_addr()
         .map_err(|e| CliError::Failed(format!("cannot read the bound address: {e}")))?;
-    let url = format!("http://{addr}");
+    let url = format!("{}://{addr}", config.scheme());
     println!("muster listening on {url}");
     if let Some(tokens) = config.tokens()? {
         if let Some(path) = &tokens.client_file {
@@ -147,6 +160,11 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         wc.slots = args.slots;
         wc.prefetch = args.slots * muster_worker::cli::PREFETCH_PER_SLOT;
         wc.name = format!("local-{}", i + 1);
+        // Over TLS, local workers trust MUSTER_CA_CERT, else the served certificate itself (a
+        // self-signed one).
+        wc.ca_cert = config.tls.as_ref().map(|tls| {
+            std::env::var_os("MUSTER_CA_CERT").map_or_else(|| tls.cert.clone(), PathBuf::from)
+        });
         let mut stop = stop_rx.clone();
         threads.push(thread::spawn(move || {
             let shutdown = async move {
