@@ -9,7 +9,8 @@
 //! trims freed blocks: 22-27 ms over an existing file, 34-38 ms into a new one). A
 //! spare keeps its name and its length; the row naming a file gives where its payloads end, and
 //! whatever lies past that is a former job's bytes, never read. Spares are not kept across a
-//! restart: files no row names are removed when the store loads.
+//! restart: files no row names are removed when the store loads. Nor do they stand in the way of a
+//! new file: one that cannot be written removes them before its one more try.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -62,7 +63,17 @@ impl PayloadFiles {
             }
         }
         let name = format!("{job}.bin");
-        write_payload_file(&self.dir, &name, inputs, false)?;
+        match write_payload_file(&self.dir, &name, inputs, false) {
+            Err(e) if !self.spares.is_empty() => {
+                // A full disk may have room once the spares are gone: one more try without them.
+                tracing::warn!(file = %name, error = %e, spares = self.spares.len(), "removing spare payload files to write a new one");
+                for (spare, _) in std::mem::take(&mut self.spares) {
+                    let _ = std::fs::remove_file(self.dir.join(spare));
+                }
+                write_payload_file(&self.dir, &name, inputs, false)?;
+            }
+            written => written?,
+        }
         Ok(name)
     }
 
@@ -368,6 +379,26 @@ mod tests {
         files.remove_strays(&HashSet::new());
         assert!(files.spares.is_empty());
         assert_eq!(std::fs::read_dir(files.dir()).expect("listed").count(), 0);
+        // A new file that cannot be written (here: a directory in its place, as in the way of
+        // the spare tried first) takes the other spares with it before its one retry: on a full
+        // disk, their room is what it lacks.
+        for name in ["h.bin", "j.bin"] {
+            std::fs::create_dir(files.dir().join(name)).expect("in the way");
+        }
+        std::fs::write(files.dir().join("i.bin"), b"spare").expect("written");
+        files.spares = vec![("h.bin".into(), 1 << 30), ("i.bin".into(), 5)];
+        assert!(
+            files.write("j", &small).is_err(),
+            "written into a directory"
+        );
+        assert!(files.spares.is_empty());
+        assert!(
+            !files.dir().join("i.bin").exists(),
+            "the other spare is removed"
+        );
+        for name in ["h.bin", "j.bin"] {
+            std::fs::remove_dir(files.dir().join(name)).expect("removed");
+        }
         // A spare removed behind the store's back: a new file instead.
         let f = files.write("f", &small).expect("written");
         files.retire(vec![f]).expect("kept");
