@@ -110,3 +110,55 @@ fn a_certificate_without_its_key_or_an_unreadable_one_is_refused_at_start() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn muster_up_with_a_certificate_has_its_local_workers_trust_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = self_signed_certificate(dir.path());
+    let mut up = Command::new(bin("muster"));
+    up.args([
+        "up",
+        "--workers",
+        "2",
+        "--bind",
+        "127.0.0.1:0",
+        "--tls-cert",
+    ])
+    .arg(&cert)
+    .arg("--tls-key")
+    .arg(&key)
+    .current_dir(dir.path())
+    .env_remove("MUSTER_CA_CERT")
+    .env_remove("MUSTER_CLIENT_TOKEN")
+    .env_remove("MUSTER_WORKER_TOKEN");
+    let mut cluster = muster_suite::Proc::spawn("muster up", up);
+    let url = muster_suite::listening_url(&cluster);
+    assert!(url.starts_with("https://"), "{url}");
+    cluster.wait_for_nth("registered with coordinator", 2);
+    let out = Command::new(bin("muster"))
+        .args([
+            "submit",
+            "sum",
+            "--items",
+            "1",
+            "2",
+            "3",
+            "--wait",
+            "--scheduler",
+            &url,
+            "--ca-cert",
+        ])
+        .arg(&cert)
+        .current_dir(dir.path())
+        .env_remove("MUSTER_TOKEN")
+        .output()
+        .expect("muster submit");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "6");
+    cluster.signal("TERM");
+    assert_eq!(cluster.wait_exit(), Some(0));
+}
