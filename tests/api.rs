@@ -201,6 +201,17 @@ fn metrics_show_jobs_chunks_and_workers_in_prometheus_text_for_a_client_token() 
         text.contains("# TYPE muster_jobs_submitted_total counter"),
         "{text}"
     );
+    // The job's insert and its end at least, each committed and synced.
+    assert!(
+        text.contains("# TYPE muster_store_commit_seconds histogram"),
+        "{text}"
+    );
+    let commits = value("muster_store_commit_seconds_count").unwrap_or(0.0);
+    assert!(commits >= 2.0, "{commits} commits in:\n{text}");
+    assert_eq!(
+        value("muster_store_commit_seconds_bucket{le=\"+Inf\"}"),
+        Some(commits)
+    );
 
     let anonymous = Api::new(&c.url, None);
     assert_problem(&anonymous.get("/metrics"), 401, "missing `Authorization");

@@ -451,6 +451,8 @@ pub struct Observed {
     pub gauges: Gauges,
     /// Its store's kind.
     pub store: &'static str,
+    /// How long its store's commits take.
+    pub commit_seconds: Option<prometheus::Histogram>,
 }
 
 impl Handler<Observe> for Coordinator {
@@ -461,6 +463,7 @@ impl Handler<Observe> for Coordinator {
             counters: self.state.counters.clone(),
             gauges: self.state.gauges(),
             store: self.state.store_kind(),
+            commit_seconds: self.state.commit_seconds(),
         })
     }
 }

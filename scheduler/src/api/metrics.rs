@@ -140,6 +140,9 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
             FailReason::CLASSES.map(|r| (r, count(&c.attempts_failed, r))),
         )?;
     }
+    if let Some(histogram) = observed.and_then(|o| o.commit_seconds.clone()) {
+        registry.register(Box::new(histogram))?;
+    }
     let mut text = String::new();
     TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
     Ok(text)
@@ -238,6 +241,7 @@ mod tests {
             counters,
             gauges,
             store: "memory",
+            commit_seconds: None,
         }))
         .expect("rendered");
         for line in [

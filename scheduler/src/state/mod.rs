@@ -171,6 +171,11 @@ impl ClusterState {
         self.store.kind()
     }
 
+    /// The store's commit times, for `/metrics` (a store that commits nothing has none).
+    pub fn commit_seconds(&self) -> Option<prometheus::Histogram> {
+        self.store.commit_seconds()
+    }
+
     /// Waits until every write so far is durable (on shutdown and after a restore; answers to
     /// clients wait for a [`Ticket`] instead, off the coordinator's thread).
     pub fn sync(&mut self) {

@@ -105,6 +105,8 @@ pub(super) struct Writer {
     /// What the writer thread has written; `done` equals `sent` when nothing is outstanding, so
     /// [`Store::sync`] need not ask.
     progress: watch::Receiver<Progress>,
+    /// How long the writer thread's commits take (it observes them).
+    commit_seconds: Option<prometheus::Histogram>,
 }
 
 fn run<B: Backend>(
@@ -112,6 +114,7 @@ fn run<B: Backend>(
     progress: watch::Sender<Progress>,
     incoming: mpsc::Receiver<Msg>,
     failed: Arc<Mutex<Option<StoreError>>>,
+    commit_seconds: Option<prometheus::Histogram>,
 ) {
     let mut ops: Vec<Op> = Vec::new();
     // Where each batch in `ops` ends.
@@ -175,7 +178,11 @@ fn run<B: Backend>(
                 next = incoming.try_recv().ok();
             }
         }
+        let started = std::time::Instant::now();
         let outcomes = write_batches(&mut backend, &ops, &ends);
+        if let Some(histogram) = commit_seconds.as_ref().filter(|_| !ops.is_empty()) {
+            histogram.observe(started.elapsed().as_secs_f64());
+        }
         for (batch, outcome) in batches(&ops, &ends).zip(&outcomes) {
             if outcome.is_ok() {
                 for op in batch {
@@ -269,7 +276,13 @@ pub(super) fn run_batches<B: Backend>(
     drop(queue);
     let (progress_tx, progress) = watch::channel(Progress::default());
     let failed = Arc::new(Mutex::new(None));
-    run(backend, progress_tx, incoming, failed.clone());
+    run(
+        backend,
+        progress_tx,
+        incoming,
+        failed.clone(),
+        super::commit_histogram(),
+    );
     let failure = failed.lock().expect("not poisoned").take();
     let reported = progress.borrow().clone();
     (reported, failure)
@@ -336,12 +349,14 @@ impl Writer {
         let failed = Arc::new(Mutex::new(None));
         let slot = failed.clone();
         let (progress_tx, progress) = watch::channel(Progress::default());
+        let commit_seconds = super::commit_histogram();
+        let observed = commit_seconds.clone();
         std::thread::Builder::new()
             .name(format!("muster-{kind}"))
             .spawn(move || match make() {
                 Ok(backend) => {
                     let _ = ready_tx.send(Ok(()));
-                    run(backend, progress_tx, incoming, slot);
+                    run(backend, progress_tx, incoming, slot, observed);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));
@@ -359,6 +374,7 @@ impl Writer {
             staged: Vec::new(),
             sent: 0,
             progress,
+            commit_seconds,
         })
     }
 
@@ -396,6 +412,10 @@ impl Writer {
 impl Store for Writer {
     fn kind(&self) -> &'static str {
         self.kind
+    }
+
+    fn commit_seconds(&self) -> Option<prometheus::Histogram> {
+        self.commit_seconds.clone()
     }
 
     fn insert_job(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
