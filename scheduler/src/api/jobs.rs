@@ -28,7 +28,8 @@ pub const MAX_WAIT_SECONDS: f64 = 300.0;
 const BLOCKING_PARSE_BYTES: usize = 1 << 20;
 /// Largest page of `GET /v1/jobs`.
 pub const MAX_PAGE: usize = 1000;
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+/// Job statuses, the terminal ones last.
+pub(super) const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()

@@ -6,14 +6,12 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpRequest, HttpResponse};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
+use super::jobs::STATUSES;
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
 use crate::coordinator::{Observe, Observed};
 use crate::error::ApiError;
 use crate::state::job::FailReason;
-
-/// Job statuses, each shown even when no job has it.
-const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 pub(super) async fn metrics(
     req: HttpRequest,
@@ -126,6 +124,7 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
                 &format!("Jobs that reached a terminal state {since}, by status"),
                 "status",
             ),
+            // The terminal statuses.
             STATUSES[2..]
                 .iter()
                 .map(|&s| (s, count(&c.jobs_finished, s))),
