@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use muster_suite::{Api, Coordinator, WORKER_TOKEN};
+use muster_suite::{Api, Coordinator, CLIENT_TOKEN, WORKER_TOKEN};
 use serde_json::json;
 
 fn assert_problem(answer: &muster_suite::Answer, status: u16, detail_has: &str) {
@@ -217,4 +217,32 @@ fn metrics_show_jobs_chunks_and_workers_in_prometheus_text_for_a_client_token() 
     assert_problem(&anonymous.get("/metrics"), 401, "missing `Authorization");
     let worker = Api::new(&c.url, Some(WORKER_TOKEN));
     assert_problem(&worker.get("/metrics"), 403, "worker token");
+}
+
+#[test]
+fn a_body_that_trickles_in_past_the_body_timeout_gets_408() {
+    let c = Coordinator::start(&["--body-timeout", "0.5"]);
+    let addr = c.url.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("read timeout");
+    let head = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {CLIENT_TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"kind\": "
+    );
+    stream.write_all(head.as_bytes()).expect("send head");
+    // The rest of the body never comes; the answer must.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).contains("}") {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(answer.contains("--body-timeout"), "{answer}");
 }

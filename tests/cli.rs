@@ -53,3 +53,44 @@ fn up_then_submit_with_wait_prints_the_sum() {
     cluster.signal("TERM");
     assert_eq!(cluster.wait_exit(), Some(0));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly() {
+    use std::io::Read;
+
+    use muster_suite::{Coordinator, CLIENT_TOKEN};
+
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker("w1", 2);
+    let dir = tempfile::tempdir().unwrap();
+    // A sorted result of ~2 MB: far more than a pipe holds, so the CLI is still writing when its
+    // reader goes away.
+    let numbers: Vec<String> = (0..300_000u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) % 1_000_000).to_string())
+        .collect();
+    std::fs::write(dir.path().join("numbers.txt"), numbers.join("\n")).unwrap();
+    let mut child = Command::new(bin("muster"))
+        .args(["submit", "sort", "--input-file", "numbers.txt", "--wait"])
+        .args(["--scheduler", &c.url])
+        .current_dir(dir.path())
+        .env("MUSTER_TOKEN", CLIENT_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = [0u8; 100];
+    stdout.read_exact(&mut head).unwrap();
+    assert_eq!(head[0], b'[');
+    drop(stdout);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+}

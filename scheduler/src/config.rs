@@ -22,6 +22,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_LEASE: f64 = 3.0;
 /// Default delay before a chunk's first retry, seconds (doubles per failure).
 pub const DEFAULT_RETRY_BACKOFF: f64 = 0.1;
+/// Default largest WebSocket frame a worker may send: 16 MiB. Inputs travel a chunk at a time, so
+/// a frame holds at most a few partial results; a larger one is refused at its header.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Default most slots one worker may announce.
+pub const DEFAULT_MAX_WORKER_SLOTS: u32 = 256;
+/// Default time a request body may take to arrive, seconds.
+pub const DEFAULT_BODY_TIMEOUT: f64 = 60.0;
 
 /// One configuration layer, as read from a TOML file or assembled from flags and environment.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -39,6 +46,12 @@ pub struct RawConfig {
     pub heartbeat_timeout: Option<f64>,
     /// Largest request body.
     pub max_body_bytes: Option<usize>,
+    /// Largest WebSocket frame from a worker.
+    pub max_frame_bytes: Option<usize>,
+    /// Most slots one worker may announce.
+    pub max_worker_slots: Option<u32>,
+    /// Seconds a request body may take to arrive.
+    pub body_timeout: Option<f64>,
     /// Seconds before a chunk's first retry.
     pub retry_backoff: Option<f64>,
     /// Run without authentication (loopback only).
@@ -75,6 +88,9 @@ impl RawConfig {
             worker_token_file: self.worker_token_file.or(under.worker_token_file),
             heartbeat_timeout: self.heartbeat_timeout.or(under.heartbeat_timeout),
             max_body_bytes: self.max_body_bytes.or(under.max_body_bytes),
+            max_frame_bytes: self.max_frame_bytes.or(under.max_frame_bytes),
+            max_worker_slots: self.max_worker_slots.or(under.max_worker_slots),
+            body_timeout: self.body_timeout.or(under.body_timeout),
             retry_backoff: self.retry_backoff.or(under.retry_backoff),
             insecure: self.insecure.or(under.insecure),
             store: self.store.or(under.store),
@@ -110,6 +126,21 @@ impl RawConfig {
         let max_body_bytes = self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if max_body_bytes < 1024 {
             anyhow::bail!("--max-body-bytes must be at least 1024, got {max_body_bytes}");
+        }
+        let max_frame_bytes = self.max_frame_bytes.unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+        if max_frame_bytes < 64 * 1024 {
+            anyhow::bail!("--max-frame-bytes must be at least 65536, got {max_frame_bytes}");
+        }
+        let max_worker_slots = self.max_worker_slots.unwrap_or(DEFAULT_MAX_WORKER_SLOTS);
+        if max_worker_slots == 0 {
+            anyhow::bail!("--max-worker-slots must be at least 1");
+        }
+        let body_timeout = seconds(
+            "body-timeout",
+            self.body_timeout.unwrap_or(DEFAULT_BODY_TIMEOUT),
+        )?;
+        if body_timeout < Duration::from_millis(100) {
+            anyhow::bail!("--body-timeout must be at least 0.1 seconds");
         }
         let store = match self.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreChoice::Sqlite,
@@ -156,6 +187,9 @@ impl RawConfig {
             insecure,
             heartbeat_timeout,
             max_body_bytes,
+            max_frame_bytes,
+            max_worker_slots,
+            body_timeout,
             retry_backoff,
             store,
             http_workers,
@@ -206,6 +240,12 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Largest WebSocket frame a worker may send; a larger one is refused at its header.
+    pub max_frame_bytes: usize,
+    /// Most slots one worker may announce: a hello with more is refused.
+    pub max_worker_slots: u32,
+    /// Time a request body may take to arrive in full.
+    pub body_timeout: Duration,
     /// Delay before a chunk's first retry.
     pub retry_backoff: Duration,
     /// Store.

@@ -472,7 +472,7 @@ impl Handler<Observe> for Coordinator {
 #[derive(Message)]
 #[rtype(result = "Result<Duration, String>")]
 pub struct RegisterWorker {
-    /// Worker id from the frame.
+    /// The id the session gave this connection (never one a worker chose).
     pub id: WorkerId,
     /// Connection serial, to tell a reconnect from the connection it replaces.
     pub serial: u64,
@@ -490,12 +490,6 @@ impl Handler<RegisterWorker> for Coordinator {
     fn handle(&mut self, msg: RegisterWorker, ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
             return Err("the coordinator is shutting down".into());
-        }
-        if let Some((old_serial, old)) = self.sessions.remove(&msg.id) {
-            // The worker reconnected before its old connection was noticed dead: the old one is over.
-            warn!(worker = %msg.id, old_serial, "worker reconnected; dropping its previous connection");
-            old.do_send(Evict);
-            self.state.worker_gone(msg.id, FailReason::WorkerLost);
         }
         self.state.add_worker(msg.id, msg.hello, msg.address)?;
         self.sessions.insert(msg.id, (msg.serial, msg.session));

@@ -20,6 +20,12 @@ pub enum ApiError {
         /// The limit.
         limit: usize,
     },
+    /// The body did not arrive in time.
+    #[error("the request body did not arrive within {seconds} s (--body-timeout)")]
+    BodyTimeout {
+        /// The limit.
+        seconds: f64,
+    },
     /// No or a wrong bearer token.
     #[error("{0}")]
     Unauthorized(String),
@@ -74,6 +80,7 @@ impl ApiError {
             ApiError::MalformedJson(_) => "malformed json",
             ApiError::Invalid(_) => "invalid request",
             ApiError::TooLarge { .. } => "body too large",
+            ApiError::BodyTimeout { .. } => "request timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => "not found",
@@ -104,6 +111,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,

@@ -97,6 +97,8 @@ pub async fn run(
         leadership: leadership.clone(),
         tokens,
         max_body_bytes: config.max_body_bytes,
+        body_timeout: config.body_timeout,
+        max_frame_bytes: config.max_frame_bytes,
         heartbeat_timeout: config.heartbeat_timeout,
         next_session: AtomicU64::new(1),
         capacity: Arc::new(AtomicU64::new(0)),
@@ -130,6 +132,7 @@ pub async fn run(
         open_store(&config, epoch)?,
         Policy {
             retry_backoff: config.retry_backoff,
+            max_worker_slots: config.max_worker_slots,
         },
     );
     state.restore()?;

@@ -4,6 +4,7 @@
 //! The session registers the worker on its hello and reports the end of the connection (closed,
 //! broken, or silent past the heartbeat timeout) so the coordinator re-queues the worker's chunks.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -11,12 +12,13 @@ use actix_ws::{CloseCode, CloseReason, Message, ProtocolError};
 use bytes::Bytes;
 use muster_shared::ids::WorkerId;
 use muster_shared::protocol::{
-    decode, encode, CoordinatorMessage, Frame, WorkerMessage, CLOSE_HEARTBEAT_TIMEOUT,
+    batches, decode, encode, CoordinatorMessage, Frame, WorkerMessage, CLOSE_HEARTBEAT_TIMEOUT,
     CLOSE_REFUSED, CLOSE_VERSION_MISMATCH, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::api::frame_limit::TooLarge;
 use crate::coordinator::{Coordinator, FromWorker, RegisterWorker, WorkerDisconnected};
 use crate::state::job::FailReason;
 
@@ -95,6 +97,10 @@ pub struct WorkerSession {
     end: FailReason,
     /// The coordinator already dropped this session; report nothing.
     evicted: bool,
+    /// Largest frame the worker may send.
+    max_frame_bytes: usize,
+    /// Set when a frame's header declared more than that: the connection ends with the reason.
+    oversize: Arc<Mutex<Option<TooLarge>>>,
 }
 
 impl WorkerSession {
@@ -105,8 +111,12 @@ impl WorkerSession {
         coordinator: Addr<Coordinator>,
         out: mpsc::UnboundedSender<Outgoing>,
         heartbeat_timeout: Duration,
+        max_frame_bytes: usize,
+        oversize: Arc<Mutex<Option<TooLarge>>>,
     ) -> Self {
         Self {
+            max_frame_bytes,
+            oversize,
             serial,
             address,
             coordinator,
@@ -123,25 +133,9 @@ impl WorkerSession {
     /// frame (about [`FRAME_PAYLOAD_BYTES`] each), so the worker starts on the first chunk while the
     /// others are still on the way.
     fn send(&self, worker: WorkerId, messages: Vec<CoordinatorMessage>) {
-        let mut frame = Vec::new();
-        let mut bytes = 0;
-        for message in messages {
-            let size = match &message {
-                CoordinatorMessage::Assign(a) => a.input.len(),
-                _ => 0,
-            };
-            if !frame.is_empty() && bytes + size > FRAME_PAYLOAD_BYTES {
-                let messages = std::mem::take(&mut frame);
-                let _ = self.out.send(Outgoing::Frame(Frame { worker, messages }));
-                bytes = 0;
-            }
-            bytes += size;
-            frame.push(message);
+        for messages in batches(messages, FRAME_PAYLOAD_BYTES) {
+            let _ = self.out.send(Outgoing::Frame(Frame { worker, messages }));
         }
-        let _ = self.out.send(Outgoing::Frame(Frame {
-            worker,
-            messages: frame,
-        }));
     }
 
     fn close(&mut self, ctx: &mut Context<Self>, reason: Option<CloseReason>) {
@@ -190,7 +184,8 @@ impl WorkerSession {
             warn!(address = %self.address, "{text}");
             return self.close(ctx, close_reason(CLOSE_VERSION_MISMATCH, &text));
         }
-        let id = frame.worker;
+        // The coordinator names the connection: an id the worker chose could be another's.
+        let id = WorkerId::new();
         let rest: Vec<WorkerMessage> = messages.collect();
         let register = RegisterWorker {
             id,
@@ -210,6 +205,7 @@ impl WorkerSession {
                         id,
                         vec![CoordinatorMessage::Welcome {
                             heartbeat_interval_ms: interval.as_millis() as u64,
+                            max_frame_bytes: act.max_frame_bytes as u64,
                         }],
                     );
                     if !rest.is_empty() {
@@ -291,6 +287,15 @@ impl StreamHandler<Result<Message, ProtocolError>> for WorkerSession {
                 );
             }
             Err(e) => {
+                let oversize = self.oversize.lock().map(|mut o| o.take()).unwrap_or(None);
+                if let Some(TooLarge { declared }) = oversize {
+                    let text = format!(
+                        "a frame of {declared} bytes is over this coordinator's limit of {} bytes",
+                        self.max_frame_bytes
+                    );
+                    warn!(address = %self.address, worker = ?self.worker, "closing worker connection: {text}");
+                    return self.close(ctx, close_reason(CLOSE_REFUSED, &text));
+                }
                 warn!(address = %self.address, error = %e, "worker connection error");
                 ctx.stop();
             }

@@ -4,7 +4,9 @@
 //! [`PROTOCOL_HEADER`] naming its [`PROTOCOL_VERSION`]. A coordinator that speaks another version
 //! still completes the upgrade but then closes at once with a close reason saying which versions
 //! differ, so both sides can log a clear message. After the upgrade the worker sends
-//! [`WorkerMessage::Hello`] and the coordinator answers [`CoordinatorMessage::Welcome`].
+//! [`WorkerMessage::Hello`] and the coordinator answers [`CoordinatorMessage::Welcome`] in a frame
+//! that names the worker id the coordinator gave this connection: a worker never chooses its own
+//! id, so no connection can take over another's.
 //!
 //! Every binary frame carries one [`Frame`]: the worker it concerns plus a batch of messages, so a
 //! busy coordinator sends many assignments per frame and a busy worker many outcomes. Chunk-level
@@ -18,13 +20,37 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// HTTP header in the upgrade request that names the worker's protocol version.
 pub const PROTOCOL_HEADER: &str = "muster-protocol";
 
-/// Largest frame either side accepts (a batch of large chunk payloads).
+/// Largest frame a worker accepts (a batch of large chunk payloads). What a worker may send is the
+/// coordinator's to say, in its [`CoordinatorMessage::Welcome`].
 pub const MAX_FRAME_BYTES: usize = 512 * 1024 * 1024;
+
+/// Most messages one frame may hold: decoding allocates per message, so the count is bounded as
+/// well as the bytes (a frame of empty messages would otherwise take ~10x its size to decode).
+pub const MAX_MESSAGES_PER_FRAME: usize = 16_384;
+
+/// Most chunks a worker may hold queued per slot beyond its slots (its `prefetch`); the
+/// coordinator counts no more than this whatever a worker announces.
+pub const MAX_PREFETCH_PER_SLOT: u32 = 512;
+
+/// Most tasks a hello may list.
+pub const MAX_HELLO_TASKS: usize = 1024;
+
+/// Most labels a hello (or a job) may carry.
+pub const MAX_LABELS: usize = 64;
+
+/// Longest name, task name, label key or label value, in bytes.
+pub const MAX_NAME_BYTES: usize = 256;
+
+/// Longest failure message kept, in bytes; a longer one is cut.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+
+/// Fixed bytes a message takes in a frame besides its payload, at most: ids, names, numbers.
+pub const MESSAGE_OVERHEAD: usize = 128;
 
 /// WebSocket close code (application range) for a protocol version mismatch.
 pub const CLOSE_VERSION_MISMATCH: u16 = 4001;
@@ -38,8 +64,101 @@ pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4003;
 pub struct Frame<M> {
     /// The worker that sent it (worker → coordinator) or that it is for (coordinator → worker).
     pub worker: WorkerId,
-    /// The batch, handled in order.
+    /// The batch, handled in order; at most [`MAX_MESSAGES_PER_FRAME`].
+    #[serde(
+        deserialize_with = "bounded::<_, _, MAX_MESSAGES_PER_FRAME>",
+        bound(deserialize = "M: Deserialize<'de>")
+    )]
     pub messages: Vec<M>,
+}
+
+/// Deserializes a sequence of at most `N` elements, refusing a longer one as soon as it says so,
+/// and reserving room for no more than a few elements ahead of their bytes.
+fn bounded<'de, D, T, const N: usize>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Bounded<T, const N: usize>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Bounded<T, N> {
+        type Value = Vec<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a sequence of at most {N} elements")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let hint = seq.size_hint().unwrap_or(0);
+            if hint > N {
+                return Err(serde::de::Error::invalid_length(hint, &self));
+            }
+            let mut out = Vec::with_capacity(hint.min(256));
+            while let Some(item) = seq.next_element()? {
+                if out.len() == N {
+                    return Err(serde::de::Error::invalid_length(N + 1, &self));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_seq(Bounded::<T, N>(std::marker::PhantomData))
+}
+
+/// Deserializes a map of at most [`MAX_LABELS`] entries.
+fn bounded_labels<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Labels;
+
+    impl<'de> serde::de::Visitor<'de> for Labels {
+        type Value = BTreeMap<String, String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a map of at most {MAX_LABELS} labels")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry()? {
+                if out.len() == MAX_LABELS {
+                    return Err(serde::de::Error::invalid_length(MAX_LABELS + 1, &self));
+                }
+                out.insert(k, v);
+            }
+            Ok(out)
+        }
+    }
+
+    deserializer.deserialize_map(Labels)
+}
+
+/// Splits messages into batches of at most [`MAX_MESSAGES_PER_FRAME`] whose payloads (plus
+/// [`MESSAGE_OVERHEAD`] each) stay within `bytes`, in order; a message larger than that alone
+/// goes in a batch of its own.
+pub fn batches<M: PayloadLen>(messages: Vec<M>, bytes: usize) -> Vec<Vec<M>> {
+    let mut out = Vec::new();
+    let mut batch = Vec::new();
+    let mut size = MESSAGE_OVERHEAD;
+    for message in messages {
+        let len = message.payload_len() + MESSAGE_OVERHEAD;
+        if !batch.is_empty() && (size + len > bytes || batch.len() == MAX_MESSAGES_PER_FRAME) {
+            out.push(std::mem::take(&mut batch));
+            size = MESSAGE_OVERHEAD;
+        }
+        size += len;
+        batch.push(message);
+    }
+    if !batch.is_empty() {
+        out.push(batch);
+    }
+    out
 }
 
 /// Names one attempt of one chunk of one job.
@@ -71,12 +190,16 @@ pub struct Hello {
     /// Chunks the worker holds, queued, beyond its slots, so that a new chunk is at hand the moment
     /// a slot frees (no round trip to the coordinator in between).
     pub prefetch: u32,
-    /// Task names the worker can run.
+    /// Task names the worker can run; at most [`MAX_HELLO_TASKS`].
+    #[serde(deserialize_with = "bounded::<_, _, MAX_HELLO_TASKS>")]
     pub tasks: Vec<String>,
-    /// Labels jobs may require.
+    /// Labels jobs may require; at most [`MAX_LABELS`].
+    #[serde(deserialize_with = "bounded_labels")]
     pub labels: BTreeMap<String, String>,
     /// Attempts still running from an earlier connection. The coordinator re-queued them when that
     /// connection dropped, so their outcomes will be ignored; until they arrive, their slots are busy.
+    /// At most [`MAX_MESSAGES_PER_FRAME`].
+    #[serde(deserialize_with = "bounded::<_, _, MAX_MESSAGES_PER_FRAME>")]
     pub running: Vec<ChunkRef>,
 }
 
@@ -101,10 +224,14 @@ pub enum WorkerMessage {
 /// Messages from the coordinator to a worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CoordinatorMessage {
-    /// The hello was accepted.
+    /// The hello was accepted; the frame names the worker id this connection has.
     Welcome {
         /// How often the worker must send a heartbeat, in milliseconds.
         heartbeat_interval_ms: u64,
+        /// The largest frame the coordinator accepts from the worker: larger ones close the
+        /// connection, so the worker splits its batches to fit and fails a chunk whose result
+        /// alone would not.
+        max_frame_bytes: u64,
     },
     /// Run this chunk.
     Assign(Assignment),
@@ -224,7 +351,10 @@ pub fn decode<M: DeserializeOwned>(bytes: &[u8]) -> Result<Frame<M>, CodecError>
 /// assignment's input borrowed from the frame.
 #[derive(Deserialize)]
 enum MessageInPlace<'a> {
-    Welcome { heartbeat_interval_ms: u64 },
+    Welcome {
+        heartbeat_interval_ms: u64,
+        max_frame_bytes: u64,
+    },
     Assign(#[serde(borrow)] AssignmentInPlace<'a>),
     Cancel(ChunkRef),
     Heartbeat,
@@ -249,8 +379,10 @@ pub fn decode_in_place(bytes: &Bytes) -> Result<Frame<CoordinatorMessage>, Codec
         .map(|m| match m {
             MessageInPlace::Welcome {
                 heartbeat_interval_ms,
+                max_frame_bytes,
             } => CoordinatorMessage::Welcome {
                 heartbeat_interval_ms,
+                max_frame_bytes,
             },
             MessageInPlace::Assign(a) => CoordinatorMessage::Assign(Assignment {
                 chunk: a.chunk,
@@ -298,6 +430,37 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_of_too_many_messages_or_a_hello_of_too_many_labels_is_refused() {
+        let frame = |n: usize| Frame {
+            worker: WorkerId::new(),
+            messages: vec![WorkerMessage::Heartbeat; n],
+        };
+        let ok = decode::<WorkerMessage>(&encode(&frame(MAX_MESSAGES_PER_FRAME)));
+        assert_eq!(ok.unwrap().messages.len(), MAX_MESSAGES_PER_FRAME);
+        let err = decode::<WorkerMessage>(&encode(&frame(MAX_MESSAGES_PER_FRAME + 1)));
+        assert!(err.unwrap_err().to_string().contains("at most"));
+        let hello = |labels: usize| Frame {
+            worker: WorkerId::new(),
+            messages: vec![WorkerMessage::Hello(Hello {
+                protocol: PROTOCOL_VERSION,
+                name: "w".into(),
+                slots: 1,
+                prefetch: 0,
+                tasks: vec!["sum".into()],
+                labels: (0..labels)
+                    .map(|i| (i.to_string(), String::new()))
+                    .collect(),
+                running: Vec::new(),
+            })],
+        };
+        assert!(decode::<WorkerMessage>(&encode(&hello(MAX_LABELS))).is_ok());
+        assert!(decode::<WorkerMessage>(&encode(&hello(MAX_LABELS + 1))).is_err());
+        let split = batches(vec![WorkerMessage::Heartbeat; 40_000], usize::MAX);
+        let sizes: Vec<usize> = split.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [16_384, 16_384, 7_232]);
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         assert!(decode::<CoordinatorMessage>(b"\xc1\xc1").is_err());
         assert!(decode_in_place(&Bytes::from_static(b"\xc1\xc1")).is_err());
@@ -313,6 +476,7 @@ mod tests {
         let messages = vec![
             CoordinatorMessage::Welcome {
                 heartbeat_interval_ms: 250,
+                max_frame_bytes: 1 << 20,
             },
             CoordinatorMessage::Assign(Assignment {
                 chunk: chunk(0),

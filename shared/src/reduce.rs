@@ -11,7 +11,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::packed::Packed;
+use crate::packed::{is_packed, Packed};
 use crate::task::{compare, int_from_json};
 
 /// The reducers a job may name.
@@ -85,6 +85,40 @@ impl Reducer {
         }
     }
 
+    /// Checks that one partial result has the shape this reducer merges (a number for `sum`, an
+    /// array or packed run for `merge_sorted`, an object of counts for `count_map`, any JSON for
+    /// the others), so that a bad one is refused when it arrives, and its chunk retried
+    /// elsewhere, instead of failing the whole job at its merge. Checks without building the
+    /// value: no more than a parse's time, no allocation per element.
+    pub fn check(&self, partial: &[u8]) -> Result<(), String> {
+        use serde::de::IgnoredAny;
+        let parsed = match self {
+            Reducer::Sum => {
+                let v: Value = serde_json::from_slice(partial).map_err(|e| e.to_string())?;
+                if int_from_json(&v).is_none() && v.as_f64().is_none() {
+                    return Err(format!("`{}` is not a number", short(&v.to_string())));
+                }
+                return Ok(());
+            }
+            Reducer::MergeSorted { .. } if is_packed(partial) => {
+                return match Packed::read(partial) {
+                    Some(_) => Ok(()),
+                    None => Err("a damaged packed run".into()),
+                };
+            }
+            Reducer::MergeSorted { .. } => serde_json::from_slice::<Vec<IgnoredAny>>(partial)
+                .map(drop)
+                .map_err(|e| format!("not an array: {e}")),
+            Reducer::CountMap { .. } => serde_json::from_slice::<CountsShape>(partial)
+                .map(drop)
+                .map_err(|e| format!("not an object of word to count: {e}")),
+            Reducer::Concat | Reducer::None => serde_json::from_slice::<IgnoredAny>(partial)
+                .map(drop)
+                .map_err(|e| format!("not json: {e}")),
+        };
+        parsed
+    }
+
     /// Merges the partial results (JSON, in chunk order) into the job's result as JSON text.
     pub fn reduce(&self, partials: &[Bytes]) -> Result<String, ReduceError> {
         match *self {
@@ -129,6 +163,38 @@ impl Reducer {
             }
         }
     }
+}
+
+/// An object of word to count, checked without keeping it.
+struct CountsShape;
+
+impl<'de> serde::Deserialize<'de> for CountsShape {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = CountsShape;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of word to count")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<CountsShape, A::Error> {
+                while map.next_entry::<serde::de::IgnoredAny, u64>()?.is_some() {}
+                Ok(CountsShape)
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// The start of `text`, for an error message.
+fn short(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 fn to_text(v: &impl serde::Serialize) -> String {
@@ -585,6 +651,45 @@ mod tests {
     fn bad_partial_names_its_chunk() {
         let err = Reducer::Sum.reduce(&[b("1"), b("\"x\"")]).unwrap_err();
         assert_eq!(err.chunk, 1);
+    }
+
+    #[test]
+    fn each_reducer_refuses_a_partial_of_the_wrong_shape_alone() {
+        let packed = crate::packed::pack(&[1, 2, 3], false);
+        let cases: [(Reducer, &[u8], bool); 12] = [
+            (Reducer::Sum, b"12", true),
+            (Reducer::Sum, b"1.5", true),
+            (Reducer::Sum, b"\"twelve\"", false),
+            (Reducer::Sum, b"[1]", false),
+            (
+                Reducer::MergeSorted { descending: false },
+                b"[1,\"a\"]",
+                true,
+            ),
+            (Reducer::MergeSorted { descending: false }, &packed, true),
+            (
+                Reducer::MergeSorted { descending: false },
+                &packed[..5],
+                false,
+            ),
+            (Reducer::MergeSorted { descending: false }, b"{}", false),
+            (Reducer::CountMap { top: None }, b"{\"a\":1}", true),
+            (Reducer::CountMap { top: None }, b"{\"a\":-1}", false),
+            (Reducer::None, b"{\"any\":[null]}", true),
+            (Reducer::Concat, b"[1,", false),
+        ];
+        for (reducer, partial, ok) in cases {
+            let checked = reducer.check(partial);
+            assert_eq!(
+                checked.is_ok(),
+                ok,
+                "{reducer:?} {:?}: {checked:?}",
+                String::from_utf8_lossy(partial)
+            );
+            if ok {
+                assert!(reducer.reduce(&[Bytes::copy_from_slice(partial)]).is_ok());
+            }
+        }
     }
 
     #[test]

@@ -16,9 +16,10 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use muster_shared::ids::WorkerId;
 use muster_shared::protocol::{
-    decode_in_place, encode, Assignment, ChunkOutcome, ChunkRef, CoordinatorMessage, Failure,
-    FailureClass, Frame, Hello, Outcome, WorkerMessage, CLOSE_REFUSED, CLOSE_VERSION_MISMATCH,
-    MAX_FRAME_BYTES, PROTOCOL_HEADER, PROTOCOL_VERSION,
+    batches, decode_in_place, encode, Assignment, ChunkOutcome, ChunkRef, CoordinatorMessage,
+    Failure, FailureClass, Frame, Hello, Outcome, WorkerMessage, CLOSE_REFUSED,
+    CLOSE_VERSION_MISMATCH, MAX_FRAME_BYTES, MAX_PREFETCH_PER_SLOT, MESSAGE_OVERHEAD,
+    PROTOCOL_HEADER, PROTOCOL_VERSION,
 };
 use tokio::sync::mpsc;
 use tokio::sync::watch;
@@ -33,12 +34,12 @@ use crate::{Tasks, WorkerConfig};
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Chunks shorter than this on average are run several per blocking hand-off.
 const SHORT_CHUNK: Duration = Duration::from_micros(200);
+/// What a worker may send before the coordinator's welcome names its limit: enough for a hello.
+const HELLO_FRAME_BYTES: usize = 64 * 1024;
 /// Most chunks one blocking hand-off runs.
 const MAX_CHUNKS_PER_HANDOFF: usize = 128;
 /// Queued work an adaptive prefetch aims to hold per slot.
 const PREFETCH_QUEUE_TIME: Duration = Duration::from_millis(5);
-/// Most chunks an adaptive prefetch holds queued per slot.
-const MAX_PREFETCH_PER_SLOT: u32 = 512;
 /// Longest an outcome is held back to share a frame with others.
 const HOLD_OUTCOMES_FOR: Duration = Duration::from_millis(1);
 /// Most outcomes held back before a frame goes anyway.
@@ -83,7 +84,13 @@ fn nodelay_connector() -> impl actix_service::Service<
 
 /// State that outlives one connection.
 pub(crate) struct Worker {
+    /// The id the coordinator gave the current connection (named in its welcome).
     pub(crate) id: WorkerId,
+    /// The largest frame the coordinator accepts from this worker (named in its welcome).
+    max_frame_bytes: usize,
+    /// True once the current connection is welcomed: before, frames could carry no id the
+    /// coordinator knows, so only the hello is sent.
+    welcomed: bool,
     pub(crate) config: WorkerConfig,
     tasks: Tasks,
     /// Attempts running now, with their cancel flags.
@@ -108,6 +115,8 @@ impl Worker {
         let (outcomes_tx, outcomes_rx) = mpsc::unbounded_channel();
         Self {
             id: WorkerId::new(),
+            max_frame_bytes: HELLO_FRAME_BYTES,
+            welcomed: false,
             config,
             tasks,
             running: HashMap::new(),
@@ -128,6 +137,7 @@ impl Worker {
 
     /// Runs one connection to `base` until it ends.
     pub(crate) async fn session(&mut self, base: &str) -> SessionEnd {
+        self.forget_connection();
         let mut socket = match self.connect(base).await {
             Ok(socket) => socket,
             Err(end) => return end,
@@ -200,15 +210,41 @@ impl Worker {
         Ok(socket)
     }
 
-    async fn send(&self, socket: &mut Socket, messages: Vec<WorkerMessage>) -> Result<(), String> {
-        let frame = encode(&Frame {
-            worker: self.id,
-            messages,
-        });
-        socket
-            .send(ws::Message::Binary(frame))
-            .await
-            .map_err(|e| format!("cannot send to coordinator: {e}"))
+    /// Sends messages in frames within the coordinator's limit; a result too large for any frame
+    /// is sent as its chunk's permanent failure instead (another worker's would be as large).
+    /// Before the welcome only a hello goes out: outcomes wait in the outbox (sent once the
+    /// welcome comes), the rest is dropped.
+    async fn send(
+        &mut self,
+        socket: &mut Socket,
+        mut messages: Vec<WorkerMessage>,
+    ) -> Result<(), String> {
+        if !self.welcomed {
+            let (hello, rest): (Vec<_>, Vec<_>) = messages
+                .into_iter()
+                .partition(|m| matches!(m, WorkerMessage::Hello(_)));
+            self.outbox.extend(rest.into_iter().filter_map(|m| match m {
+                WorkerMessage::Outcome(o) => Some(o),
+                _ => None,
+            }));
+            messages = hello;
+            if messages.is_empty() {
+                return Ok(());
+            }
+        }
+        let limit = self.max_frame_bytes;
+        let messages = messages.into_iter().map(|m| fit(m, limit)).collect();
+        for messages in batches(messages, limit) {
+            let frame = encode(&Frame {
+                worker: self.id,
+                messages,
+            });
+            socket
+                .send(ws::Message::Binary(frame))
+                .await
+                .map_err(|e| format!("cannot send to coordinator: {e}"))?;
+        }
+        Ok(())
     }
 
     async fn serve(&mut self, socket: &mut Socket, base: &str) -> SessionEnd {
@@ -391,6 +427,12 @@ impl Worker {
         sent
     }
 
+    /// The welcome's limit is forgotten with its connection.
+    fn forget_connection(&mut self) {
+        self.max_frame_bytes = HELLO_FRAME_BYTES;
+        self.welcomed = false;
+    }
+
     fn closed_by_coordinator(
         &self,
         reason: Option<ws::CloseReason>,
@@ -447,7 +489,10 @@ impl Worker {
         heartbeat_every: &mut Duration,
     ) -> Result<Vec<WorkerMessage>, String> {
         let frame = decode_in_place(bytes).map_err(|e| e.to_string())?;
-        if frame.worker != self.id {
+        if !*welcomed {
+            // The welcome's frame names the id the coordinator gave this connection.
+            self.id = frame.worker;
+        } else if frame.worker != self.id {
             return Err(format!(
                 "frame addressed to worker {} reached worker {}",
                 frame.worker, self.id
@@ -458,8 +503,11 @@ impl Worker {
             match message {
                 CoordinatorMessage::Welcome {
                     heartbeat_interval_ms,
+                    max_frame_bytes,
                 } => {
                     *welcomed = true;
+                    self.welcomed = true;
+                    self.max_frame_bytes = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
                     *heartbeat_every = Duration::from_millis(heartbeat_interval_ms.max(10));
                     info!(worker = %self.id, name = %self.config.name, slots = self.config.slots, "registered with coordinator");
                 }
@@ -660,6 +708,30 @@ fn failure(chunk: ChunkRef, class: FailureClass, message: &str) -> ChunkOutcome 
             class,
             message: message.to_owned(),
         }),
+    }
+}
+
+/// `message`, or, for a result too large for a frame of `limit` bytes, its chunk's permanent
+/// failure saying so.
+fn fit(message: WorkerMessage, limit: usize) -> WorkerMessage {
+    match message {
+        WorkerMessage::Outcome(ChunkOutcome {
+            chunk,
+            result: Outcome::Succeeded(partial),
+        }) if partial.len() + 2 * MESSAGE_OVERHEAD > limit => {
+            warn!(%chunk, bytes = partial.len(), limit, "result too large to send");
+            WorkerMessage::Outcome(ChunkOutcome {
+                chunk,
+                result: Outcome::Failed(Failure {
+                    class: FailureClass::Permanent,
+                    message: format!(
+                        "the chunk's result of {} bytes is over the coordinator's frame limit of {limit} bytes: use more, smaller chunks",
+                        partial.len()
+                    ),
+                }),
+            })
+        }
+        other => other,
     }
 }
 

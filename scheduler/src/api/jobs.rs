@@ -36,13 +36,27 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
         .map_err(|_| ApiError::JobNotFound { id: raw.to_owned() })
 }
 
-/// Reads the body, refusing it as soon as it passes the limit.
+/// Reads the body, refusing it as soon as it passes the limit or takes longer than the timeout (a
+/// client trickling a body would otherwise hold its connection and buffer open indefinitely).
 async fn read_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-    bodies: &BodyPool,
+    payload: web::Payload,
+    app: &AppState,
 ) -> Result<BytesMut, ApiError> {
+    let timeout = app.body_timeout;
+    actix_rt::time::timeout(timeout, read_body_within(req, payload, app))
+        .await
+        .map_err(|_| ApiError::BodyTimeout {
+            seconds: timeout.as_secs_f64(),
+        })?
+}
+
+async fn read_body_within(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    app: &AppState,
+) -> Result<BytesMut, ApiError> {
+    let (limit, bodies) = (app.max_body_bytes, &app.bodies);
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -69,9 +83,7 @@ pub(super) async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
     let started = std::time::Instant::now();
-    let body = read_body(&req, payload, app.max_body_bytes, &app.bodies)
-        .await?
-        .freeze();
+    let body = read_body(&req, payload, &app).await?.freeze();
     tracing::debug!(bytes = body.len(), took = ?started.elapsed(), "job body read");
     let idempotency = match req.headers().get("idempotency-key") {
         None => None,

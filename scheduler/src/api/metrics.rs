@@ -76,6 +76,12 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
                 g.busy_slots,
             ),
             (
+                Kind::Gauge,
+                "muster_workers_quarantined",
+                "Connected workers given no new chunks for a while: they lost or corrupted chunks again and again",
+                g.quarantined,
+            ),
+            (
                 Kind::Counter,
                 "muster_jobs_submitted_total",
                 &format!("New jobs accepted {since}"),

@@ -1,6 +1,7 @@
 //! The HTTP surface: the REST API under `/v1`, the worker WebSocket endpoint, `/healthz` and
 //! `/metrics`.
 
+pub(crate) mod frame_limit;
 mod jobs;
 mod metrics;
 mod workers;
@@ -28,6 +29,10 @@ pub struct AppState {
     pub tokens: Option<Tokens>,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive.
+    pub body_timeout: Duration,
+    /// Largest WebSocket frame a worker may send.
+    pub max_frame_bytes: usize,
     /// Silence after which a worker's chunks are re-queued.
     pub heartbeat_timeout: Duration,
     /// Numbers worker connections, so a reconnect is told from the connection it replaces.

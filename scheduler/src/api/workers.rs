@@ -1,14 +1,14 @@
 //! `/v1/workers`: the list of connected workers, and the WebSocket endpoint workers connect to.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use actix::{Actor, AsyncContext};
-use actix_web::{web, HttpRequest, HttpResponse};
-use muster_shared::protocol::{
-    CLOSE_VERSION_MISMATCH, MAX_FRAME_BYTES, PROTOCOL_HEADER, PROTOCOL_VERSION,
-};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use muster_shared::protocol::{CLOSE_VERSION_MISMATCH, PROTOCOL_HEADER, PROTOCOL_VERSION};
 use tracing::warn;
 
+use super::frame_limit::LimitFrames;
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
 use crate::coordinator::ListWorkers;
@@ -28,6 +28,11 @@ pub(super) async fn list(
     Ok(HttpResponse::Ok().json(serde_json::json!({"workers": workers})))
 }
 
+/// A request body read through [`LimitFrames`].
+type Guarded = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>,
+>;
+
 pub(super) async fn connect(
     req: HttpRequest,
     body: web::Payload,
@@ -41,6 +46,19 @@ pub(super) async fn connect(
         .get(PROTOCOL_HEADER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok());
+    // Frames over the limit are refused at their header, before their bytes are buffered; the
+    // session closes with the reason.
+    let limit = app.max_frame_bytes;
+    let refused = Arc::new(Mutex::new(None));
+    let cell = refused.clone();
+    let guarded: Guarded = Box::pin(LimitFrames::new(
+        body.into_inner(),
+        limit as u64,
+        move |too_large| *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(too_large),
+    ));
+    let body = web::Payload::from_request(&req, &mut guarded.into())
+        .await
+        .map_err(|e| ApiError::Invalid(format!("cannot read the worker connection: {e}")))?;
     let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::Invalid(format!(
             "worker connection must be a websocket upgrade: {e}"
@@ -63,12 +81,12 @@ pub(super) async fn connect(
         let _ = out.send(Outgoing::Close(close_reason(CLOSE_VERSION_MISMATCH, &text)));
         return Ok(response);
     }
-    let stream = stream.max_frame_size(MAX_FRAME_BYTES);
+    let stream = stream.max_frame_size(limit);
     let serial = app.next_session.fetch_add(1, Ordering::Relaxed);
     let timeout = app.heartbeat_timeout;
     WorkerSession::create(move |ctx| {
         ctx.add_stream(stream);
-        WorkerSession::new(serial, address, coordinator, out, timeout)
+        WorkerSession::new(serial, address, coordinator, out, timeout, limit, refused)
     });
     Ok(response)
 }

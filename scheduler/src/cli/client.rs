@@ -8,7 +8,7 @@ use awc::http::StatusCode;
 use clap::Args;
 use serde_json::Value;
 
-use super::CliError;
+use super::{say, CliError};
 use crate::auth::CLIENT_TOKEN_FILE;
 use crate::config::DEFAULT_DATA_DIR;
 
@@ -257,13 +257,13 @@ pub fn block_on<F: std::future::Future<Output = Result<(), CliError>>>(
 }
 
 /// Prints JSON, pretty on a terminal.
-pub fn print_json(v: &Value) {
+pub fn print_json(v: &Value) -> Result<(), CliError> {
     let text = if std::io::stdout().is_terminal() {
         serde_json::to_string_pretty(v)
     } else {
         serde_json::to_string(v)
     };
-    println!("{}", text.unwrap_or_default());
+    say(&text.unwrap_or_default())
 }
 
 /// One-line human summary of a job status.
@@ -299,9 +299,9 @@ pub fn status(args: IdArgs) -> Result<(), CliError> {
         let client = Client::new(&args.client)?;
         let job = client.get_ok(&format!("/v1/jobs/{}", args.id)).await?;
         if args.client.json {
-            print_json(&job);
+            print_json(&job)?;
         } else {
-            println!("{}", summary(&job));
+            say(&summary(&job))?;
         }
         Ok(())
     })
@@ -323,9 +323,9 @@ pub async fn fetch_result(
         return Err(CliError::Failed(reply.problem()));
     }
     if json {
-        print_json(&reply.body);
+        print_json(&reply.body)?;
     } else {
-        print_json(&reply.body["result"]);
+        print_json(&reply.body["result"])?;
     }
     Ok(())
 }
@@ -353,9 +353,9 @@ pub fn cancel(args: IdArgs) -> Result<(), CliError> {
             return Err(CliError::Failed(reply.problem()));
         }
         if args.client.json {
-            print_json(&reply.body);
+            print_json(&reply.body)?;
         } else {
-            println!("{}", summary(&reply.body));
+            say(&summary(&reply.body))?;
         }
         Ok(())
     })
@@ -371,10 +371,10 @@ pub fn jobs(args: JobsArgs) -> Result<(), CliError> {
         }
         let page = client.get_ok(&path).await?;
         if args.client.json {
-            print_json(&page);
+            print_json(&page)?;
         } else {
             for job in page["jobs"].as_array().into_iter().flatten() {
-                println!("{}", summary(job));
+                say(&summary(job))?;
             }
         }
         Ok(())
@@ -387,10 +387,10 @@ pub fn workers(args: ClientOnly) -> Result<(), CliError> {
         let client = Client::new(&args.client)?;
         let page = client.get_ok("/v1/workers").await?;
         if args.client.json {
-            print_json(&page);
+            print_json(&page)?;
         } else {
             for w in page["workers"].as_array().into_iter().flatten() {
-                println!(
+                say(&format!(
                     "{}  {:<20}  {:<21}  running {}/{}  tasks {}",
                     w["id"].as_str().unwrap_or("-"),
                     w["name"].as_str().unwrap_or("-"),
@@ -402,7 +402,7 @@ pub fn workers(args: ClientOnly) -> Result<(), CliError> {
                         .filter_map(Value::as_str)
                         .collect::<Vec<_>>()
                         .join(",")),
-                );
+                ))?;
             }
         }
         Ok(())

@@ -55,6 +55,27 @@ pub enum CliError {
     /// The request or the job failed.
     #[error("{0}")]
     Failed(String),
+    /// Standard output's reader went away (`| head`): the command ends quietly, as `cat` does.
+    #[error("standard output closed")]
+    OutputClosed,
+}
+
+/// Writes `text` and a newline to standard output. A reader that went away ends the command
+/// quietly ([`CliError::OutputClosed`]) instead of a panic, so `muster ... | head` behaves.
+pub fn say(text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::OutputClosed),
+        Err(e) => Err(CliError::Failed(format!(
+            "cannot write to standard output: {e}"
+        ))),
+    }
 }
 
 impl From<anyhow::Error> for CliError {
@@ -78,7 +99,7 @@ pub fn main() -> ExitCode {
         Command::Workers(args) => client::workers(args),
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
         Err(CliError::Usage(e)) => {
             eprintln!("muster: {e}");
             ExitCode::from(2)

@@ -34,6 +34,16 @@ pub struct ServeArgs {
     /// Largest request body in bytes [default: 67108864].
     #[arg(long, env = "MUSTER_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
+    /// Largest WebSocket frame a worker may send, in bytes; a larger one closes its connection
+    /// [default: 16777216].
+    #[arg(long, env = "MUSTER_MAX_FRAME_BYTES")]
+    max_frame_bytes: Option<usize>,
+    /// Most slots one worker may announce; a worker asking for more is refused [default: 256].
+    #[arg(long, env = "MUSTER_MAX_WORKER_SLOTS")]
+    max_worker_slots: Option<u32>,
+    /// Seconds a request body may take to arrive in full; a slower one gets 408 [default: 60].
+    #[arg(long, env = "MUSTER_BODY_TIMEOUT")]
+    body_timeout: Option<f64>,
     /// Seconds before a failed chunk's first retry; doubles per failure [default: 0.1].
     #[arg(long, env = "MUSTER_RETRY_BACKOFF")]
     retry_backoff: Option<f64>,
@@ -78,6 +88,9 @@ impl ServeArgs {
             worker_token_file: self.worker_token_file,
             heartbeat_timeout: self.heartbeat_timeout,
             max_body_bytes: self.max_body_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            max_worker_slots: self.max_worker_slots,
+            body_timeout: self.body_timeout,
             retry_backoff: self.retry_backoff,
             insecure: self.insecure.then_some(true),
             store: self.store,
@@ -105,13 +118,14 @@ fn announce(listener: &TcpListener, config: &Config) -> Result<String, CliError>
         .local_addr()
         .map_err(|e| CliError::Failed(format!("cannot read the bound address: {e}")))?;
     let url = format!("{}://{addr}", config.scheme());
-    println!("muster listening on {url}");
+    // A daemon goes on serving when nobody reads its standard output any more.
+    let _ = super::say(&format!("muster listening on {url}"));
     if let Some(tokens) = config.tokens()? {
         if let Some(path) = &tokens.client_file {
-            println!("client token: {}", path.display());
+            let _ = super::say(&format!("client token: {}", path.display()));
         }
         if let Some(path) = &tokens.worker_file {
-            println!("worker token: {}", path.display());
+            let _ = super::say(&format!("worker token: {}", path.display()));
         }
     }
     Ok(url)
@@ -173,10 +187,10 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
             actix_rt::System::new().block_on(muster_worker::run(wc, Tasks::builtin(), shutdown))
         }));
     }
-    println!(
+    let _ = super::say(&format!(
         "started {} local workers with {} slot(s) each; press Ctrl-C to stop",
         args.workers, args.slots
-    );
+    ));
     let coordinator_stop = async move {
         termination().await;
         let _ = stop_tx.send(true);

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use super::client::{block_on, fetch_result, print_json, summary, Client, ClientArgs};
-use super::CliError;
+use super::{say, CliError};
 
 /// Seconds each long-poll waits before the progress bar is refreshed.
 const POLL_SECONDS: f64 = 0.5;
@@ -202,9 +202,9 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
         let id = reply.body["id"].as_str().unwrap_or_default().to_owned();
         if !args.wait {
             if args.client.json {
-                print_json(&reply.body);
+                print_json(&reply.body)?;
             } else {
-                println!("{id}");
+                say(&id)?;
             }
             return Ok(());
         }

@@ -37,6 +37,8 @@ pub enum FailReason {
     Permanent(String),
     /// The worker did not know the task.
     UnknownTask(String),
+    /// The worker's result does not fit the job's reducer; retried at once on another worker.
+    BadResult(String),
     /// The worker gave the chunk back unfinished while shutting down; not counted as an attempt.
     HandedBack,
     /// The coordinator restarted while the attempt ran; not counted as an attempt.
@@ -45,13 +47,14 @@ pub enum FailReason {
 
 impl FailReason {
     /// Every [`FailReason::class`].
-    pub const CLASSES: [&'static str; 8] = [
+    pub const CLASSES: [&'static str; 9] = [
         "worker_lost",
         "heartbeat_timeout",
         "chunk_timeout",
         "task_error",
         "permanent",
         "unknown_task",
+        "bad_result",
         "handed_back",
         "coordinator_restarted",
     ];
@@ -65,6 +68,7 @@ impl FailReason {
             FailReason::TaskError(_) => "task_error",
             FailReason::Permanent(_) => "permanent",
             FailReason::UnknownTask(_) => "unknown_task",
+            FailReason::BadResult(_) => "bad_result",
             FailReason::HandedBack => "handed_back",
             FailReason::CoordinatorRestarted => "coordinator_restarted",
         }
@@ -102,6 +106,7 @@ impl std::fmt::Display for FailReason {
             FailReason::TaskError(m) => write!(f, "task error: {m}"),
             FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
             FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
+            FailReason::BadResult(m) => write!(f, "bad result: {m}"),
             FailReason::HandedBack => f.write_str("handed back by a draining worker"),
             FailReason::CoordinatorRestarted => f.write_str("interrupted by a coordinator restart"),
         }
@@ -183,12 +188,13 @@ impl Chunk {
             .count() as u32
     }
 
-    /// Workers whose attempts at this chunk failed; a retry avoids them when it can.
-    pub fn failed_on(&self) -> impl Iterator<Item = WorkerId> + '_ {
+    /// Names of the workers whose attempts at this chunk failed; a retry avoids them when it
+    /// can. By name, not id: a worker that reconnects (and so has a new id) is still avoided.
+    pub fn failed_on(&self) -> impl Iterator<Item = Arc<str>> + '_ {
         self.attempts
             .iter()
             .filter(|a| a.error.is_some())
-            .map(|a| a.worker)
+            .map(|a| a.worker_name.clone())
     }
 
     /// The attempt number the next run gets.

@@ -5,6 +5,7 @@
 //! carries out the [`Effect`]s it queued (send assignments and cancels, wake long-pollers). Unit
 //! tests drive it directly.
 
+pub mod health;
 pub mod job;
 pub mod queue;
 pub mod views;
@@ -17,7 +18,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::job::{JobSpec, Work};
-use muster_shared::protocol::{Assignment, ChunkOutcome, ChunkRef, FailureClass, Hello, Outcome};
+use muster_shared::protocol::{
+    Assignment, ChunkOutcome, ChunkRef, FailureClass, Hello, Outcome, MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+};
 use muster_shared::reduce::Reducer;
 use tracing::{debug, error, info, warn};
 
@@ -62,11 +66,23 @@ pub enum Effect {
 /// a large merge does not hold up every other job; smaller ones are merged at once.
 pub const REDUCE_OFF_THREAD_BYTES: usize = 1 << 20;
 
-/// Retry policy settings.
+/// Policy settings: retries, and what one worker may claim.
 #[derive(Debug, Clone, Copy)]
 pub struct Policy {
     /// Delay before the first retry of a chunk; doubles with each further failure.
     pub retry_backoff: Duration,
+    /// Most slots one worker may announce: a worker token is held by many machines, so one
+    /// leaked token must not let a single connection claim every queued chunk.
+    pub max_worker_slots: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            retry_backoff: Duration::from_secs_f64(crate::config::DEFAULT_RETRY_BACKOFF),
+            max_worker_slots: crate::config::DEFAULT_MAX_WORKER_SLOTS,
+        }
+    }
 }
 
 /// A submission's answer: the job and whether it was created now or found by idempotency key.
@@ -112,6 +128,8 @@ pub struct Gauges {
     pub slots: u64,
     /// Their slots running a chunk.
     pub busy_slots: u64,
+    /// Connected workers in quarantine.
+    pub quarantined: u64,
 }
 
 /// Jobs, queue and workers.
@@ -348,6 +366,14 @@ impl ClusterState {
         if hello.slots == 0 {
             return Err("a worker needs at least one slot".into());
         }
+        check_hello_names(&hello)?;
+        let most = self.policy.max_worker_slots;
+        if hello.slots > most {
+            return Err(format!(
+                "{} slots is more than this coordinator allows one worker ({most}, --max-worker-slots)",
+                hello.slots
+            ));
+        }
         info!(worker = %id, name = %hello.name, slots = hello.slots, tasks = ?hello.tasks, "worker registered");
         self.workers.add(WorkerEntry::new(id, hello, address))
     }
@@ -376,10 +402,31 @@ impl ClusterState {
             return;
         };
         warn!(worker = %id, name = %entry.name, %reason, running = entry.running.len(), "worker lost");
+        let mut lost = 0;
         for chunk in entry.running.into_keys() {
             if self.is_current(chunk, id) {
                 self.fail_attempt(chunk, reason.clone());
+                lost += 1;
             }
+        }
+        if lost > 0 {
+            self.strike(
+                &entry.name,
+                &format!("lost {lost} chunk(s) with its connection"),
+            );
+        }
+    }
+
+    /// Counts a strike against a worker name; logs a quarantine it starts.
+    fn strike(&mut self, name: &std::sync::Arc<str>, why: &str) {
+        let now = Instant::now();
+        if let Some(until) = self.workers.strike(name, now) {
+            warn!(
+                worker_name = %name,
+                why,
+                for_s = until.duration_since(now).as_secs(),
+                "worker quarantined: it gets no new chunks for a while"
+            );
         }
     }
 
@@ -399,8 +446,26 @@ impl ClusterState {
             return;
         }
         match outcome.result {
-            Outcome::Succeeded(result) => self.succeed_attempt(chunk, result),
-            Outcome::Failed(failure) => {
+            Outcome::Succeeded(result) => {
+                let refused = self
+                    .jobs
+                    .get(&chunk.job)
+                    .map(|j| j.meta.reducer.check(&result))
+                    .and_then(Result::err);
+                match refused {
+                    None => self.succeed_attempt(chunk, result),
+                    Some(why) => {
+                        let name = self.workers.get(worker).map(|w| w.name.clone());
+                        warn!(%worker, %chunk, %why, "refused a result that does not fit the job's reducer");
+                        self.fail_attempt(chunk, FailReason::BadResult(bounded_message(why)));
+                        if let Some(name) = name {
+                            self.strike(&name, "sent a result that does not fit its job");
+                        }
+                    }
+                }
+            }
+            Outcome::Failed(mut failure) => {
+                failure.message = bounded_message(failure.message);
                 let reason = match failure.class {
                     FailureClass::TaskError => FailReason::TaskError(failure.message),
                     FailureClass::Permanent => FailReason::Permanent(failure.message),
@@ -612,15 +677,21 @@ impl ClusterState {
     /// When the coordinator must next wake up for backoffs or timeouts.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let deadline = self.deadlines.peek().map(|Reverse((at, ..))| *at);
-        match (self.queue.next_ready_at(), deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [
+            self.queue.next_ready_at(),
+            deadline,
+            self.workers.next_quarantine_end(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Places ready chunks on free worker slots, queueing an [`Effect::Assign`] for each.
     pub fn dispatch(&mut self) {
-        self.queue.promote(Instant::now());
+        let now = Instant::now();
+        self.workers.end_quarantines(now);
+        self.queue.promote(now);
         let mut free = self.workers.free_slots();
         if free == 0 {
             return;
@@ -659,7 +730,7 @@ impl ClusterState {
             if !matches!(chunk.state, ChunkState::Pending { .. }) {
                 continue;
             }
-            let avoid: Vec<WorkerId> = chunk.failed_on().collect();
+            let avoid: Vec<std::sync::Arc<str>> = chunk.failed_on().collect();
             match self.workers.place(&job.meta, &avoid) {
                 Some(worker) => {
                     self.assign(key.1, index, worker);
@@ -724,6 +795,7 @@ impl ClusterState {
             gauges.workers += 1;
             gauges.slots += u64::from(worker.slots);
             gauges.busy_slots += (worker.running.len() as u64).min(u64::from(worker.slots));
+            gauges.quarantined += u64::from(worker.quarantined_until.is_some());
         }
         gauges
     }
@@ -757,6 +829,44 @@ impl ClusterState {
     pub fn publish_capacity_to(&mut self, cell: std::sync::Arc<std::sync::atomic::AtomicU64>) {
         self.workers.publish_capacity_to(cell);
     }
+}
+
+/// Refuses a hello whose name, task names or labels are over [`MAX_NAME_BYTES`]: they are shown
+/// in every listing and kept with every attempt record.
+fn check_hello_names(hello: &Hello) -> Result<(), String> {
+    let too_long = |what: &str, text: &str| {
+        (text.len() > MAX_NAME_BYTES).then(|| {
+            format!(
+                "{what} of {} bytes is longer than the {MAX_NAME_BYTES} allowed",
+                text.len()
+            )
+        })
+    };
+    let mut names = std::iter::once(("a worker name", hello.name.as_str()))
+        .chain(hello.tasks.iter().map(|t| ("a task name", t.as_str())))
+        .chain(
+            hello
+                .labels
+                .iter()
+                .flat_map(|(k, v)| [("a label key", k.as_str()), ("a label value", v.as_str())]),
+        );
+    match names.find_map(|(what, text)| too_long(what, text)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary), marked as cut.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("... (cut)");
+    }
+    message
 }
 
 /// Cancels the running attempts of a job's chunks on their workers and frees their slots.
@@ -795,6 +905,7 @@ mod tests {
             Box::new(MemoryStore::new()),
             Policy {
                 retry_backoff: Duration::ZERO,
+                ..Policy::default()
             },
         )
     }
@@ -830,6 +941,53 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_worker_cannot_claim_more_slots_or_prefetch_than_the_coordinator_allows() {
+        let mut s = state();
+        let hello = |slots: u32, prefetch: u32, name: String| Hello {
+            protocol: 1,
+            name,
+            slots,
+            prefetch,
+            tasks: vec!["sum".into()],
+            labels: BTreeMap::new(),
+            running: Vec::new(),
+        };
+        let refused = s
+            .add_worker(
+                WorkerId::new(),
+                hello(u32::MAX, u32::MAX, "greedy".into()),
+                "t".into(),
+            )
+            .unwrap_err();
+        assert!(refused.contains("--max-worker-slots"), "{refused}");
+        let long = s
+            .add_worker(
+                WorkerId::new(),
+                hello(1, 0, "n".repeat(MAX_NAME_BYTES + 1)),
+                "t".into(),
+            )
+            .unwrap_err();
+        assert!(long.contains("worker name"), "{long}");
+        // The largest hello allowed, with the largest prefetch there is: it holds at most
+        // slots x (1 + MAX_PREFETCH_PER_SLOT) chunks, however many are queued.
+        let most = Policy::default().max_worker_slots;
+        let id = WorkerId::new();
+        s.add_worker(id, hello(most, u32::MAX, "big".into()), "t".into())
+            .unwrap();
+        s.worker_prefetch(id, u32::MAX);
+        let cap = u64::from(most) * (1 + u64::from(muster_shared::protocol::MAX_PREFETCH_PER_SLOT));
+        assert_eq!(s.workers().free_slots(), cap);
+        let chunks: Vec<Vec<i64>> = (0..cap as i64 + 100).map(|i| vec![i]).collect();
+        s.submit(
+            spec(serde_json::json!({"task": "sum", "chunks": chunks, "reduce": "sum"})),
+            None,
+        )
+        .unwrap();
+        s.dispatch();
+        assert_eq!(assignments(&mut s).len() as u64, cap);
     }
 
     #[test]
@@ -893,6 +1051,7 @@ mod tests {
             Box::new(MemoryStore::new()),
             Policy {
                 retry_backoff: Duration::from_secs(60),
+                ..Policy::default()
             },
         );
         let first = worker(&mut s, 1);
@@ -930,7 +1089,8 @@ mod tests {
     fn a_large_merge_is_left_to_an_effect_and_a_cancel_before_it_ends_wins() {
         let mut s = state();
         let w = worker(&mut s, 2);
-        let large = Bytes::from(vec![b'1'; REDUCE_OFF_THREAD_BYTES]);
+        // A number a reducer takes, padded to a large partial.
+        let large = Bytes::from(" ".repeat(REDUCE_OFF_THREAD_BYTES) + "1");
         let mut reduces = Vec::new();
         for cancel in [false, true] {
             let job = s
@@ -1129,6 +1289,7 @@ mod restore_tests {
             Box::new(store),
             Policy {
                 retry_backoff: Duration::ZERO,
+                ..Policy::default()
             },
         );
         state.restore().unwrap();

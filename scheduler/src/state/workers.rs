@@ -3,12 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use muster_shared::ids::WorkerId;
-use muster_shared::protocol::{ChunkRef, Hello};
+use muster_shared::protocol::{ChunkRef, Hello, MAX_PREFETCH_PER_SLOT};
 use serde::Serialize;
 
+use super::health::Health;
 use super::job::JobMeta;
 
 /// Payload bytes of assigned, unfinished chunks past which a worker gets no more than its slots
@@ -36,6 +38,8 @@ pub struct WorkerEntry {
     pub labels: BTreeMap<String, String>,
     /// True once it announced shutdown: it gets no new chunks.
     pub draining: bool,
+    /// When its quarantine ends, while it is quarantined (see `health`): it gets no new chunks.
+    pub quarantined_until: Option<Instant>,
     /// Attempts it runs or holds queued now, with their payload sizes.
     pub running: HashMap<ChunkRef, u64>,
     /// Sum of the payload sizes in `running`.
@@ -56,10 +60,11 @@ impl WorkerEntry {
             name: hello.name.into(),
             address,
             slots: hello.slots,
-            prefetch: hello.prefetch,
+            prefetch: most_prefetch(hello.slots, hello.prefetch),
             tasks: hello.tasks.into_iter().collect(),
             labels: hello.labels,
             draining: false,
+            quarantined_until: None,
             running,
             running_bytes: 0,
             connected_at: now,
@@ -70,16 +75,23 @@ impl WorkerEntry {
     /// Chunks it can still take: free slots plus room in its prefetch queue, none beyond its
     /// slots once it holds [`MAX_QUEUED_BYTES`] of payloads.
     pub fn free(&self) -> u32 {
-        let held = self.running.len() as u32;
+        let held = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
         if held >= self.slots && self.running_bytes >= MAX_QUEUED_BYTES {
             return 0;
         }
-        (self.slots + self.prefetch).saturating_sub(held)
+        self.slots
+            .saturating_add(self.prefetch)
+            .saturating_sub(held)
     }
 
-    /// True when the worker could ever run this job's chunks (task and labels), busy or not.
+    /// True unless it is draining or quarantined.
+    pub fn takes_chunks(&self) -> bool {
+        !self.draining && self.quarantined_until.is_none()
+    }
+
+    /// True when the worker could run this job's chunks now (task and labels), busy or not.
     pub fn suits(&self, meta: &JobMeta) -> bool {
-        !self.draining
+        self.takes_chunks()
             && self.tasks.contains(&meta.task)
             && meta
                 .labels
@@ -100,6 +112,10 @@ impl WorkerEntry {
             tasks,
             labels: self.labels.clone(),
             draining: self.draining,
+            quarantined_until: self.quarantined_until.map(|until| {
+                let left = until.saturating_duration_since(Instant::now());
+                Utc::now() + chrono::Duration::from_std(left).unwrap_or_default()
+            }),
             connected_at: self.connected_at,
             last_heartbeat: self.last_heartbeat,
         }
@@ -125,6 +141,9 @@ pub struct WorkerView {
     pub labels: BTreeMap<String, String>,
     /// Shutting down.
     pub draining: bool,
+    /// Given no new chunks until then: it lost or corrupted chunks again and again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined_until: Option<DateTime<Utc>>,
     /// Registered at.
     pub connected_at: DateTime<Utc>,
     /// Last heard from.
@@ -143,11 +162,19 @@ pub struct Workers {
     /// [`Workers::capacity`], kept where request handlers can read it without asking the
     /// coordinator (they size jobs that leave the chunk count open).
     published: Arc<AtomicU64>,
+    /// Every worker name's strikes and quarantines, connected or not.
+    health: Health,
+}
+
+/// The prefetch a worker of `slots` slots asking for `prefetch` gets: at most
+/// [`MAX_PREFETCH_PER_SLOT`] per slot, so what one worker may hold is bounded by its slots.
+fn most_prefetch(slots: u32, prefetch: u32) -> u32 {
+    prefetch.min(slots.saturating_mul(MAX_PREFETCH_PER_SLOT))
 }
 
 /// Where a worker sits in the ready index, if it is there: load in millionths of its slots.
 fn ready_key(w: &WorkerEntry) -> Option<(u64, WorkerId)> {
-    (!w.draining && w.free() > 0).then(|| {
+    (w.takes_chunks() && w.free() > 0).then(|| {
         (
             w.running.len() as u64 * 1_000_000 / u64::from(w.slots.max(1)),
             w.id,
@@ -156,10 +183,10 @@ fn ready_key(w: &WorkerEntry) -> Option<(u64, WorkerId)> {
 }
 
 fn free_of(w: &WorkerEntry) -> u64 {
-    if w.draining {
-        0
-    } else {
+    if w.takes_chunks() {
         u64::from(w.free())
+    } else {
+        0
     }
 }
 
@@ -180,11 +207,13 @@ impl Workers {
         }
     }
 
-    /// Adds a worker; refuses a second connection under an id already connected.
-    pub fn add(&mut self, entry: WorkerEntry) -> Result<(), String> {
+    /// Adds a worker (quarantined still if its name is); refuses a second connection under an
+    /// id already connected.
+    pub fn add(&mut self, mut entry: WorkerEntry) -> Result<(), String> {
         if self.by_id.contains_key(&entry.id) {
             return Err(format!("worker id {} is already connected", entry.id));
         }
+        entry.quarantined_until = self.health.quarantined_until(&entry.name, Instant::now());
         self.free_total += free_of(&entry);
         if let Some(key) = ready_key(&entry) {
             self.ready.insert(key);
@@ -238,7 +267,43 @@ impl Workers {
 
     /// The worker holds this many chunks queued beyond its slots.
     pub fn set_prefetch(&mut self, id: WorkerId, prefetch: u32) {
-        self.update(id, |w| w.prefetch = prefetch);
+        self.update(id, |w| w.prefetch = most_prefetch(w.slots, prefetch));
+    }
+
+    /// Counts a strike against the worker's name (see `health`); returns the end of the
+    /// quarantine it starts, which applies to every connection under that name.
+    pub fn strike(&mut self, name: &Arc<str>, now: Instant) -> Option<Instant> {
+        let until = self.health.strike(name, now)?;
+        let ids: Vec<WorkerId> = self
+            .iter()
+            .filter(|w| w.name == *name)
+            .map(|w| w.id)
+            .collect();
+        for id in ids {
+            self.update(id, |w| w.quarantined_until = Some(until));
+        }
+        self.publish();
+        Some(until)
+    }
+
+    /// Ends the quarantines over by `now`.
+    pub fn end_quarantines(&mut self, now: Instant) {
+        let over: Vec<WorkerId> = self
+            .iter()
+            .filter(|w| w.quarantined_until.is_some_and(|u| u <= now))
+            .map(|w| w.id)
+            .collect();
+        for id in &over {
+            self.update(*id, |w| w.quarantined_until = None);
+        }
+        if !over.is_empty() {
+            self.publish();
+        }
+    }
+
+    /// When the first quarantine of a connected worker ends.
+    pub fn next_quarantine_end(&self) -> Option<Instant> {
+        self.iter().filter_map(|w| w.quarantined_until).min()
     }
 
     /// The worker takes no new chunks.
@@ -270,7 +335,7 @@ impl Workers {
     /// Total slots (not counting prefetch) over workers that take chunks.
     pub fn capacity(&self) -> u64 {
         self.iter()
-            .filter(|w| !w.draining)
+            .filter(|w| w.takes_chunks())
             .map(|w| u64::from(w.slots))
             .sum()
     }
@@ -280,17 +345,17 @@ impl Workers {
         self.iter().any(|w| w.tasks.contains(task))
     }
 
-    /// Picks the least-loaded worker with room that suits the job, avoiding `avoid` (workers whose
+    /// Picks the least-loaded worker with room that suits the job, avoiding `avoid` (names of workers whose
     /// attempts at this chunk failed) whenever any other suitable worker is connected, even a busy
     /// one: the chunk then waits for it rather than return to a worker that failed it. Walks the
     /// ready index from the least loaded, so the usual cost is one step, not one per worker.
-    pub fn place(&self, meta: &JobMeta, avoid: &[WorkerId]) -> Option<WorkerId> {
-        let avoid_any =
-            !avoid.is_empty() && self.iter().any(|w| w.suits(meta) && !avoid.contains(&w.id));
+    pub fn place(&self, meta: &JobMeta, avoid: &[Arc<str>]) -> Option<WorkerId> {
+        let avoided = |w: &WorkerEntry| avoid.contains(&w.name);
+        let avoid_any = !avoid.is_empty() && self.iter().any(|w| w.suits(meta) && !avoided(w));
         self.ready
             .iter()
             .filter_map(|(_, id)| self.by_id.get(id))
-            .find(|w| w.suits(meta) && !(avoid_any && avoid.contains(&w.id)))
+            .find(|w| w.suits(meta) && !(avoid_any && avoided(w)))
             .map(|w| w.id)
     }
 }

@@ -47,24 +47,21 @@ pub enum StoreError {
 pub struct Progress {
     /// Batches written (or failed).
     pub done: u64,
-    /// The batches of recent transactions that failed (first, last), and why; the oldest are
-    /// forgotten past [`Progress::FAILURES_KEPT`].
-    pub failed: Vec<(u64, u64, StoreError)>,
     /// The first batch whose loss the coordinator cannot survive (a result, a job's end), and
     /// why: no ticket from it on is durable, and the coordinator stops.
     pub fatal: Option<(u64, StoreError)>,
 }
 
-impl Progress {
-    /// Failed transactions remembered for tickets still waiting.
-    pub const FAILURES_KEPT: usize = 64;
-}
+/// The fate of one batch of writes: set, before the batch counts as done, when its transaction
+/// failed. Every ticket taken for the batch holds it, so each learns its own batch's outcome
+/// exactly, however many other batches failed meanwhile; it is freed with the last ticket.
+pub type Fate = std::sync::Arc<std::sync::OnceLock<StoreError>>;
 
 /// A point in the order of writes: durable once every write made before it was taken is.
 #[derive(Debug, Clone)]
 pub struct Ticket {
     batch: u64,
-    progress: Option<tokio::sync::watch::Receiver<Progress>>,
+    wait: Option<(tokio::sync::watch::Receiver<Progress>, Fate)>,
 }
 
 impl Ticket {
@@ -72,43 +69,40 @@ impl Ticket {
     pub fn now() -> Self {
         Self {
             batch: 0,
-            progress: None,
+            wait: None,
         }
     }
 
-    /// A ticket for everything up to batch `batch` of a writer reporting on `progress`.
-    pub fn at(batch: u64, progress: tokio::sync::watch::Receiver<Progress>) -> Self {
+    /// A ticket for everything up to batch `batch`, whose fate is `fate`, of a writer reporting
+    /// on `progress`.
+    pub fn at(batch: u64, progress: tokio::sync::watch::Receiver<Progress>, fate: Fate) -> Self {
         Self {
             batch,
-            progress: Some(progress),
+            wait: Some((progress, fate)),
         }
     }
 
     /// True when the ticket is durable already (no need to wait).
     pub fn is_durable(&self) -> bool {
-        self.progress.as_ref().is_none_or(|p| {
+        self.wait.as_ref().is_none_or(|(p, fate)| {
             let p = p.borrow();
-            p.done >= self.batch && Self::hit(&p, self.batch).is_none()
+            p.done >= self.batch && Self::hit(&p, fate, self.batch).is_none()
         })
     }
 
     /// Why the transaction holding `batch` failed, if it did, or why no write from an earlier
     /// one on can be trusted.
-    fn hit(p: &Progress, batch: u64) -> Option<&StoreError> {
-        p.failed
-            .iter()
-            .find(|(first, last, _)| (*first..=*last).contains(&batch))
-            .map(|(_, _, e)| e)
-            .or(p
-                .fatal
-                .as_ref()
-                .filter(|(b, _)| *b <= batch)
-                .map(|(_, e)| e))
+    fn hit<'a>(p: &'a Progress, fate: &'a Fate, batch: u64) -> Option<&'a StoreError> {
+        fate.get().or(p
+            .fatal
+            .as_ref()
+            .filter(|(b, _)| *b <= batch)
+            .map(|(_, e)| e))
     }
 
     /// Waits until the writes before the ticket are durable; fails when their transaction failed.
     pub async fn durable(self) -> Result<(), StoreError> {
-        let Some(mut progress) = self.progress else {
+        let Some((mut progress, fate)) = self.wait else {
             return Ok(());
         };
         let batch = self.batch;
@@ -116,7 +110,7 @@ impl Ticket {
             .wait_for(|p| p.done >= batch)
             .await
             .map_err(|_| StoreError::Other("the store writer ended".into()))?;
-        match Self::hit(&p, batch) {
+        match Self::hit(&p, &fate, batch) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
@@ -275,13 +269,16 @@ mod tests {
     #[test]
     fn a_lost_write_fails_its_own_ticket_and_a_fatal_one_every_later_ticket() {
         let lost = StoreError::Other("disk full".into());
+        let fates: Vec<Fate> = (0..9).map(|_| Fate::default()).collect();
+        let _ = fates[2].set(lost.clone());
         let (tx, rx) = tokio::sync::watch::channel(Progress {
             done: 9,
-            failed: vec![(3, 3, lost.clone())],
             fatal: Some((6, lost)),
         });
         let durable: Vec<bool> = (1..=9)
-            .map(|batch| Ticket::at(batch, rx.clone()).is_durable())
+            .map(|batch| {
+                Ticket::at(batch, rx.clone(), fates[batch as usize - 1].clone()).is_durable()
+            })
             .collect();
         assert_eq!(
             durable,

@@ -893,10 +893,13 @@ mod tests {
                 failing,
                 vec![result(&small)],
             ];
-            let (progress, failure) = super::super::writer::run_batches(db, batches);
+            let (progress, durable, failure) = super::super::writer::run_batches(db, batches);
             assert_eq!(progress.done, 3);
-            let failed: Vec<(u64, u64)> = progress.failed.iter().map(|f| (f.0, f.1)).collect();
-            assert_eq!(failed, [(2, 2)], "the other batches were written alone");
+            assert_eq!(
+                durable,
+                [true, false, !fatal],
+                "the other batches were written alone"
+            );
             assert_eq!(progress.fatal.map(|f| f.0), fatal.then_some(2));
             assert_eq!(failure.is_some(), fatal);
             let payloads = dir.path().join(PAYLOAD_DIR);
@@ -908,6 +911,52 @@ mod tests {
             assert_eq!(
                 snapshot.jobs[0].chunks[0].result.as_deref(),
                 Some(&b"1"[..])
+            );
+        }
+    }
+
+    #[test]
+    fn no_ticket_is_durable_for_a_job_that_was_not_stored_however_many_batches_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+        // Large payloads cannot be written; small ones go into the database.
+        std::fs::remove_dir(db.payloads.dir()).unwrap();
+        std::fs::write(db.payloads.dir(), b"not a directory").unwrap();
+        // Far more failed batches in one writer round than any fixed list of failures could hold.
+        let ids: Vec<String> = (0..150).map(|_| JobId::new().to_string()).collect();
+        let batches = ids
+            .iter()
+            .enumerate()
+            .map(|(k, id)| {
+                let bytes = if k % 3 == 0 { 3 } else { FILE_PAYLOAD_BYTES };
+                vec![Op::Insert(InsertJob {
+                    id: id.clone(),
+                    meta: meta(),
+                    created_at: Utc::now().to_rfc3339(),
+                    inputs: vec![Bytes::from(vec![b'1'; bytes])],
+                    idempotency: None,
+                })]
+            })
+            .collect();
+        let (progress, durable, failure) = super::super::writer::run_batches(db, batches);
+        assert_eq!(progress.done, 150);
+        assert!(failure.is_none(), "lost inserts are tolerated");
+        std::fs::remove_file(dir.path().join(PAYLOAD_DIR)).unwrap();
+        let mut db = Sqlite::open(&dir.path().join("muster.db")).unwrap();
+        let stored: std::collections::HashSet<String> = db
+            .load()
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.id.to_string())
+            .collect();
+        assert_eq!(stored.len(), 50);
+        for (k, id) in ids.iter().enumerate() {
+            assert_eq!(
+                durable[k],
+                stored.contains(id),
+                "batch {} of 150: its ticket and the store disagree",
+                k + 1
             );
         }
     }

@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{error, warn};
 
 use super::rows::{self, Buffer, Pending};
-use super::{JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
+use super::{Fate, JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
 use crate::state::job::AttemptRecord;
 
 /// A new job, owned, ready to send to the writer thread.
@@ -71,7 +71,8 @@ pub(super) trait Backend: Send + 'static {
 type Reply<T> = mpsc::SyncSender<Result<T, StoreError>>;
 
 enum Msg {
-    Ops(Vec<Op>),
+    /// A batch, and where to tell its tickets if it fails.
+    Ops(Vec<Op>, Fate),
     /// Reply once every earlier op is committed.
     Sync(Reply<()>),
     Load(Reply<Snapshot>),
@@ -102,6 +103,8 @@ pub(super) struct Writer {
     staged: Vec<Op>,
     /// Batches handed to the writer thread.
     sent: u64,
+    /// The fate of batch `sent`, which tickets taken now wait on.
+    fate: Fate,
     /// What the writer thread has written; `done` equals `sent` when nothing is outstanding, so
     /// [`Store::sync`] need not ask.
     progress: watch::Receiver<Progress>,
@@ -117,8 +120,9 @@ fn run<B: Backend>(
     commit_seconds: Option<prometheus::Histogram>,
 ) {
     let mut ops: Vec<Op> = Vec::new();
-    // Where each batch in `ops` ends.
+    // Where each batch in `ops` ends, and its fate.
     let mut ends: Vec<usize> = Vec::new();
+    let mut fates: Vec<Fate> = Vec::new();
     let mut waiting: Vec<Reply<()>> = Vec::new();
     // Finished jobs whose payloads are still to drop, done only while no write is waiting, and
     // whether a large one is among them.
@@ -164,9 +168,10 @@ fn run<B: Backend>(
         let mut load: Option<Reply<Snapshot>> = None;
         while let Some(msg) = next.take() {
             match msg {
-                Msg::Ops(batch) => {
+                Msg::Ops(batch, fate) => {
                     ops.extend(batch);
                     ends.push(ops.len());
+                    fates.push(fate);
                 }
                 Msg::Sync(reply) => waiting.push(reply),
                 Msg::Load(reply) => {
@@ -223,16 +228,13 @@ fn run<B: Backend>(
             .find(|o| o.is_err())
             .cloned()
             .unwrap_or(Ok(()));
-        progress.send_modify(|p| {
-            for (k, outcome) in outcomes.iter().enumerate() {
-                if let Err(e) = outcome {
-                    let batch = p.done + 1 + k as u64;
-                    p.failed.push((batch, batch, e.clone()));
-                    if p.failed.len() > Progress::FAILURES_KEPT {
-                        p.failed.remove(0);
-                    }
-                }
+        // Each failed batch's tickets learn it before the batch counts as done.
+        for (fate, outcome) in fates.drain(..).zip(&outcomes) {
+            if let Err(e) = outcome {
+                let _ = fate.set(e.clone());
             }
+        }
+        progress.send_modify(|p| {
             if let (None, Some((k, e))) = (&p.fatal, &fatal) {
                 p.fatal = Some((p.done + 1 + k, e.clone()));
             }
@@ -262,16 +264,21 @@ fn run<B: Backend>(
 }
 
 /// Runs a writer thread's loop here, over `batches` handed over before it starts (so that it
-/// takes them all in one group); returns what it reported and the failure it left for the
-/// coordinator.
+/// takes them all in one group); returns what it reported, whether a ticket for each batch is
+/// durable, and the failure it left for the coordinator.
 #[cfg(test)]
 pub(super) fn run_batches<B: Backend>(
     backend: B,
     batches: Vec<Vec<Op>>,
-) -> (Progress, Option<StoreError>) {
+) -> (Progress, Vec<bool>, Option<StoreError>) {
     let (queue, incoming) = mpsc::channel();
+    let mut fates = Vec::new();
     for batch in batches {
-        queue.send(Msg::Ops(batch)).expect("the receiver is here");
+        let fate = Fate::default();
+        fates.push(fate.clone());
+        queue
+            .send(Msg::Ops(batch, fate))
+            .expect("the receiver is here");
     }
     drop(queue);
     let (progress_tx, progress) = watch::channel(Progress::default());
@@ -285,7 +292,12 @@ pub(super) fn run_batches<B: Backend>(
     );
     let failure = failed.lock().expect("not poisoned").take();
     let reported = progress.borrow().clone();
-    (reported, failure)
+    let durable = fates
+        .into_iter()
+        .enumerate()
+        .map(|(k, fate)| Ticket::at(k as u64 + 1, progress.clone(), fate).is_durable())
+        .collect();
+    (reported, durable, failure)
 }
 
 /// Writes the batches `ops` holds (each ending where `ends` says) in one transaction; if that
@@ -373,6 +385,7 @@ impl Writer {
             buffer: Buffer::default(),
             staged: Vec::new(),
             sent: 0,
+            fate: Fate::default(),
             progress,
             commit_seconds,
         })
@@ -398,7 +411,8 @@ impl Writer {
 
     fn send_ops(&mut self, ops: Vec<Op>) -> Result<(), StoreError> {
         self.sent += 1;
-        self.send(Msg::Ops(ops))
+        self.fate = Fate::default();
+        self.send(Msg::Ops(ops, self.fate.clone()))
     }
 
     fn ask<T>(&mut self, msg: impl FnOnce(Reply<T>) -> Msg) -> Result<T, StoreError> {
@@ -478,7 +492,11 @@ impl Store for Writer {
 
     fn ticket(&mut self) -> Result<Ticket, StoreError> {
         self.flush_buffer()?;
-        Ok(Ticket::at(self.sent, self.progress.clone()))
+        Ok(Ticket::at(
+            self.sent,
+            self.progress.clone(),
+            self.fate.clone(),
+        ))
     }
 
     fn failure(&mut self) -> Option<StoreError> {
