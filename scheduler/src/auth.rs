@@ -41,9 +41,7 @@ pub const CLIENT_TOKEN_FILE: &str = "client.token";
 pub const WORKER_TOKEN_FILE: &str = "worker.token";
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?;
-    let token = text.trim().to_owned();
+    let token = muster_worker::cli::read_token(path)?;
     if token.len() < 16 {
         anyhow::bail!("token in {} is shorter than 16 characters", path.display());
     }
@@ -77,8 +75,7 @@ fn one_token(
     if path.exists() {
         return Ok((read_token(&path)?, Some(path)));
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    crate::config::create_data_dir(dir)?;
     let token = generate()?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

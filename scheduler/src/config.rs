@@ -202,6 +202,27 @@ impl RawConfig {
     }
 }
 
+/// Creates the data dir (and its parents) with mode 0700, or tightens an existing one to it:
+/// it holds the tokens and every job's data, which no other local user may read.
+pub fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| anyhow::anyhow!("cannot read data dir {}: {e}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:04o}", mode & 0o777), "the data dir was open to other users: making it 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("cannot make data dir {} private: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
 fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     if !(0.0..1e9).contains(&v) {
         anyhow::bail!("--{flag} must be a number of seconds, got {v}");

@@ -53,9 +53,7 @@ fn open_store(config: &Config, epoch: i64) -> anyhow::Result<Box<dyn Store>> {
             Box::new(MemoryStore::new())
         }
         StoreChoice::Sqlite => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
-            })?;
+            config::create_data_dir(&config.data_dir)?;
             let path = config.data_dir.join(config::SQLITE_FILE);
             info!(path = %path.display(), "using the sqlite store");
             store::open_sqlite(&path)?

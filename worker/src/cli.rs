@@ -70,8 +70,22 @@ fn seconds(flag: &str, v: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(v))
 }
 
-/// Reads a token file, refusing an empty one.
+/// Reads a token file, refusing an empty one, and, as ssh refuses a private key others can read,
+/// one whose mode lets its group or others read or write it: a token is a password.
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "token file {} is open to other users (mode {mode:04o}): run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
     let token = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?;
     let token = token.trim().to_owned();

@@ -257,6 +257,20 @@ fn commit_histogram() -> Option<prometheus::Histogram> {
     prometheus::Histogram::with_opts(opts).ok()
 }
 
+/// Gives `path` the mode `mode` if its group or others have any access to it.
+fn make_private(path: &std::path::Path, mode: u32) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let now = std::fs::metadata(path)
+        .map_err(|e| io_error("read", path, e))?
+        .permissions()
+        .mode();
+    if now & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| io_error("make private", path, e))?;
+    }
+    Ok(())
+}
+
 /// A file system error on `path`, saying what was being done.
 fn io_error(what: &str, path: &std::path::Path, e: std::io::Error) -> StoreError {
     StoreError::Other(format!("cannot {what} {}: {e}", path.display()))

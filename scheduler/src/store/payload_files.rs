@@ -35,7 +35,13 @@ pub(super) struct PayloadFiles {
 impl PayloadFiles {
     /// The payload directory `dir`, created if missing.
     pub(super) fn open(dir: PathBuf) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(&dir).map_err(|e| io_error("create", &dir, e))?;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| io_error("create", &dir, e))?;
+        super::make_private(&dir, 0o700)?;
         Ok(Self {
             dir,
             spares: Vec::new(),
@@ -261,10 +267,11 @@ fn write_buffered(path: &Path, inputs: &[Bytes], spare: bool) -> Result<std::fs:
 /// cut (writing over its allocated blocks needs no allocation, and on a file system mounted with
 /// `discard`, none of the trims a deleted file's blocks get).
 fn open_for(spare: bool) -> std::fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
     let mut options = std::fs::OpenOptions::new();
     options.write(true);
     if !spare {
-        options.create(true).truncate(true);
+        options.create(true).truncate(true).mode(0o600);
     }
     options
 }

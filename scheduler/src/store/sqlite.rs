@@ -223,6 +223,9 @@ impl Sqlite {
 
     fn open(path: &Path) -> Result<Self, StoreError> {
         let lock = lock_data_dir(path)?;
+        // SQLite gives the WAL and shared-memory files the database file's mode: a database made
+        // 0600 here keeps every job's data from other local users (SQLite would make it 0644).
+        private_files(path)?;
         let connect = || {
             let conn = Connection::open(path)
                 .map_err(|e| StoreError::Other(format!("cannot open {}: {e}", path.display())))?;
@@ -301,8 +304,10 @@ impl Sqlite {
 /// when the process ends however it ends): two coordinators on one SQLite store would both run
 /// its jobs. Where the file system cannot lock files, says so and goes on without.
 fn lock_data_dir(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let path = db.with_file_name(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
+        .mode(0o600)
         .create(true)
         .truncate(false)
         .write(true)
@@ -321,6 +326,31 @@ fn lock_data_dir(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
     }
 }
 
+/// Creates the database file with mode 0600 if it is missing, and makes an existing one (and its
+/// WAL and shared-memory files) 0600 if they are open to others.
+fn private_files(db: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(db)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error("create", db, e)),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = db.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        if file.exists() {
+            super::make_private(&file, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
 /// Gives a database opened without a WAL file one of [`WAL_RESERVE`] zero bytes, written and
 /// synced, before SQLite opens it. SQLite reads a WAL without a valid header as empty and writes
 /// its frames from the start, over these blocks; a commit that writes over allocated blocks
@@ -329,12 +359,14 @@ fn lock_data_dir(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
 /// touched; SQLite removes the WAL when the store is closed cleanly, so each start makes it anew.
 fn reserve_wal(db: &Path) -> Result<(), StoreError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut name = db.as_os_str().to_owned();
     name.push("-wal");
     let wal = PathBuf::from(name);
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&wal)
     {
         Ok(file) => file,
