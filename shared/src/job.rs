@@ -258,6 +258,7 @@ impl RawJob {
                 .ok_or_else(|| invalid(format!("`priority` must be an integer, got {v}")))?,
         };
         let labels = self.labels.clone().unwrap_or_default();
+        check_labels(&labels)?;
         let work = match (&self.kind, &self.task) {
             (Some(_), Some(_)) => {
                 return Err(invalid("give either `kind` or `task`, not both"));
@@ -481,6 +482,33 @@ fn sortable_array(input: &Value) -> Result<Vec<Value>, InvalidJob> {
     Ok(items.clone())
 }
 
+/// Refuses more than [`MAX_LABELS`](crate::protocol::MAX_LABELS) labels, or a key or value longer
+/// than [`MAX_NAME_BYTES`](crate::protocol::MAX_NAME_BYTES): labels are kept with the job and shown
+/// in every listing of it.
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), InvalidJob> {
+    use crate::protocol::{MAX_LABELS, MAX_NAME_BYTES};
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(format!(
+            "`labels` may hold at most {MAX_LABELS} labels, got {}",
+            labels.len()
+        )));
+    }
+    match labels
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.len() > MAX_NAME_BYTES || v.len() > MAX_NAME_BYTES)
+    {
+        Some((k, v)) => {
+            let key: String = k.chars().take(32).collect();
+            Err(invalid(format!(
+                "label `{key}`: keys must be 1 to {MAX_NAME_BYTES} bytes and values at most {MAX_NAME_BYTES} (got {} and {})",
+                k.len(),
+                v.len()
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,6 +518,21 @@ mod tests {
         serde_json::from_value::<RawJob>(v)
             .map_err(|e| InvalidJob(e.to_string()))?
             .validate(1)
+    }
+
+    #[test]
+    fn too_many_or_too_long_labels_are_refused() {
+        let many: BTreeMap<String, String> = (0..=crate::protocol::MAX_LABELS)
+            .map(|i| (i.to_string(), "x".into()))
+            .collect();
+        let err = parse(json!({"kind": "sum", "input": [1], "labels": many})).unwrap_err();
+        assert!(err.0.contains("at most 64 labels"), "{err}");
+        let long = "v".repeat(crate::protocol::MAX_NAME_BYTES + 1);
+        let err =
+            parse(json!({"kind": "sum", "input": [1], "labels": {"zone": long}})).unwrap_err();
+        assert!(err.0.contains("label `zone`"), "{err}");
+        let ok = parse(json!({"kind": "sum", "input": [1], "labels": {"zone": "a"}}));
+        assert!(ok.is_ok());
     }
 
     #[test]

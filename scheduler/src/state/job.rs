@@ -11,6 +11,7 @@
 //! reduced) or one chunk failed for good, and it can be `Cancelled` from any non-terminal state.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -296,6 +297,9 @@ pub struct Job {
     pub counts: ChunkCounts,
     /// Attempts started so far.
     pub attempts: u32,
+    /// Chunks with a failed attempt, kept as they fail so that a status shows them without
+    /// walking every chunk of a large job.
+    pub retried: BTreeSet<ChunkIndex>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its first chunk was assigned.
@@ -320,6 +324,7 @@ impl Job {
             },
             chunks,
             attempts: 0,
+            retried: BTreeSet::new(),
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -337,6 +342,7 @@ impl Job {
             ..ChunkCounts::default()
         };
         let mut attempts = 0;
+        let mut retried = BTreeSet::new();
         let mut started_at: Option<DateTime<Utc>> = None;
         let chunks: Vec<Chunk> = stored
             .chunks
@@ -358,6 +364,9 @@ impl Job {
                         Some(started_at.map_or(record.started_at, |s| s.min(record.started_at)));
                 }
                 attempts += records.len() as u32;
+                if records.iter().any(|r| r.error.is_some()) {
+                    retried.insert(ChunkIndex(i as u32));
+                }
                 let state = match c.result {
                     Some(result) => {
                         counts.succeeded += 1;
@@ -435,6 +444,7 @@ impl Job {
             chunks,
             counts,
             attempts,
+            retried,
             created_at: stored.created_at,
             started_at,
             finished_at,
@@ -520,6 +530,7 @@ impl Job {
     ) -> bool {
         let permanent = reason.is_permanent();
         self.end_attempt(index, Some(reason));
+        self.retried.insert(index);
         let chunk = &mut self.chunks[index.get()];
         if permanent || chunk.counted_failures() >= self.meta.max_attempts {
             chunk.state = ChunkState::Failed;

@@ -1155,6 +1155,49 @@ mod tests {
     }
 
     #[test]
+    fn a_result_that_does_not_fit_the_reducer_fails_only_its_attempt_and_shows_as_a_retry() {
+        let mut s = state();
+        let bad = worker(&mut s, 1);
+        let job = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3], "chunks": 1})),
+                None,
+            )
+            .unwrap();
+        s.dispatch();
+        let placed = assignments(&mut s);
+        s.outcome(
+            bad,
+            ChunkOutcome {
+                chunk: placed[0].1,
+                result: Outcome::Succeeded(Bytes::from_static(b"\"six\"")),
+            },
+        );
+        let good = worker(&mut s, 1);
+        s.dispatch();
+        let retry = assignments(&mut s);
+        assert_eq!(retry.len(), 1);
+        assert_eq!(
+            retry[0].0, good,
+            "the retry avoids the worker that sent the bad result"
+        );
+        s.outcome(
+            good,
+            ChunkOutcome {
+                chunk: retry[0].1,
+                result: Outcome::Succeeded(Bytes::from_static(b"6")),
+            },
+        );
+        let done = s.job(job.id).unwrap();
+        assert!(matches!(&done.state, JobState::Succeeded { result } if &result[..] == b"6"));
+        let view = views::JobView::of(done);
+        assert_eq!(view.retries.len(), 1);
+        let first = &view.retries[0].attempts[0];
+        assert_eq!(first.worker, bad);
+        assert!(matches!(first.error, Some(FailReason::BadResult(_))));
+    }
+
+    #[test]
     fn a_retry_waits_for_a_worker_other_than_the_one_that_failed_it() {
         let mut s = state();
         let a = worker(&mut s, 1);

@@ -57,14 +57,14 @@ impl JobView {
     /// The view of a job.
     pub fn of(job: &Job) -> Self {
         let retries = job
-            .chunks
+            .retried
             .iter()
-            .enumerate()
-            .filter(|(_, c)| c.attempts.iter().any(|a| a.error.is_some()))
             .take(MAX_RETRIES_SHOWN)
-            .map(|(i, c)| RetriedChunk {
-                chunk: ChunkIndex(i as u32),
-                attempts: c.attempts.clone(),
+            .filter_map(|&i| {
+                Some(RetriedChunk {
+                    chunk: i,
+                    attempts: job.chunk(i)?.attempts.clone(),
+                })
             })
             .collect();
         let (kind, task) = if job.meta.builtin {
