@@ -43,6 +43,21 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A process's peak resident memory (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("a number of KiB");
+    kib / 1024
+}
+
 /// The custom worker example (`examples/custom_worker.rs`), built by `cargo test`.
 pub fn custom_worker_bin() -> PathBuf {
     bin("examples/custom_worker")
@@ -366,6 +381,8 @@ pub struct Answer {
     pub status: u16,
     /// `Content-Type`.
     pub content_type: String,
+    /// `Retry-After`, if given.
+    pub retry_after: Option<String>,
     /// Parsed body.
     pub body: Value,
 }
@@ -515,10 +532,12 @@ impl Api {
         body: Option<&str>,
         headers: &[(&str, &str)],
     ) -> Result<Answer, String> {
-        let (status, content_type, bytes) =
-            Self::read(self.send(&self.agent, method, path, body, headers)?)?;
+        let response = self.send(&self.agent, method, path, body, headers)?;
+        let retry_after = response.header("retry-after").map(str::to_owned);
+        let (status, content_type, bytes) = Self::read(response)?;
         Ok(Answer {
             status,
+            retry_after,
             content_type,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         })

@@ -29,6 +29,7 @@ fn the_data_dir_and_every_file_in_it_are_private_to_the_coordinator() {
         .env_remove("MUSTER_WORKER_TOKEN");
     let coordinator = Proc::spawn("coordinator", serve);
     let url = listening_url(&coordinator);
+    coordinator.wait_for("client token: ");
     let token = std::fs::read_to_string(dir.join("client.token")).unwrap();
     // A job large enough for its payloads to go to a file of their own; no worker runs it.
     let input: Vec<u64> = (0..300_000).collect();

@@ -9,28 +9,13 @@ use std::time::Duration;
 use muster_shared::ids::WorkerId;
 use muster_shared::protocol::{WorkerMessage, CLOSE_REFUSED};
 use muster_suite::raw_worker::{RawWorker, Received};
-use muster_suite::{custom_worker_bin, Coordinator};
+use muster_suite::{custom_worker_bin, peak_rss_mib, Coordinator};
 use serde_json::{json, Value};
 
 /// A `nap` job of `n` chunks of `ms` each, whose result is the sum 0 + 1 + ... + (n - 1).
 fn naps(n: u64, ms: u64) -> Value {
     let chunks: Vec<Value> = (0..n).map(|i| json!({"ms": ms, "value": i})).collect();
     json!({"task": "nap", "chunks": chunks, "reduce": "sum"})
-}
-
-/// The coordinator's peak resident memory, in MiB.
-fn peak_rss_mib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .expect("VmHWM line");
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .expect("a number of KiB");
-    kib / 1024
 }
 
 /// The `/v1/workers` entry named `name`, if it is connected.

@@ -27,6 +27,12 @@ pub const DEFAULT_RETRY_BACKOFF: f64 = 0.1;
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 /// Default most slots one worker may announce.
 pub const DEFAULT_MAX_WORKER_SLOTS: u32 = 256;
+/// Default unfinished chunks past which new jobs get 429 (about 2 GB of coordinator memory).
+pub const DEFAULT_MAX_PENDING_CHUNKS: u64 = 10_000_000;
+/// Default uncommitted store batches past which new jobs get 429.
+pub const DEFAULT_MAX_STORE_BACKLOG: u64 = 10_000;
+/// Default submissions waiting for the coordinator at once past which new ones get 429.
+pub const DEFAULT_MAX_QUEUED_SUBMISSIONS: usize = 1024;
 /// Default time a request body may take to arrive, seconds.
 pub const DEFAULT_BODY_TIMEOUT: f64 = 60.0;
 
@@ -52,6 +58,12 @@ pub struct RawConfig {
     pub max_worker_slots: Option<u32>,
     /// Seconds a request body may take to arrive.
     pub body_timeout: Option<f64>,
+    /// Unfinished chunks past which new jobs get 429.
+    pub max_pending_chunks: Option<u64>,
+    /// Uncommitted store batches past which new jobs get 429.
+    pub max_store_backlog: Option<u64>,
+    /// Submissions waiting for the coordinator past which new ones get 429.
+    pub max_queued_submissions: Option<usize>,
     /// Seconds before a chunk's first retry.
     pub retry_backoff: Option<f64>,
     /// Run without authentication (loopback only).
@@ -91,6 +103,9 @@ impl RawConfig {
             max_frame_bytes: self.max_frame_bytes.or(under.max_frame_bytes),
             max_worker_slots: self.max_worker_slots.or(under.max_worker_slots),
             body_timeout: self.body_timeout.or(under.body_timeout),
+            max_pending_chunks: self.max_pending_chunks.or(under.max_pending_chunks),
+            max_store_backlog: self.max_store_backlog.or(under.max_store_backlog),
+            max_queued_submissions: self.max_queued_submissions.or(under.max_queued_submissions),
             retry_backoff: self.retry_backoff.or(under.retry_backoff),
             insecure: self.insecure.or(under.insecure),
             store: self.store.or(under.store),
@@ -142,6 +157,16 @@ impl RawConfig {
         if body_timeout < Duration::from_millis(100) {
             anyhow::bail!("--body-timeout must be at least 0.1 seconds");
         }
+        let max_pending_chunks = self
+            .max_pending_chunks
+            .unwrap_or(DEFAULT_MAX_PENDING_CHUNKS);
+        let max_store_backlog = self.max_store_backlog.unwrap_or(DEFAULT_MAX_STORE_BACKLOG);
+        let max_queued_submissions = self
+            .max_queued_submissions
+            .unwrap_or(DEFAULT_MAX_QUEUED_SUBMISSIONS);
+        if max_pending_chunks == 0 || max_store_backlog == 0 || max_queued_submissions == 0 {
+            anyhow::bail!("--max-pending-chunks, --max-store-backlog and --max-queued-submissions must be at least 1");
+        }
         let store = match self.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreChoice::Sqlite,
             "memory" => StoreChoice::Memory,
@@ -190,6 +215,9 @@ impl RawConfig {
             max_frame_bytes,
             max_worker_slots,
             body_timeout,
+            max_pending_chunks,
+            max_store_backlog,
+            max_queued_submissions,
             retry_backoff,
             store,
             http_workers,
@@ -267,6 +295,12 @@ pub struct Config {
     pub max_worker_slots: u32,
     /// Time a request body may take to arrive in full.
     pub body_timeout: Duration,
+    /// Unfinished chunks past which new jobs get 429 until the backlog drains.
+    pub max_pending_chunks: u64,
+    /// Uncommitted store batches past which new jobs get 429.
+    pub max_store_backlog: u64,
+    /// Submissions waiting for the coordinator at once past which new ones get 429.
+    pub max_queued_submissions: usize,
     /// Delay before a chunk's first retry.
     pub retry_backoff: Duration,
     /// Store.

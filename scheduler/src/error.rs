@@ -60,6 +60,9 @@ pub enum ApiError {
         /// The job's status.
         status: &'static str,
     },
+    /// Too much work is waiting: retry later (429 with `Retry-After`).
+    #[error("{0}")]
+    Overloaded(String),
     /// The coordinator cannot serve this now (store failure, shutting down).
     #[error("{0}")]
     Unavailable(String),
@@ -75,6 +78,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 429: `pending` chunks wait or run, at or past `limit`.
+    pub fn too_many_pending(pending: u64, limit: u64) -> Self {
+        ApiError::Overloaded(format!(
+            "{pending} chunks are waiting or running, at the limit of {limit} (--max-pending-chunks): retry once some have finished"
+        ))
+    }
+
     fn title(&self) -> &'static str {
         match self {
             ApiError::MalformedJson(_) => "malformed json",
@@ -87,10 +97,14 @@ impl ApiError {
             ApiError::IdempotencyConflict { .. } => "idempotency key reused",
             ApiError::NotFinished { .. } => "job not succeeded",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded(_) => "overloaded",
             ApiError::NotLeader { .. } => "not the leader",
         }
     }
 }
+
+/// Seconds an overloaded coordinator asks a client to wait before it submits again.
+pub const RETRY_OVERLOADED_SECS: u64 = 1;
 
 /// RFC 9457 problem details.
 #[derive(Debug, Serialize)]
@@ -117,6 +131,7 @@ impl ResponseError for ApiError {
             ApiError::JobNotFound { .. } | ApiError::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::NotFinished { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotLeader { location: Some(_) } => StatusCode::TEMPORARY_REDIRECT,
             ApiError::NotLeader { location: None } => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -139,6 +154,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            ApiError::Overloaded(_) => {
+                response.insert_header(("Retry-After", RETRY_OVERLOADED_SECS.to_string()));
             }
             ApiError::NotLeader { location } => {
                 match location {

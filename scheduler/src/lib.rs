@@ -28,7 +28,7 @@ pub mod worker_session;
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 
 use actix::{Actor, Arbiter};
@@ -96,6 +96,10 @@ pub async fn run(
         tokens,
         max_body_bytes: config.max_body_bytes,
         body_timeout: config.body_timeout,
+        max_queued_submissions: config.max_queued_submissions,
+        max_pending_chunks: config.max_pending_chunks,
+        unfinished: Arc::new(AtomicU64::new(0)),
+        queued_submissions: AtomicUsize::new(0),
         max_frame_bytes: config.max_frame_bytes,
         heartbeat_timeout: config.heartbeat_timeout,
         next_session: AtomicU64::new(1),
@@ -131,10 +135,13 @@ pub async fn run(
         Policy {
             retry_backoff: config.retry_backoff,
             max_worker_slots: config.max_worker_slots,
+            max_pending_chunks: config.max_pending_chunks,
+            max_store_backlog: config.max_store_backlog,
         },
     );
     state.restore()?;
     state.publish_capacity_to(app.capacity.clone());
+    state.publish_unfinished_to(app.unfinished.clone());
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
     let interval = config.heartbeat_interval();
     // The coordinator gets a thread of its own so that HTTP and socket work never delays it.

@@ -82,6 +82,9 @@ pub(super) async fn submit(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
+    // Until the coordinator has answered, this submission holds a place among the queued ones:
+    // past the limit, new ones are turned away before their bodies are read.
+    let queued = QueuedSubmission::enter(&app)?;
     let started = std::time::Instant::now();
     let body = read_body(&req, payload, &app).await?.freeze();
     tracing::debug!(bytes = body.len(), took = ?started.elapsed(), "job body read");
@@ -124,6 +127,7 @@ pub(super) async fn submit(
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
+    drop(queued);
     // A new job's ticket covers its insert.
     if let Err(e) = durable(ticket).await {
         if submitted.created {
@@ -140,6 +144,34 @@ pub(super) async fn submit(
     Ok(response
         .insert_header(("Location", format!("/v1/jobs/{}", submitted.id)))
         .json(view))
+}
+
+/// A submission's place among those read or waiting for the coordinator, given back on drop.
+struct QueuedSubmission<'a>(&'a AppState);
+
+impl<'a> QueuedSubmission<'a> {
+    /// Takes a place, or answers 429 when all are taken.
+    fn enter(app: &'a AppState) -> Result<Self, ApiError> {
+        let pending = app.unfinished.load(Ordering::Relaxed);
+        if pending >= app.max_pending_chunks {
+            return Err(ApiError::too_many_pending(pending, app.max_pending_chunks));
+        }
+        let before = app.queued_submissions.fetch_add(1, Ordering::AcqRel);
+        let place = Self(app);
+        if before >= app.max_queued_submissions {
+            return Err(ApiError::Overloaded(format!(
+                "{before} submissions are already waiting for the coordinator, at the limit of {} (--max-queued-submissions): retry shortly",
+                app.max_queued_submissions
+            )));
+        }
+        Ok(place)
+    }
+}
+
+impl Drop for QueuedSubmission<'_> {
+    fn drop(&mut self) {
+        self.0.queued_submissions.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Authorizes a client, parses the job id and answers the coordinator's view of the job.

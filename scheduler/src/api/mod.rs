@@ -31,6 +31,15 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Time a request body may take to arrive.
     pub body_timeout: Duration,
+    /// Submissions waiting for the coordinator at once past which new ones get 429.
+    pub max_queued_submissions: usize,
+    /// Submissions between their body's first byte and the coordinator's answer.
+    pub queued_submissions: std::sync::atomic::AtomicUsize,
+    /// Unfinished chunks past which new jobs get 429.
+    pub max_pending_chunks: u64,
+    /// Unfinished chunks, kept by the coordinator: a submission is turned away before its body
+    /// is read while they are past the limit (the coordinator checks again, exactly).
+    pub unfinished: Arc<AtomicU64>,
     /// Largest WebSocket frame a worker may send.
     pub max_frame_bytes: usize,
     /// Silence after which a worker's chunks are re-queued.

@@ -44,6 +44,17 @@ pub struct ServeArgs {
     /// Seconds a request body may take to arrive in full; a slower one gets 408 [default: 60].
     #[arg(long, env = "MUSTER_BODY_TIMEOUT")]
     body_timeout: Option<f64>,
+    /// Unfinished chunks past which new jobs get 429 until the backlog drains
+    /// [default: 10000000].
+    #[arg(long, env = "MUSTER_MAX_PENDING_CHUNKS")]
+    max_pending_chunks: Option<u64>,
+    /// Uncommitted store batches past which new jobs get 429 [default: 10000].
+    #[arg(long, env = "MUSTER_MAX_STORE_BACKLOG")]
+    max_store_backlog: Option<u64>,
+    /// Submissions waiting for the coordinator at once past which new ones get 429
+    /// [default: 1024].
+    #[arg(long, env = "MUSTER_MAX_QUEUED_SUBMISSIONS")]
+    max_queued_submissions: Option<usize>,
     /// Seconds before a failed chunk's first retry; doubles per failure [default: 0.1].
     #[arg(long, env = "MUSTER_RETRY_BACKOFF")]
     retry_backoff: Option<f64>,
@@ -91,6 +102,9 @@ impl ServeArgs {
             max_frame_bytes: self.max_frame_bytes,
             max_worker_slots: self.max_worker_slots,
             body_timeout: self.body_timeout,
+            max_pending_chunks: self.max_pending_chunks,
+            max_store_backlog: self.max_store_backlog,
+            max_queued_submissions: self.max_queued_submissions,
             retry_backoff: self.retry_backoff,
             insecure: self.insecure.then_some(true),
             store: self.store,

@@ -74,6 +74,10 @@ pub struct Policy {
     /// Most slots one worker may announce: a worker token is held by many machines, so one
     /// leaked token must not let a single connection claim every queued chunk.
     pub max_worker_slots: u32,
+    /// Unfinished chunks past which new jobs are turned away (429) until the backlog drains.
+    pub max_pending_chunks: u64,
+    /// Store batches not yet committed past which new jobs are turned away (429).
+    pub max_store_backlog: u64,
 }
 
 impl Default for Policy {
@@ -81,6 +85,8 @@ impl Default for Policy {
         Self {
             retry_backoff: Duration::from_secs_f64(crate::config::DEFAULT_RETRY_BACKOFF),
             max_worker_slots: crate::config::DEFAULT_MAX_WORKER_SLOTS,
+            max_pending_chunks: crate::config::DEFAULT_MAX_PENDING_CHUNKS,
+            max_store_backlog: crate::config::DEFAULT_MAX_STORE_BACKLOG,
         }
     }
 }
@@ -144,6 +150,12 @@ pub struct ClusterState {
     effects: Vec<Effect>,
     /// What happened since this coordinator started leading (for `/metrics`).
     pub counters: Counters,
+    /// Chunks of unfinished jobs not succeeded yet, kept as they change: what admission control
+    /// bounds.
+    unfinished: u64,
+    /// `unfinished` as of the last [`ClusterState::take_effects`], where request handlers read it
+    /// to turn a submission away before reading its body.
+    published_unfinished: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Why this coordinator must stop: the store refused a write because another coordinator
     /// leads now, or lost one the coordinator has acted on (its memory and the store differ).
     stop: Option<String>,
@@ -174,12 +186,16 @@ impl ClusterState {
             policy,
             effects: Vec::new(),
             counters: Counters::default(),
+            unfinished: 0,
+            published_unfinished: Default::default(),
             stop: None,
         }
     }
 
     /// Effects queued since the last call.
     pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.published_unfinished
+            .store(self.unfinished, std::sync::atomic::Ordering::Relaxed);
         let room = self.effects.len();
         std::mem::replace(&mut self.effects, Vec::with_capacity(room))
     }
@@ -247,6 +263,7 @@ impl ClusterState {
                     .map(|(i, _)| ChunkIndex(i as u32))
                     .collect();
                 requeued += pending.len();
+                self.unfinished += u64::from(job.counts.total - job.counts.succeeded);
                 self.queue
                     .push_job(job_key(job.meta.priority, job.id), pending.into_iter());
             }
@@ -289,6 +306,7 @@ impl ClusterState {
                 });
             }
         }
+        self.admit()?;
         if !spec.is_builtin()
             && self.workers.iter().next().is_some()
             && !self.workers.knows_task(spec.task())
@@ -346,6 +364,7 @@ impl ClusterState {
                 ApiError::Unavailable(format!("the job was not accepted: {e}"))
             })?;
         let n = job.chunks.len() as u32;
+        self.unfinished += u64::from(n);
         let key = job_key(job.meta.priority, id);
         self.jobs.insert(id, job);
         self.queue.push_job(key, (0..n).map(ChunkIndex));
@@ -354,6 +373,33 @@ impl ClusterState {
         }
         self.counters.jobs_submitted += 1;
         Ok(Submitted { id, created: true })
+    }
+
+    /// Turns a new job away (429) while the backlog is past a limit: the coordinator answers
+    /// overload rather than grow without bound. A job is admitted while the backlog is below the
+    /// limit, so one larger than the limit alone still runs once the others have drained.
+    fn admit(&self) -> Result<(), ApiError> {
+        let pending = self.unfinished;
+        if pending >= self.policy.max_pending_chunks {
+            return Err(ApiError::too_many_pending(
+                pending,
+                self.policy.max_pending_chunks,
+            ));
+        }
+        let backlog = self.store.backlog();
+        if backlog >= self.policy.max_store_backlog {
+            return Err(ApiError::Overloaded(format!(
+                "the store is {backlog} batches of writes behind, at the limit of {} (--max-store-backlog): retry shortly",
+                self.policy.max_store_backlog
+            )));
+        }
+        Ok(())
+    }
+
+    /// Keeps `cell` equal to the unfinished chunks (as of each coordinator message's end).
+    pub fn publish_unfinished_to(&mut self, cell: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+        cell.store(self.unfinished, std::sync::atomic::Ordering::Relaxed);
+        self.published_unfinished = cell;
     }
 
     /// Adds a connected worker.
@@ -499,6 +545,7 @@ impl ClusterState {
             return;
         };
         let all_done = job.chunk_succeeded(chunk.chunk, result);
+        self.unfinished = self.unfinished.saturating_sub(1);
         self.counters.attempts_succeeded += 1;
         self.record_attempt(chunk);
         debug!(%chunk, "chunk succeeded");
@@ -582,6 +629,8 @@ impl ClusterState {
         if job.state.is_terminal() {
             return;
         }
+        let left = job.counts.total.saturating_sub(job.counts.succeeded);
+        self.unfinished = self.unfinished.saturating_sub(u64::from(left));
         let end = match &state {
             JobState::Succeeded { result } => JobEnd::Succeeded(result.clone()),
             JobState::Failed { error } => JobEnd::Failed(error.clone()),
@@ -616,6 +665,10 @@ impl ClusterState {
             return;
         };
         warn!(job_id = %id, "job dropped: it could not be stored");
+        if !job.state.is_terminal() {
+            let left = job.counts.total.saturating_sub(job.counts.succeeded);
+            self.unfinished = self.unfinished.saturating_sub(u64::from(left));
+        }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
         self.queue.remove_job(&job_key(job.meta.priority, id));
         self.idempotency.retain(|_, (job, _)| *job != id);

@@ -234,6 +234,10 @@ pub trait Store: Send {
     fn ticket(&mut self) -> Result<Ticket, StoreError>;
     /// A failure of a queued write since the last call, if any (never blocks).
     fn failure(&mut self) -> Option<StoreError>;
+    /// Batches handed on and not yet committed (0 for a store that commits nothing).
+    fn backlog(&self) -> u64 {
+        0
+    }
     /// Reads back everything needed to resume.
     fn load(&mut self) -> Result<Snapshot, StoreError>;
     /// How long each commit took (writes and sync), for `/metrics`; `None` for a store that

@@ -499,6 +499,10 @@ impl Store for Writer {
         ))
     }
 
+    fn backlog(&self) -> u64 {
+        self.sent.saturating_sub(self.progress.borrow().done)
+    }
+
     fn failure(&mut self) -> Option<StoreError> {
         self.failed.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
