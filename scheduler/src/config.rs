@@ -33,6 +33,10 @@ pub const DEFAULT_MAX_PENDING_CHUNKS: u64 = 10_000_000;
 pub const DEFAULT_MAX_STORE_BACKLOG: u64 = 10_000;
 /// Default submissions waiting for the coordinator at once past which new ones get 429.
 pub const DEFAULT_MAX_QUEUED_SUBMISSIONS: usize = 1024;
+/// Default time an ended job is kept before it is pruned, seconds: 7 days.
+pub const DEFAULT_RETAIN_ENDED: f64 = 7.0 * 86_400.0;
+/// Default most ended jobs kept.
+pub const DEFAULT_RETAIN_ENDED_JOBS: usize = 100_000;
 /// Default time a request body may take to arrive, seconds.
 pub const DEFAULT_BODY_TIMEOUT: f64 = 60.0;
 
@@ -64,6 +68,10 @@ pub struct RawConfig {
     pub max_store_backlog: Option<u64>,
     /// Submissions waiting for the coordinator past which new ones get 429.
     pub max_queued_submissions: Option<usize>,
+    /// Seconds an ended job is kept before it is pruned.
+    pub retain_ended: Option<f64>,
+    /// Most ended jobs kept.
+    pub retain_ended_jobs: Option<usize>,
     /// Seconds before a chunk's first retry.
     pub retry_backoff: Option<f64>,
     /// Run without authentication (loopback only).
@@ -106,6 +114,8 @@ impl RawConfig {
             max_pending_chunks: self.max_pending_chunks.or(under.max_pending_chunks),
             max_store_backlog: self.max_store_backlog.or(under.max_store_backlog),
             max_queued_submissions: self.max_queued_submissions.or(under.max_queued_submissions),
+            retain_ended: self.retain_ended.or(under.retain_ended),
+            retain_ended_jobs: self.retain_ended_jobs.or(under.retain_ended_jobs),
             retry_backoff: self.retry_backoff.or(under.retry_backoff),
             insecure: self.insecure.or(under.insecure),
             store: self.store.or(under.store),
@@ -167,6 +177,14 @@ impl RawConfig {
         if max_pending_chunks == 0 || max_store_backlog == 0 || max_queued_submissions == 0 {
             anyhow::bail!("--max-pending-chunks, --max-store-backlog and --max-queued-submissions must be at least 1");
         }
+        let retain_ended = seconds(
+            "retain-ended",
+            self.retain_ended.unwrap_or(DEFAULT_RETAIN_ENDED),
+        )?;
+        let retain_ended_jobs = self.retain_ended_jobs.unwrap_or(DEFAULT_RETAIN_ENDED_JOBS);
+        if retain_ended_jobs == 0 {
+            anyhow::bail!("--retain-ended-jobs must be at least 1");
+        }
         let store = match self.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreChoice::Sqlite,
             "memory" => StoreChoice::Memory,
@@ -218,6 +236,8 @@ impl RawConfig {
             max_pending_chunks,
             max_store_backlog,
             max_queued_submissions,
+            retain_ended,
+            retain_ended_jobs,
             retry_backoff,
             store,
             http_workers,
@@ -301,6 +321,10 @@ pub struct Config {
     pub max_store_backlog: u64,
     /// Submissions waiting for the coordinator at once past which new ones get 429.
     pub max_queued_submissions: usize,
+    /// How long an ended job is kept before it is pruned from memory and the store.
+    pub retain_ended: Duration,
+    /// Most ended jobs kept; past it the oldest are pruned.
+    pub retain_ended_jobs: usize,
     /// Delay before a chunk's first retry.
     pub retry_backoff: Duration,
     /// Store.

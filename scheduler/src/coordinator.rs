@@ -186,8 +186,11 @@ impl Coordinator {
 impl Actor for Coordinator {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         info!(store = self.state.store_kind(), "coordinator started");
+        ctx.run_interval(self.state.prune_every(), |act, _| {
+            act.state.prune_ended(chrono::Utc::now());
+        });
     }
 }
 
@@ -260,7 +263,7 @@ impl Handler<LogJobs> for Coordinator {
             if finished {
                 info!(job_id = %id, status = job.state.name(), "job finished");
             } else {
-                info!(job_id = %id, name = %job.meta.name, chunks = job.chunks.len(), "job accepted");
+                info!(job_id = %id, name = %job.meta.name, chunks = job.counts.total, "job accepted");
             }
         }
     }

@@ -137,6 +137,8 @@ pub async fn run(
             max_worker_slots: config.max_worker_slots,
             max_pending_chunks: config.max_pending_chunks,
             max_store_backlog: config.max_store_backlog,
+            retain_ended: config.retain_ended,
+            retain_ended_jobs: config.retain_ended_jobs,
         },
     );
     state.restore()?;

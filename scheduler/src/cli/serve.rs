@@ -55,6 +55,13 @@ pub struct ServeArgs {
     /// [default: 1024].
     #[arg(long, env = "MUSTER_MAX_QUEUED_SUBMISSIONS")]
     max_queued_submissions: Option<usize>,
+    /// Seconds an ended job is kept (shown, its idempotency key matched) before it is pruned
+    /// from memory and the store [default: 604800, 7 days].
+    #[arg(long, env = "MUSTER_RETAIN_ENDED")]
+    retain_ended: Option<f64>,
+    /// Most ended jobs kept; past it the oldest are pruned [default: 100000].
+    #[arg(long, env = "MUSTER_RETAIN_ENDED_JOBS")]
+    retain_ended_jobs: Option<usize>,
     /// Seconds before a failed chunk's first retry; doubles per failure [default: 0.1].
     #[arg(long, env = "MUSTER_RETRY_BACKOFF")]
     retry_backoff: Option<f64>,
@@ -105,6 +112,8 @@ impl ServeArgs {
             max_pending_chunks: self.max_pending_chunks,
             max_store_backlog: self.max_store_backlog,
             max_queued_submissions: self.max_queued_submissions,
+            retain_ended: self.retain_ended,
+            retain_ended_jobs: self.retain_ended_jobs,
             retry_backoff: self.retry_backoff,
             insecure: self.insecure.then_some(true),
             store: self.store,

@@ -22,6 +22,8 @@ use muster_shared::protocol::ChunkRef;
 use muster_shared::reduce::Reducer;
 use serde::{Deserialize, Serialize};
 
+use super::views::MAX_RETRIES_SHOWN;
+
 /// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "class", content = "message", rename_all = "snake_case")]
@@ -300,6 +302,9 @@ pub struct Job {
     /// Chunks with a failed attempt, kept as they fail so that a status shows them without
     /// walking every chunk of a large job.
     pub retried: BTreeSet<ChunkIndex>,
+    /// Once the job has ended and its chunk table is dropped: the attempts of the first
+    /// [`MAX_RETRIES_SHOWN`] chunks in `retried`, all a status still shows of its chunks.
+    pub kept_retries: Vec<(ChunkIndex, Vec<AttemptRecord>)>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its first chunk was assigned.
@@ -325,6 +330,7 @@ impl Job {
             chunks,
             attempts: 0,
             retried: BTreeSet::new(),
+            kept_retries: Vec::new(),
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -416,16 +422,8 @@ impl Job {
             None if attempts > 0 => (JobState::Running, None),
             None => (JobState::Queued, None),
         };
-        let mut chunks = chunks;
-        if state.is_terminal() {
-            // A finished job keeps its attempt history in memory, not its data.
-            for chunk in &mut chunks {
-                chunk.input = Bytes::new();
-                if let ChunkState::Succeeded { result } = &mut chunk.state {
-                    *result = Bytes::new();
-                }
-            }
-        }
+        // An ended job's chunk table is dropped by the caller, once its interrupted attempts are
+        // recorded (`Job::drop_chunks`).
         if let JobState::Failed { .. } = state {
             counts.failed = chunks
                 .iter()
@@ -445,6 +443,7 @@ impl Job {
             counts,
             attempts,
             retried,
+            kept_retries: Vec::new(),
             created_at: stored.created_at,
             started_at,
             finished_at,
@@ -592,6 +591,38 @@ impl Job {
         debug_assert!(state.is_terminal());
         self.state = state;
         self.finished_at = Some(Utc::now());
+        self.drop_chunks();
+    }
+
+    /// Drops an ended job's chunk table, payloads and attempt history with it, keeping what a
+    /// status shows (its counts and the attempts of its first retried chunks): an ended job of
+    /// ten million chunks takes a few hundred bytes, not a gigabyte, until it is pruned.
+    pub fn drop_chunks(&mut self) {
+        self.kept_retries = self
+            .retried
+            .iter()
+            .take(MAX_RETRIES_SHOWN)
+            .filter_map(|&i| Some((i, self.chunk(i)?.attempts.clone())))
+            .collect();
+        self.retried = BTreeSet::new();
+        self.chunks = Vec::new();
+    }
+
+    /// The chunks with a failed attempt and their attempts, at most [`MAX_RETRIES_SHOWN`],
+    /// whether the job's chunk table is still held or was dropped at its end.
+    pub fn retries(&self) -> Vec<(ChunkIndex, &[AttemptRecord])> {
+        if !self.kept_retries.is_empty() {
+            return self
+                .kept_retries
+                .iter()
+                .map(|(i, a)| (*i, a.as_slice()))
+                .collect();
+        }
+        self.retried
+            .iter()
+            .take(MAX_RETRIES_SHOWN)
+            .filter_map(|&i| Some((i, self.chunk(i)?.attempts.as_slice())))
+            .collect()
     }
 
     /// Partial results in chunk order (all chunks succeeded).

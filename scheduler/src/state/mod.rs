@@ -12,10 +12,11 @@ pub mod views;
 pub mod workers;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::job::{JobSpec, Work};
 use muster_shared::protocol::{
@@ -78,6 +79,11 @@ pub struct Policy {
     pub max_pending_chunks: u64,
     /// Store batches not yet committed past which new jobs are turned away (429).
     pub max_store_backlog: u64,
+    /// How long an ended job is kept (shown, and matched by its idempotency key) before it is
+    /// pruned from memory and the store.
+    pub retain_ended: Duration,
+    /// Most ended jobs kept: past it, the oldest ended ones are pruned.
+    pub retain_ended_jobs: usize,
 }
 
 impl Default for Policy {
@@ -87,6 +93,8 @@ impl Default for Policy {
             max_worker_slots: crate::config::DEFAULT_MAX_WORKER_SLOTS,
             max_pending_chunks: crate::config::DEFAULT_MAX_PENDING_CHUNKS,
             max_store_backlog: crate::config::DEFAULT_MAX_STORE_BACKLOG,
+            retain_ended: Duration::from_secs_f64(crate::config::DEFAULT_RETAIN_ENDED),
+            retain_ended_jobs: crate::config::DEFAULT_RETAIN_ENDED_JOBS,
         }
     }
 }
@@ -142,6 +150,8 @@ pub struct Gauges {
 pub struct ClusterState {
     jobs: BTreeMap<JobId, Job>,
     idempotency: HashMap<String, (JobId, [u8; 32])>,
+    /// Ended jobs by when they ended, oldest first: what pruning takes from.
+    ended: BTreeSet<(DateTime<Utc>, JobId)>,
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
@@ -179,6 +189,7 @@ impl ClusterState {
         Self {
             jobs: BTreeMap::new(),
             idempotency: HashMap::new(),
+            ended: BTreeSet::new(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),
@@ -267,9 +278,15 @@ impl ClusterState {
                 self.queue
                     .push_job(job_key(job.meta.priority, job.id), pending.into_iter());
             }
-            self.jobs.insert(job.id, job);
+            let id = job.id;
+            self.jobs.insert(id, job);
             for chunk in interrupted {
                 self.record_attempt(chunk);
+            }
+            if let Some(job) = self.jobs.get_mut(&id).filter(|j| j.state.is_terminal()) {
+                job.drop_chunks();
+                self.ended
+                    .insert((job.finished_at.unwrap_or(job.created_at), id));
             }
         }
         for (key, id, digest) in idempotency {
@@ -278,6 +295,7 @@ impl ClusterState {
         for id in complete {
             self.reduce(id, false);
         }
+        self.prune_ended(Utc::now());
         self.take_effects();
         self.sync();
         info!(
@@ -640,22 +658,55 @@ impl ClusterState {
             stop_for(&mut self.stop, &e, "job end write");
         }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
-        for chunk in job.chunks.iter_mut() {
-            // A finished job keeps its attempt history but not its data.
-            chunk.input = Bytes::new();
-            if matches!(chunk.state, ChunkState::Succeeded { .. }) {
-                chunk.state = ChunkState::Succeeded {
-                    result: Bytes::new(),
-                };
-            }
-        }
         job.counts.pending = 0;
         job.counts.running = 0;
         *self.counters.jobs_finished.entry(state.name()).or_default() += 1;
         job.finish(state);
         let key = job_key(job.meta.priority, id);
+        self.ended
+            .insert((job.finished_at.unwrap_or(job.created_at), id));
         self.queue.remove_job(&key);
         self.effects.push(Effect::JobDone(id));
+        // Past the count, the oldest go now (with some slack, so that pruning, which walks the
+        // idempotency keys once, runs once per many ends, not at every one).
+        let most = self.policy.retain_ended_jobs;
+        if self.ended.len() > most + (most / 16).max(1) {
+            self.prune_ended(Utc::now());
+        }
+    }
+
+    /// Prunes ended jobs that ended longer than the retention ago, and the oldest past the
+    /// retained count: from memory (they are no longer shown, and their idempotency keys no
+    /// longer match) and from the store.
+    pub fn prune_ended(&mut self, now: DateTime<Utc>) {
+        let kept =
+            chrono::Duration::from_std(self.policy.retain_ended).unwrap_or(chrono::Duration::MAX);
+        let cutoff = now
+            .checked_sub_signed(kept)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let mut gone = Vec::new();
+        while let Some(&(at, id)) = self.ended.first() {
+            if at >= cutoff && self.ended.len() <= self.policy.retain_ended_jobs {
+                break;
+            }
+            self.ended.pop_first();
+            self.jobs.remove(&id);
+            gone.push(id);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let set: std::collections::HashSet<JobId> = gone.iter().copied().collect();
+        self.idempotency.retain(|_, (job, _)| !set.contains(job));
+        info!(jobs = gone.len(), "pruned ended jobs past their retention");
+        if let Err(e) = self.store.prune(&gone) {
+            warn!(error = %e, "cannot prune ended jobs from the store: a restart prunes them again");
+        }
+    }
+
+    /// How often ended jobs are checked against their retention.
+    pub fn prune_every(&self) -> Duration {
+        (self.policy.retain_ended / 4).clamp(Duration::from_millis(50), Duration::from_secs(60))
     }
 
     /// Drops a job whose insert did not become durable (its client was told it was not
@@ -665,6 +716,9 @@ impl ClusterState {
             return;
         };
         warn!(job_id = %id, "job dropped: it could not be stored");
+        if let Some(at) = job.finished_at {
+            self.ended.remove(&(at, id));
+        }
         if !job.state.is_terminal() {
             let left = job.counts.total.saturating_sub(job.counts.succeeded);
             self.unfinished = self.unfinished.saturating_sub(u64::from(left));
@@ -1208,7 +1262,8 @@ mod tests {
     }
 
     #[test]
-    fn a_result_that_does_not_fit_the_reducer_fails_only_its_attempt_and_shows_as_a_retry() {
+    fn a_result_that_does_not_fit_the_reducer_fails_only_its_attempt_and_shows_as_a_retry_after_the_end(
+    ) {
         let mut s = state();
         let bad = worker(&mut s, 1);
         let job = s
@@ -1243,11 +1298,54 @@ mod tests {
         );
         let done = s.job(job.id).unwrap();
         assert!(matches!(&done.state, JobState::Succeeded { result } if &result[..] == b"6"));
+        assert!(done.chunks.is_empty(), "an ended job keeps no chunk table");
         let view = views::JobView::of(done);
         assert_eq!(view.retries.len(), 1);
         let first = &view.retries[0].attempts[0];
         assert_eq!(first.worker, bad);
         assert!(matches!(first.error, Some(FailReason::BadResult(_))));
+    }
+
+    #[test]
+    fn past_the_retained_count_the_oldest_ended_jobs_are_pruned_with_their_keys() {
+        let mut s = ClusterState::new(
+            Box::new(MemoryStore::new()),
+            Policy {
+                retain_ended_jobs: 2,
+                ..Policy::default()
+            },
+        );
+        let ids: Vec<JobId> = (0..5)
+            .map(|i| {
+                let key = (format!("key-{i}"), [i as u8; 32]);
+                let job = s.submit(
+                    spec(serde_json::json!({"kind": "sum", "input": [i]})),
+                    Some(key),
+                );
+                let id = job.unwrap().id;
+                s.cancel(id).unwrap();
+                id
+            })
+            .collect();
+        // The count is kept within a little slack as jobs end, and exactly on the timer.
+        assert!(ids.iter().filter(|id| s.job(**id).is_some()).count() <= 3);
+        s.prune_ended(Utc::now());
+        let kept: Vec<JobId> = ids
+            .iter()
+            .copied()
+            .filter(|id| s.job(*id).is_some())
+            .collect();
+        assert_eq!(kept, ids[3..]);
+        let again = s
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [0]})),
+                Some(("key-0".into(), [0; 32])),
+            )
+            .unwrap();
+        assert!(
+            again.created,
+            "a pruned job's idempotency key no longer matches"
+        );
     }
 
     #[test]

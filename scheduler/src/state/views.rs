@@ -57,14 +57,11 @@ impl JobView {
     /// The view of a job.
     pub fn of(job: &Job) -> Self {
         let retries = job
-            .retried
-            .iter()
-            .take(MAX_RETRIES_SHOWN)
-            .filter_map(|&i| {
-                Some(RetriedChunk {
-                    chunk: i,
-                    attempts: job.chunk(i)?.attempts.clone(),
-                })
+            .retries()
+            .into_iter()
+            .map(|(chunk, attempts)| RetriedChunk {
+                chunk,
+                attempts: attempts.to_vec(),
             })
             .collect();
         let (kind, task) = if job.meta.builtin {

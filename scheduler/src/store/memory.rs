@@ -101,6 +101,15 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn prune(&mut self, jobs: &[JobId]) -> Result<(), StoreError> {
+        for id in jobs {
+            self.jobs.remove(id);
+        }
+        let gone: std::collections::HashSet<&JobId> = jobs.iter().collect();
+        self.idempotency.retain(|_, (id, _)| !gone.contains(id));
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -226,6 +226,9 @@ pub trait Store: Send {
     /// Records a job's end (queued); its chunk payloads and partial results may then be dropped.
     fn finish_job(&mut self, job: JobId, end: &JobEnd, at: DateTime<Utc>)
         -> Result<(), StoreError>;
+    /// Deletes ended jobs past their retention, with every row and file of theirs (queued, done
+    /// when the writer is idle; a restart before it prunes them again).
+    fn prune(&mut self, jobs: &[JobId]) -> Result<(), StoreError>;
     /// Hands queued writes on to be committed, without waiting.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// Waits until every earlier write is durable.

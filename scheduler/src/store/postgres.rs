@@ -226,6 +226,19 @@ impl Backend for Postgres {
         commit_fenced(tx, self.epoch)
     }
 
+    fn prune(&mut self, jobs: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.client.transaction()?;
+        tx.batch_execute("SET LOCAL synchronous_commit = off")?;
+        for table in ["muster_chunks", "muster_attempts", "muster_idempotency"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE job_id = ANY($1)"),
+                &[&jobs],
+            )?;
+        }
+        tx.execute("DELETE FROM muster_jobs WHERE id = ANY($1)", &[&jobs])?;
+        commit_fenced(tx, self.epoch)
+    }
+
     fn drop_inputs(&mut self, jobs: &[String]) -> Result<(), StoreError> {
         let mut tx = self.client.transaction()?;
         // Not worth waiting for the disk: a restart finds the job finished either way.

@@ -670,6 +670,27 @@ impl Backend for Sqlite {
         self.payloads.retire(dropped?)
     }
 
+    fn prune(&mut self, jobs: &[String]) -> Result<(), StoreError> {
+        let dropped = self.delete_inputs(jobs)?;
+        self.payloads.retire(dropped)?;
+        // The result and attempt tables have no index on the job (their writes are plain
+        // appends): one pass over each for the whole batch, its ids in a JSON array.
+        let ids = serde_json::to_string(jobs).map_err(|e| StoreError::Other(e.to_string()))?;
+        let tx = self.conn.transaction()?;
+        for table in ["results", "attempts", "idempotency"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE job_id IN (SELECT value FROM json_each(?1))"),
+                params![ids],
+            )?;
+        }
+        tx.execute(
+            "DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?1))",
+            params![ids],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let mut snapshot = Snapshot::default();
         let mut at: HashMap<String, usize> = HashMap::new();

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 use tokio::sync::watch;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use super::rows::{self, Buffer, Pending};
 use super::{Fate, JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
@@ -54,6 +54,9 @@ pub(super) trait Backend: Send + 'static {
     /// Drops the chunk payloads of finished jobs (their partial results stay). Nothing depends
     /// on this being durable: a restart finds the jobs finished either way.
     fn drop_inputs(&mut self, jobs: &[String]) -> Result<(), StoreError>;
+    /// Deletes ended jobs past their retention with all their rows and files, in one
+    /// transaction. Nothing depends on this being durable: a restart prunes them again.
+    fn prune(&mut self, jobs: &[String]) -> Result<(), StoreError>;
     /// Housekeeping once nothing is waiting to be written.
     fn idle(&mut self) -> Result<(), StoreError> {
         Ok(())
@@ -76,6 +79,8 @@ enum Msg {
     /// Reply once every earlier op is committed.
     Sync(Reply<()>),
     Load(Reply<Snapshot>),
+    /// Ended jobs to delete when the writer is idle.
+    Prune(Vec<String>),
 }
 
 /// A job whose payloads are at least this large counts as large (see `Backend::after_commit`).
@@ -128,6 +133,8 @@ fn run<B: Backend>(
     // whether a large one is among them.
     let mut finished: Vec<String> = Vec::new();
     let mut finished_large = false;
+    // Ended jobs to delete, also only while no write is waiting.
+    let mut to_prune: Vec<String> = Vec::new();
     // Whether anything was written since the writer was last idle.
     let mut busy = false;
     // Jobs with large payloads inserted and not ended yet.
@@ -149,6 +156,7 @@ fn run<B: Backend>(
                         Err(RecvTimeoutError::Timeout) => {
                             busy = false;
                             drop_inputs(&mut backend, &mut finished);
+                            prune(&mut backend, &mut to_prune);
                             if let Err(e) = backend.idle() {
                                 warn!(error = %e, "store housekeeping failed");
                             }
@@ -174,6 +182,8 @@ fn run<B: Backend>(
                     fates.push(fate);
                 }
                 Msg::Sync(reply) => waiting.push(reply),
+                // Done at the next quiet moment (every round ends `busy`).
+                Msg::Prune(jobs) => to_prune.extend(jobs),
                 Msg::Load(reply) => {
                     load = Some(reply);
                     break;
@@ -338,6 +348,20 @@ fn batches<'a>(ops: &'a [Op], ends: &'a [usize]) -> impl Iterator<Item = &'a [Op
     starts.zip(ends).map(move |(start, &end)| &ops[start..end])
 }
 
+/// Deletes these ended jobs, if any.
+fn prune<B: Backend>(backend: &mut B, jobs: &mut Vec<String>) {
+    if jobs.is_empty() {
+        return;
+    }
+    let jobs = std::mem::take(jobs);
+    match backend.prune(&jobs) {
+        Ok(()) => info!(jobs = jobs.len(), "pruned ended jobs from the store"),
+        Err(e) => {
+            warn!(jobs = jobs.len(), error = %e, "cannot prune ended jobs: a restart prunes them again")
+        }
+    }
+}
+
 /// Drops the payloads of these finished jobs, if any.
 fn drop_inputs<B: Backend>(backend: &mut B, finished: &mut Vec<String>) {
     if finished.is_empty() {
@@ -474,6 +498,10 @@ impl Store for Writer {
     ) -> Result<(), StoreError> {
         self.buffer.finish(job, end, at);
         Ok(())
+    }
+
+    fn prune(&mut self, jobs: &[JobId]) -> Result<(), StoreError> {
+        self.send(Msg::Prune(jobs.iter().map(JobId::to_string).collect()))
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
