@@ -94,3 +94,32 @@ fn a_reader_that_goes_away_ends_the_cli_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(status.code(), Some(0), "{stderr}");
 }
+
+#[test]
+fn a_token_about_to_travel_over_plain_http_to_another_host_gets_a_warning() {
+    // 0.0.0.0 is not a loopback address, yet reaches only this machine: no traffic leaves it.
+    let out = Command::new(bin("muster"))
+        .args(["workers", "--scheduler", "http://0.0.0.0:1"])
+        .env("MUSTER_TOKEN", muster_suite::CLIENT_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("muster: warning: the token will travel unencrypted to http://0.0.0.0:1"),
+        "{stderr}"
+    );
+    let quiet = Command::new(bin("muster"))
+        .args(["workers", "--scheduler", "http://127.0.0.1:1"])
+        .env("MUSTER_TOKEN", muster_suite::CLIENT_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&quiet.stderr).contains("unencrypted"));
+
+    let mut worker = Command::new(bin("muster-worker"));
+    worker
+        .args(["--scheduler", "http://0.0.0.0:1", "--reconnect-max", "0.2"])
+        .env("MUSTER_WORKER_TOKEN", muster_suite::WORKER_TOKEN);
+    let worker = Proc::spawn("worker", worker);
+    worker.wait_for("the token will travel unencrypted to http://0.0.0.0:1");
+}

@@ -35,19 +35,33 @@ fn the_standby_takes_over_within_five_seconds_and_finishes_the_job() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(location, format!("{}/v1/jobs", a.url));
-    // The CLI given only the standby's address still reaches the leader.
+    // The CLI follows the standby's redirect only to a configured coordinator: given the
+    // standby's address alone, it does not send its token to the leader the standby names.
     let via_standby = Command::new(bin("muster"))
         .args(["jobs", "--json", "--scheduler", &b.url])
         .env("MUSTER_TOKEN", CLIENT_TOKEN)
         .output()
         .unwrap();
+    let stderr = String::from_utf8_lossy(&via_standby.stderr);
+    assert!(!via_standby.status.success());
+    assert!(stderr.contains("not a configured coordinator"), "{stderr}");
+    let both = format!("{},{}", a.url, b.url);
+    let via_both = Command::new(bin("muster"))
+        .args([
+            "jobs",
+            "--json",
+            "--scheduler",
+            &format!("{},{}", b.url, a.url),
+        ])
+        .env("MUSTER_TOKEN", CLIENT_TOKEN)
+        .output()
+        .unwrap();
     assert!(
-        via_standby.status.success(),
+        via_both.status.success(),
         "{}",
-        String::from_utf8_lossy(&via_standby.stderr)
+        String::from_utf8_lossy(&via_both.stderr)
     );
 
-    let both = format!("{},{}", a.url, b.url);
     let _workers: Vec<_> = ["w1", "w2", "w3"]
         .iter()
         .map(|n| {

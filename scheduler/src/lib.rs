@@ -78,6 +78,9 @@ pub async fn run(
     if tokens.is_none() {
         warn!("running with --insecure: every endpoint is open to anyone who can reach it");
     }
+    if tokens.is_some() && config.tls.is_none() && !listener.local_addr()?.ip().is_loopback() {
+        warn!("serving plain http on a network address: tokens and job data travel unencrypted; configure --tls-cert and --tls-key on networks you do not trust");
+    }
     let address = match &config.advertise_url {
         Some(url) => url.clone(),
         None => format!("{}://{}", config.scheme(), listener.local_addr()?),

@@ -114,10 +114,43 @@ pub fn coordinator_urls(raw: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(urls)
 }
 
+/// The addresses among `urls` a bearer token would reach unencrypted over a network: plain
+/// `http://` to a host that is not this machine's loopback.
+pub fn plain_http_remote(urls: &[String]) -> Vec<&str> {
+    urls.iter()
+        .map(String::as_str)
+        .filter(|url| {
+            let Some(rest) = url.strip_prefix("http://") else {
+                return false;
+            };
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = match authority.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(""),
+                None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+            };
+            let loopback = host.eq_ignore_ascii_case("localhost")
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            !loopback
+        })
+        .collect()
+}
+
+/// The warning for a token about to travel unencrypted to `url`.
+pub fn plain_http_warning(url: &str) -> String {
+    format!(
+        "the token will travel unencrypted to {url}: anyone on the network between can read it; serve the coordinator over https (--tls-cert) on networks you do not trust"
+    )
+}
+
 impl WorkerArgs {
     /// Validates the flags into a [`WorkerConfig`].
     pub fn into_config(self) -> anyhow::Result<WorkerConfig> {
         let schedulers = coordinator_urls(&self.schedulers)?;
+        for url in plain_http_remote(&schedulers) {
+            tracing::warn!("{}", plain_http_warning(url));
+        }
         let mut config = WorkerConfig::new(schedulers);
         // A bad CA file is an error at start, not at each connection attempt.
         crate::tls::client_config(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
@@ -198,5 +231,34 @@ pub fn main_with(tasks: Tasks, args: WorkerArgs) -> ExitCode {
             eprintln!("muster-worker: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_http_to_another_host_is_flagged() {
+        let urls: Vec<String> = [
+            "http://127.0.0.1:7070",
+            "http://localhost:7070",
+            "http://[::1]:7070/",
+            "https://coordinator:7070",
+            "http://coordinator:7070",
+            "http://10.0.0.5",
+            "http://[fd00::1]:7070",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            plain_http_remote(&urls),
+            [
+                "http://coordinator:7070",
+                "http://10.0.0.5",
+                "http://[fd00::1]:7070"
+            ]
+        );
     }
 }

@@ -129,6 +129,12 @@ impl Client {
     /// A client from the common flags; must be used inside an actix system.
     pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
         let bases = muster_worker::cli::coordinator_urls(&args.schedulers)?;
+        for url in muster_worker::cli::plain_http_remote(&bases) {
+            eprintln!(
+                "muster: warning: {}",
+                muster_worker::cli::plain_http_warning(url)
+            );
+        }
         let token = match (&args.token_file, std::env::var("MUSTER_TOKEN")) {
             (Some(path), _) => Some(muster_worker::cli::read_token(path)?),
             (None, Ok(t)) if !t.trim().is_empty() => Some(t.trim().to_owned()),
@@ -164,13 +170,21 @@ impl Client {
             let mut standby = false;
             for base in &self.bases {
                 let mut answer = self.call_one(base, method.clone(), path, &body).await;
-                // A standby names the leader: ask it there, once.
-                let leader = answer.as_ref().ok().and_then(|reply| {
-                    let location = reply.location.as_deref()?;
-                    location.strip_suffix(path).map(str::to_owned)
-                });
-                if let Some(leader) = leader {
-                    answer = self.call_one(&leader, method.clone(), path, &body).await;
+                // A standby names the leader: ask it there, once, if it is one of the configured
+                // coordinators (the token goes nowhere else).
+                let named = answer.as_ref().ok().and_then(|r| r.location.clone());
+                if let Some(location) = named {
+                    match leader_to_follow(&self.bases, &location, path) {
+                        Some(leader) => {
+                            answer = self.call_one(&leader, method.clone(), path, &body).await;
+                        }
+                        None => {
+                            last_error = format!(
+                                "the standby at {base} names the leader at {location}, which is not a configured coordinator: the token is not sent there (add its address to --scheduler / MUSTER_SCHEDULER)"
+                            );
+                            continue;
+                        }
+                    }
                 }
                 match answer {
                     Ok(reply) if reply.is_standby_refusal() => {
@@ -293,6 +307,13 @@ pub fn summary(job: &Value) -> String {
     line
 }
 
+/// The leader a standby's redirect to `location` names, if it is one of `bases`: a token is
+/// sent only to the coordinators it was configured for, never to a host a redirect names.
+fn leader_to_follow(bases: &[String], location: &str, path: &str) -> Option<String> {
+    let leader = location.strip_suffix(path)?.trim_end_matches('/');
+    bases.iter().find(|b| b.as_str() == leader).cloned()
+}
+
 /// `muster status ID`.
 pub fn status(args: IdArgs) -> Result<(), CliError> {
     block_on(async move {
@@ -407,4 +428,30 @@ pub fn workers(args: ClientOnly) -> Result<(), CliError> {
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::leader_to_follow;
+
+    #[test]
+    fn a_redirect_is_followed_only_to_a_configured_coordinator() {
+        let bases = vec![
+            "http://10.0.0.1:7070".to_owned(),
+            "http://10.0.0.2:7070".to_owned(),
+        ];
+        let path = "/v1/jobs?limit=20";
+        assert_eq!(
+            leader_to_follow(&bases, "http://10.0.0.2:7070/v1/jobs?limit=20", path).as_deref(),
+            Some("http://10.0.0.2:7070")
+        );
+        assert_eq!(
+            leader_to_follow(&bases, "http://evil.example:7070/v1/jobs?limit=20", path),
+            None
+        );
+        assert_eq!(
+            leader_to_follow(&bases, "http://10.0.0.2:7070/other", path),
+            None
+        );
+    }
 }
