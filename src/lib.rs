@@ -8,6 +8,7 @@ pub mod raw_worker;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
@@ -728,6 +729,8 @@ pub struct Postgres {
     port: u16,
     pg_ctl: PathBuf,
     user: Option<&'static str>,
+    /// The server's self-signed certificate (PEM), when it serves TLS.
+    pub tls_cert: Option<PathBuf>,
 }
 
 fn pg_binary(name: &str) -> PathBuf {
@@ -772,6 +775,16 @@ fn run_as(user: Option<&str>, program: &Path, args: &[&str]) {
 impl Postgres {
     /// Initializes and starts a server; panics with what to install when the binaries are missing.
     pub fn start() -> Self {
+        Self::start_serving(false)
+    }
+
+    /// [`Postgres::start`] with TLS on (a self-signed certificate for 127.0.0.1, in
+    /// [`Postgres::tls_cert`]) and every connection logged with whether it used TLS.
+    pub fn start_tls() -> Self {
+        Self::start_serving(true)
+    }
+
+    fn start_serving(tls: bool) -> Self {
         let initdb = pg_binary("initdb");
         let pg_ctl = pg_binary("pg_ctl");
         let is_root = Command::new("id")
@@ -814,9 +827,29 @@ impl Postgres {
             .expect("a free port")
             .port();
         let socket_dir = dir.path().to_str().expect("utf-8 temp path");
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
         );
+        let tls_cert = tls.then(|| {
+            let (cert, key) = self_signed_certificate(dir.path());
+            // The server refuses a key others can read, and must own it when run as its user.
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod key");
+            if let Some(u) = user {
+                let status = Command::new("chown")
+                    .arg(format!("{u}:"))
+                    .args([&cert, &key])
+                    .status()
+                    .expect("chown");
+                assert!(status.success(), "cannot give the certificate to {u}");
+            }
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={} -c log_connections=on",
+                cert.display(),
+                key.display()
+            ));
+            cert
+        });
         let log = dir.path().join("server.log");
         run_as(
             user,
@@ -837,7 +870,13 @@ impl Postgres {
             port,
             pg_ctl,
             user,
+            tls_cert,
         }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
     /// `postgres://muster@127.0.0.1:PORT/postgres`.

@@ -11,6 +11,7 @@
 
 mod memory;
 mod payload_files;
+mod pg_tls;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -136,7 +137,16 @@ impl From<::postgres::Error> for StoreError {
             Some(db) => {
                 StoreError::Other(format!("postgres: {}: {}", db.code().code(), db.message()))
             }
-            None => StoreError::Other(format!("postgres: {e}")),
+            None => {
+                // The cause chain says why (a TLS handshake's certificate, a refused connection).
+                let mut text = format!("postgres: {e}");
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                StoreError::Other(text)
+            }
         }
     }
 }

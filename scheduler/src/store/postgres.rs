@@ -11,7 +11,7 @@
 //! on the writer thread (see `writer`), which also group-commits.
 
 use bytes::Bytes;
-use postgres::{Client, NoTls, Transaction};
+use postgres::{Client, Transaction};
 
 use super::rows::{self, Pending};
 use super::writer::{Backend, InsertJob, Op, Writer};
@@ -59,8 +59,13 @@ CREATE TABLE IF NOT EXISTS muster_idempotency (
 /// Connects and creates the tables if needed. A session that stops mid-transaction (a frozen
 /// process) is ended by the server, so it cannot hold the leadership row and block a takeover.
 pub fn connect(url: &str) -> Result<Client, StoreError> {
-    let mut client = Client::connect(url, NoTls)
-        .map_err(|e| StoreError::Other(format!("cannot connect to {}: {e}", redact(url))))?;
+    let mut client = super::pg_tls::connect(url).map_err(|e| {
+        let why = match e {
+            StoreError::Other(why) => why,
+            fenced => fenced.to_string(),
+        };
+        StoreError::Other(format!("cannot connect to {}: {why}", redact(url)))
+    })?;
     client.batch_execute("SET idle_in_transaction_session_timeout = '2s'")?;
     // Concurrent `CREATE TABLE IF NOT EXISTS` can race on the catalog; one lock serializes it.
     let mut tx = client.transaction()?;
