@@ -874,6 +874,37 @@ impl Postgres {
         }
     }
 
+    /// Stops (`STOP`) or resumes (`CONT`) the server and every backend process it started: a
+    /// frozen server accepts packets but answers nothing, as one behind a partition.
+    pub fn signal_all(&self, stop: bool) {
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let postmaster: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|t| t.lines().next()?.trim().parse().ok())
+            .expect("the postmaster's pid");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // `pid (comm) state ppid ...`: the parent is the second field after the name.
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let signal = if stop { Signal::STOP } else { Signal::CONT };
+        for pid in pids {
+            if let Some(pid) = Pid::from_raw(pid) {
+                let _ = kill_process(pid, signal);
+            }
+        }
+    }
+
     /// The server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
@@ -887,6 +918,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
+        // A frozen server would not stop.
+        self.signal_all(false);
         let data = self.dir.path().join("data");
         if let Some(data) = data.to_str() {
             let mut cmd = match self.user {

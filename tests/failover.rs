@@ -134,3 +134,21 @@ fn a_leader_frozen_past_its_lease_cannot_change_any_job() {
     let status = b.api().status(&id);
     assert_eq!(status["status"], "queued", "{status}");
 }
+
+#[test]
+fn a_leader_whose_database_stops_answering_steps_down_instead_of_hanging() {
+    let pg = Postgres::start();
+    let mut a = coordinator(&pg);
+    wait_role(&a.url, "leader");
+    // The database accepts packets but answers nothing, as behind a partition: the lease
+    // queries time out, and the leader steps down within its lease.
+    pg.signal_all(true);
+    a.proc
+        .wait_for("lease expired without a renewal: stepping down");
+    assert_ne!(
+        a.proc.wait_exit(),
+        Some(0),
+        "a deposed leader exits with an error"
+    );
+    pg.signal_all(false);
+}

@@ -129,10 +129,54 @@ const STANDBY_POLLS_PER_LEASE: u32 = 6;
 /// How often a leader renews, as a fraction of the lease.
 const RENEWALS_PER_LEASE: u32 = 3;
 
+/// How long one lease query (or connection) may take, as a fraction of the lease: a query that
+/// hangs (a partition, a frozen server) counts as failed in time for the leader to step down
+/// before a standby may take over.
+const QUERY_TIMEOUT_PER_LEASE: u32 = 4;
+
+/// The lease connection: an asynchronous client on the lease thread's own runtime, so that every
+/// query can have a deadline (the blocking client has none), and the task driving it.
+struct LeaseClient {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LeaseClient {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Runs `query` on the lease runtime within `limit`.
+fn within<T>(
+    rt: &tokio::runtime::Runtime,
+    limit: Duration,
+    query: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, String> {
+    rt.block_on(async {
+        match tokio::time::timeout(limit, query).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(crate::store::StoreError::from(e).to_string()),
+            Err(_) => Err(format!("no answer within {} ms", limit.as_millis())),
+        }
+    })
+}
+
 fn lease_loop(config: LeaseConfig, lease: Arc<Mutex<Lease>>, changes: watch::Sender<Role>) {
     let holder = uuid::Uuid::now_v7().to_string();
     let millis = config.duration.as_millis() as i64;
-    let mut client: Option<postgres::Client> = None;
+    let limit = config.duration / QUERY_TIMEOUT_PER_LEASE;
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            warn!(error = %e, "cannot start the lease runtime: staying a standby");
+            return;
+        }
+    };
+    let mut client: Option<LeaseClient> = None;
     let set = |role: Role, valid_until: Option<Instant>| {
         let mut l = lease.lock().unwrap_or_else(|p| p.into_inner());
         l.role = role.clone();
@@ -148,27 +192,51 @@ fn lease_loop(config: LeaseConfig, lease: Arc<Mutex<Lease>>, changes: watch::Sen
     loop {
         let sent_at = Instant::now();
         if client.is_none() {
-            match crate::store::postgres_connect(&config.url) {
-                Ok(c) => client = Some(c),
+            let connected = rt.block_on(async {
+                match tokio::time::timeout(limit, crate::store::postgres_connect_async(&config.url))
+                    .await
+                {
+                    Ok(connected) => connected.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("no connection within {} ms", limit.as_millis())),
+                }
+            });
+            match connected {
+                Ok((c, connection)) => {
+                    let driver = rt.spawn(async move {
+                        let _ = connection.await;
+                    });
+                    let c = LeaseClient { client: c, driver };
+                    let setup = crate::store::postgres_setup_sql();
+                    match within(&rt, limit, c.client.batch_execute(&setup)) {
+                        Ok(()) => client = Some(c),
+                        Err(e) => warn!(error = %e, "lease: cannot set up the postgres session"),
+                    }
+                }
                 Err(e) => warn!(error = %e, "lease: cannot reach postgres"),
             }
         }
-        let outcome = client.as_mut().map(|c| match epoch {
-            None => c
-                .query_opt(
+        let outcome = client.as_ref().map(|c| match epoch {
+            None => within(
+                &rt,
+                limit,
+                c.client.query_opt(
                     "UPDATE muster_leader SET holder = $1, address = $2, epoch = epoch + 1, \
                      expires_at = now() + make_interval(secs => $3::bigint / 1000.0) \
                      WHERE id = 1 AND expires_at < now() RETURNING epoch",
                     &[&holder, &config.address, &millis],
-                )
-                .map(|row| row.map(|r| r.get::<_, i64>(0))),
-            Some(held) => c
-                .query_opt(
+                ),
+            )
+            .map(|row| row.map(|r| r.get::<_, i64>(0))),
+            Some(held) => within(
+                &rt,
+                limit,
+                c.client.query_opt(
                     "UPDATE muster_leader SET expires_at = now() + make_interval(secs => $3::bigint / 1000.0) \
                      WHERE id = 1 AND holder = $1 AND epoch = $2 RETURNING epoch",
                     &[&holder, &held, &millis],
-                )
-                .map(|row| row.map(|r| r.get::<_, i64>(0))),
+                ),
+            )
+            .map(|row| row.map(|r| r.get::<_, i64>(0))),
         });
         let valid_until = sent_at + config.duration.mul_f64(0.9);
         match (epoch, outcome) {
@@ -179,10 +247,15 @@ fn lease_loop(config: LeaseConfig, lease: Arc<Mutex<Lease>>, changes: watch::Sen
             }
             (None, Some(Ok(None))) => {
                 let leader = client
-                    .as_mut()
+                    .as_ref()
                     .and_then(|c| {
-                        c.query_one("SELECT address FROM muster_leader WHERE id = 1", &[])
-                            .ok()
+                        within(
+                            &rt,
+                            limit,
+                            c.client
+                                .query_one("SELECT address FROM muster_leader WHERE id = 1", &[]),
+                        )
+                        .ok()
                     })
                     .map(|r| r.get::<_, String>(0))
                     .filter(|a| !a.is_empty());
@@ -216,6 +289,7 @@ fn lease_loop(config: LeaseConfig, lease: Arc<Mutex<Lease>>, changes: watch::Sen
                         .lock()
                         .map_or(true, |l| l.valid_until.is_some_and(|u| Instant::now() >= u))
                 {
+                    warn!("lease expired without a renewal: stepping down");
                     set(Role::Deposed, None);
                     return;
                 }
@@ -226,6 +300,6 @@ fn lease_loop(config: LeaseConfig, lease: Arc<Mutex<Lease>>, changes: watch::Sen
         } else {
             STANDBY_POLLS_PER_LEASE
         };
-        std::thread::sleep(config.duration / every);
+        std::thread::sleep((config.duration / every).saturating_sub(sent_at.elapsed()));
     }
 }

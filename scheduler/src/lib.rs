@@ -163,7 +163,7 @@ pub async fn run(
             Ok(())
         }
         _ = leadership.until_deposed() => {
-            Err(anyhow::anyhow!("lost leadership: another coordinator took the lease"))
+            Err(anyhow::anyhow!("lost leadership: another coordinator took the lease, or it could not be renewed in time"))
         }
         Some(reason) = fatal_rx.recv() => Err(anyhow::anyhow!("{reason}")),
     };

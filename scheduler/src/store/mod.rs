@@ -18,7 +18,11 @@ mod sqlite;
 mod writer;
 
 pub use memory::MemoryStore;
-pub use postgres::{connect as postgres_connect, open as open_postgres, redact as redact_url};
+pub use pg_tls::connect_async as postgres_connect_async;
+pub use postgres::{
+    connect as postgres_connect, open as open_postgres, redact as redact_url,
+    setup_sql as postgres_setup_sql,
+};
 pub use sqlite::open as open_sqlite;
 
 use bytes::Bytes;
@@ -133,6 +137,7 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<::postgres::Error> for StoreError {
     fn from(e: ::postgres::Error) -> Self {
+        // `postgres::Error` is the asynchronous client's error.
         match e.as_db_error() {
             Some(db) => {
                 StoreError::Other(format!("postgres: {}: {}", db.code().code(), db.message()))

@@ -113,26 +113,59 @@ fn percent_decoded(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Connects as the URL says, over TLS or not.
-pub fn connect(url: &str) -> Result<Client, StoreError> {
+/// The client library's settings for the URL, and the TLS connector its `sslmode` asks for
+/// (`None`: in the clear).
+fn prepare(url: &str) -> Result<(tokio_postgres::Config, Option<MakeRustlsConnect>), StoreError> {
     let target = parse(url)?;
-    let mut config: postgres::Config = target
+    let mut config: tokio_postgres::Config = target
         .url
         .parse()
         .map_err(|e| StoreError::Other(format!("invalid postgres url: {e}")))?;
-    let connected = match target.mode {
-        Mode::Disable => config.connect(NoTls),
+    let tls = match target.mode {
+        Mode::Disable => None,
         mode => {
-            let ssl = if mode == Mode::Prefer {
+            config.ssl_mode(if mode == Mode::Prefer {
                 SslMode::Prefer
             } else {
                 SslMode::Require
-            };
-            let tls = MakeRustlsConnect::new(client_config(mode, target.root.as_ref())?);
-            config.ssl_mode(ssl).connect(tls)
+            });
+            Some(MakeRustlsConnect::new(client_config(
+                mode,
+                target.root.as_ref(),
+            )?))
         }
     };
-    connected.map_err(StoreError::from)
+    Ok((config, tls))
+}
+
+/// Connects as the URL says, over TLS or not.
+pub fn connect(url: &str) -> Result<Client, StoreError> {
+    let (config, tls) = prepare(url)?;
+    let config = postgres::Config::from(config);
+    match tls {
+        None => config.connect(NoTls),
+        Some(tls) => config.connect(tls),
+    }
+    .map_err(StoreError::from)
+}
+
+/// The task that drives an asynchronous client's connection.
+pub type Connection =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send>>;
+
+/// Connects an asynchronous client as the URL says; the caller drives the connection.
+pub async fn connect_async(url: &str) -> Result<(tokio_postgres::Client, Connection), StoreError> {
+    let (config, tls) = prepare(url)?;
+    Ok(match tls {
+        None => {
+            let (client, connection) = config.connect(NoTls).await?;
+            (client, Box::pin(connection) as Connection)
+        }
+        Some(tls) => {
+            let (client, connection) = config.connect(tls).await?;
+            (client, Box::pin(connection) as Connection)
+        }
+    })
 }
 
 /// The rustls configuration for `mode`, trusting `root` (else the web's public roots).

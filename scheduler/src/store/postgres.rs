@@ -56,8 +56,17 @@ CREATE TABLE IF NOT EXISTS muster_idempotency (
 );
 ";
 
-/// Connects and creates the tables if needed. A session that stops mid-transaction (a frozen
-/// process) is ended by the server, so it cannot hold the leadership row and block a takeover.
+/// What every connection runs first: a session that stops mid-transaction (a frozen process) is
+/// ended by the server, so it cannot hold the leadership row and block a takeover; the tables
+/// are created if needed, under a lock, since concurrent `CREATE TABLE IF NOT EXISTS` can race
+/// on the catalog.
+pub fn setup_sql() -> String {
+    format!(
+        "SET client_min_messages = warning; SET idle_in_transaction_session_timeout = '2s'; BEGIN; SELECT pg_advisory_xact_lock(7070); {SCHEMA} COMMIT;"
+    )
+}
+
+/// Connects (over TLS as the URL says) and sets the session up with [`setup_sql`].
 pub fn connect(url: &str) -> Result<Client, StoreError> {
     let mut client = super::pg_tls::connect(url).map_err(|e| {
         let why = match e {
@@ -66,12 +75,7 @@ pub fn connect(url: &str) -> Result<Client, StoreError> {
         };
         StoreError::Other(format!("cannot connect to {}: {why}", redact(url)))
     })?;
-    client.batch_execute("SET idle_in_transaction_session_timeout = '2s'")?;
-    // Concurrent `CREATE TABLE IF NOT EXISTS` can race on the catalog; one lock serializes it.
-    let mut tx = client.transaction()?;
-    tx.batch_execute("SELECT pg_advisory_xact_lock(7070)")?;
-    tx.batch_execute(SCHEMA)?;
-    tx.commit()?;
+    client.batch_execute(&setup_sql())?;
     Ok(client)
 }
 
