@@ -7,6 +7,8 @@
 //! - [`state`]: the plain, synchronous state the coordinator drives: jobs and their chunk state
 //!   machines, the chunk queue, placement, the retry policy.
 //! - [`store`]: the `Store` trait every state change goes through, and its implementations.
+//! - [`records`]: the records the state and the store share (job descriptions, attempt records,
+//!   job ends, what is written and read back).
 //! - [`api`]: HTTP routes (REST under `/v1`, the worker endpoint, `/healthz`).
 //! - [`auth`]: bearer tokens and roles. [`error`]: the error type and its problem+json form.
 //! - [`config`]: raw configuration layers and the validated [`config::Config`].
@@ -21,6 +23,7 @@ pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod leader;
+pub mod records;
 pub mod state;
 pub mod store;
 mod tls;

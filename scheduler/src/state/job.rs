@@ -10,7 +10,6 @@
 //! A job is `Queued` until its first chunk runs, `Running` until every chunk succeeded (then it is
 //! reduced) or one chunk failed for good, and it can be `Cancelled` from any non-terminal state.
 
-use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,120 +18,11 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::protocol::ChunkRef;
-use muster_shared::reduce::Reducer;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::views::MAX_RETRIES_SHOWN;
-
-/// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "class", content = "message", rename_all = "snake_case")]
-pub enum FailReason {
-    /// The worker's connection dropped.
-    WorkerLost,
-    /// The worker stopped sending heartbeats.
-    HeartbeatTimeout,
-    /// The attempt ran past the job's `chunk_timeout`.
-    ChunkTimeout,
-    /// The task returned a retryable error.
-    TaskError(String),
-    /// The task said the input can never succeed.
-    Permanent(String),
-    /// The worker did not know the task.
-    UnknownTask(String),
-    /// The worker's result does not fit the job's reducer; retried at once on another worker.
-    BadResult(String),
-    /// The worker gave the chunk back unfinished while shutting down; not counted as an attempt.
-    HandedBack,
-    /// The coordinator restarted while the attempt ran; not counted as an attempt.
-    CoordinatorRestarted,
-}
-
-impl FailReason {
-    /// Every [`FailReason::class`].
-    pub const CLASSES: [&'static str; 9] = [
-        "worker_lost",
-        "heartbeat_timeout",
-        "chunk_timeout",
-        "task_error",
-        "permanent",
-        "unknown_task",
-        "bad_result",
-        "handed_back",
-        "coordinator_restarted",
-    ];
-
-    /// The reason's kind, as its stored record names it (`worker_lost`, `task_error`, ...).
-    pub fn class(&self) -> &'static str {
-        match self {
-            FailReason::WorkerLost => "worker_lost",
-            FailReason::HeartbeatTimeout => "heartbeat_timeout",
-            FailReason::ChunkTimeout => "chunk_timeout",
-            FailReason::TaskError(_) => "task_error",
-            FailReason::Permanent(_) => "permanent",
-            FailReason::UnknownTask(_) => "unknown_task",
-            FailReason::BadResult(_) => "bad_result",
-            FailReason::HandedBack => "handed_back",
-            FailReason::CoordinatorRestarted => "coordinator_restarted",
-        }
-    }
-
-    /// True when the job must fail at once, without retries.
-    pub fn is_permanent(&self) -> bool {
-        matches!(self, FailReason::Permanent(_))
-    }
-
-    /// True when the retry waits the backoff: the chunk itself failed (its task errored or ran
-    /// too long). A chunk whose worker went away is retried at once, elsewhere.
-    pub fn backs_off(&self) -> bool {
-        matches!(
-            self,
-            FailReason::ChunkTimeout | FailReason::TaskError(_) | FailReason::UnknownTask(_)
-        )
-    }
-
-    /// True when this failure uses up one of the chunk's `max_attempts`.
-    pub fn counts_as_attempt(&self) -> bool {
-        !matches!(
-            self,
-            FailReason::HandedBack | FailReason::CoordinatorRestarted
-        )
-    }
-}
-
-impl std::fmt::Display for FailReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FailReason::WorkerLost => f.write_str("worker lost"),
-            FailReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
-            FailReason::ChunkTimeout => f.write_str("chunk timeout"),
-            FailReason::TaskError(m) => write!(f, "task error: {m}"),
-            FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
-            FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
-            FailReason::BadResult(m) => write!(f, "bad result: {m}"),
-            FailReason::HandedBack => f.write_str("handed back by a draining worker"),
-            FailReason::CoordinatorRestarted => f.write_str("interrupted by a coordinator restart"),
-        }
-    }
-}
-
-/// One run of one chunk, as shown in job status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct AttemptRecord {
-    /// Attempt number, from 1.
-    pub attempt: Attempt,
-    /// The worker it ran on.
-    pub worker: WorkerId,
-    /// That worker's name.
-    pub worker_name: Arc<str>,
-    /// When it was assigned.
-    pub started_at: DateTime<Utc>,
-    /// When it ended, if it has.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// Why it failed, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<FailReason>,
-}
+pub use crate::records::{AttemptRecord, FailReason, JobMeta};
+use crate::records::{JobEnd, StoredJob};
 
 /// Where one chunk stands.
 #[derive(Debug, Clone)]
@@ -263,27 +153,6 @@ pub struct ChunkCounts {
     pub failed: u32,
 }
 
-/// What a job runs, independent of its progress.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobMeta {
-    /// `kind` (built-in) or `task` (custom) name.
-    pub name: String,
-    /// True for a built-in kind.
-    pub builtin: bool,
-    /// Task workers must advertise.
-    pub task: String,
-    /// How partial results merge.
-    pub reducer: Reducer,
-    /// Runs per chunk before the job fails.
-    pub max_attempts: u32,
-    /// Longest a single attempt may run.
-    pub chunk_timeout: Option<Duration>,
-    /// Labels workers must carry.
-    pub labels: BTreeMap<String, String>,
-    /// Higher first.
-    pub priority: i64,
-}
-
 /// A job with its chunks.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -340,8 +209,7 @@ impl Job {
     /// Rebuilds a job read back from the store. Attempts that were running when the coordinator
     /// stopped end as [`FailReason::CoordinatorRestarted`] and their chunks are pending again;
     /// succeeded chunks keep their results. Returns the job and the attempts it closed that way.
-    pub fn restore(stored: crate::store::StoredJob) -> (Self, Vec<ChunkRef>) {
-        use crate::store::JobEnd;
+    pub fn restore(stored: StoredJob) -> (Self, Vec<ChunkRef>) {
         let mut interrupted = Vec::new();
         let mut counts = ChunkCounts {
             total: stored.chunks.len() as u32,
@@ -634,23 +502,6 @@ impl Job {
                 _ => None,
             })
             .collect()
-    }
-}
-
-#[cfg(test)]
-impl JobMeta {
-    /// A built-in `sum` job's description, for tests.
-    pub(crate) fn sum_for_tests(max_attempts: u32) -> Self {
-        JobMeta {
-            name: "sum".into(),
-            builtin: true,
-            task: "sum".into(),
-            reducer: Reducer::Sum,
-            max_attempts,
-            chunk_timeout: None,
-            labels: BTreeMap::new(),
-            priority: 0,
-        }
     }
 }
 

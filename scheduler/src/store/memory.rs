@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
 use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob, Ticket};
-use crate::state::job::AttemptRecord;
+use crate::records::AttemptRecord;
 
 /// Jobs and idempotency keys in maps.
 #[derive(Debug, Default)]

@@ -29,7 +29,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
-use crate::state::job::{AttemptRecord, JobMeta};
+use crate::records::AttemptRecord;
+pub use crate::records::{JobEnd, NewJob, Snapshot, StoredChunk, StoredJob};
 
 /// A store operation that failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -154,68 +155,6 @@ impl From<::postgres::Error> for StoreError {
             }
         }
     }
-}
-
-/// A job as first written: enough to rebuild it from scratch.
-#[derive(Debug, Clone)]
-pub struct NewJob<'a> {
-    /// Its id.
-    pub id: JobId,
-    /// What it runs.
-    pub meta: &'a JobMeta,
-    /// Chunk payloads, in order; each is stored once.
-    pub inputs: &'a [Bytes],
-    /// Idempotency key and the digest of the body it came with.
-    pub idempotency: Option<(&'a str, &'a [u8; 32])>,
-    /// When it was accepted.
-    pub created_at: DateTime<Utc>,
-}
-
-/// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEnd {
-    /// With this result (JSON). Read back empty from the SQL stores, which keep the partial
-    /// results instead; the job is then merged again.
-    Succeeded(Bytes),
-    /// With this error.
-    Failed(String),
-    /// Cancelled by a client.
-    Cancelled,
-}
-
-/// One chunk read back.
-#[derive(Debug, Clone, Default)]
-pub struct StoredChunk {
-    /// Its payload (empty once the job ended).
-    pub input: Bytes,
-    /// Its partial result, if it succeeded.
-    pub result: Option<Bytes>,
-    /// Its attempts, in order.
-    pub attempts: Vec<AttemptRecord>,
-}
-
-/// A job read back by [`Store::load`].
-#[derive(Debug, Clone)]
-pub struct StoredJob {
-    /// Its id.
-    pub id: JobId,
-    /// What it runs.
-    pub meta: JobMeta,
-    /// When it was accepted.
-    pub created_at: DateTime<Utc>,
-    /// How and when it ended, if it has.
-    pub end: Option<(JobEnd, DateTime<Utc>)>,
-    /// Its chunks, in order.
-    pub chunks: Vec<StoredChunk>,
-}
-
-/// Everything a coordinator needs to resume.
-#[derive(Debug, Clone, Default)]
-pub struct Snapshot {
-    /// Every stored job, oldest first.
-    pub jobs: Vec<StoredJob>,
-    /// Idempotency keys with the job and body digest they map to.
-    pub idempotency: Vec<(String, JobId, [u8; 32])>,
 }
 
 /// Where coordinator state lives. Calls are synchronous and made by the coordinator actor only.

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
 use super::{JobEnd, StoreError};
-use crate::state::job::{AttemptRecord, JobMeta};
+use crate::records::{AttemptRecord, JobMeta};
 
 /// A write waiting for the next commit. Job ids are text, shared by the writes of one job.
 #[derive(Debug)]
@@ -268,7 +268,7 @@ mod tests {
     use muster_shared::ids::{Attempt, WorkerId};
 
     use super::*;
-    use crate::state::job::FailReason;
+    use crate::records::FailReason;
 
     fn record(name: &str, finished: bool, error: Option<FailReason>) -> AttemptRecord {
         AttemptRecord {

@@ -598,7 +598,7 @@ fn stored_chunk<'a>(
 
 /// Adds an attempt record read back; a later record of the same attempt (its end) replaces the
 /// earlier one.
-fn add_attempt(chunk: &mut StoredChunk, record: crate::state::job::AttemptRecord) {
+fn add_attempt(chunk: &mut StoredChunk, record: crate::records::AttemptRecord) {
     match chunk
         .attempts
         .iter_mut()
@@ -806,7 +806,7 @@ mod tests {
     use muster_shared::ids::{Attempt, JobId, WorkerId};
 
     use super::*;
-    use crate::state::job::{AttemptRecord, JobMeta};
+    use crate::records::{AttemptRecord, JobMeta};
 
     const SCHEMA_V1: &str = "
         CREATE TABLE jobs (id TEXT PRIMARY KEY, meta TEXT NOT NULL, created_at TEXT NOT NULL,

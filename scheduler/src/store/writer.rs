@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use super::rows::{self, Buffer, Pending};
 use super::{Fate, JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
-use crate::state::job::AttemptRecord;
+use crate::records::AttemptRecord;
 
 /// A new job, owned, ready to send to the writer thread.
 #[derive(Debug)]

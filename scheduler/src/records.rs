@@ -1,0 +1,224 @@
+//! Records the cluster state and the store share: what a job runs ([`JobMeta`]), how its attempts
+//! went ([`AttemptRecord`], [`FailReason`]), how it ended ([`JobEnd`]), what is first written of
+//! it ([`NewJob`]) and what is read back ([`Snapshot`]). They keep the form the store needs; the
+//! state (`state`) and the store (`store`) both use them and neither uses the other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use muster_shared::ids::{Attempt, JobId, WorkerId};
+use muster_shared::reduce::Reducer;
+use serde::{Deserialize, Serialize};
+
+/// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "class", content = "message", rename_all = "snake_case")]
+pub enum FailReason {
+    /// The worker's connection dropped.
+    WorkerLost,
+    /// The worker stopped sending heartbeats.
+    HeartbeatTimeout,
+    /// The attempt ran past the job's `chunk_timeout`.
+    ChunkTimeout,
+    /// The task returned a retryable error.
+    TaskError(String),
+    /// The task said the input can never succeed.
+    Permanent(String),
+    /// The worker did not know the task.
+    UnknownTask(String),
+    /// The worker's result does not fit the job's reducer; retried at once on another worker.
+    BadResult(String),
+    /// The worker gave the chunk back unfinished while shutting down; not counted as an attempt.
+    HandedBack,
+    /// The coordinator restarted while the attempt ran; not counted as an attempt.
+    CoordinatorRestarted,
+}
+
+impl FailReason {
+    /// Every [`FailReason::class`].
+    pub const CLASSES: [&'static str; 9] = [
+        "worker_lost",
+        "heartbeat_timeout",
+        "chunk_timeout",
+        "task_error",
+        "permanent",
+        "unknown_task",
+        "bad_result",
+        "handed_back",
+        "coordinator_restarted",
+    ];
+
+    /// The reason's kind, as its stored record names it (`worker_lost`, `task_error`, ...).
+    pub fn class(&self) -> &'static str {
+        match self {
+            FailReason::WorkerLost => "worker_lost",
+            FailReason::HeartbeatTimeout => "heartbeat_timeout",
+            FailReason::ChunkTimeout => "chunk_timeout",
+            FailReason::TaskError(_) => "task_error",
+            FailReason::Permanent(_) => "permanent",
+            FailReason::UnknownTask(_) => "unknown_task",
+            FailReason::BadResult(_) => "bad_result",
+            FailReason::HandedBack => "handed_back",
+            FailReason::CoordinatorRestarted => "coordinator_restarted",
+        }
+    }
+
+    /// True when the job must fail at once, without retries.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, FailReason::Permanent(_))
+    }
+
+    /// True when the retry waits the backoff: the chunk itself failed (its task errored or ran
+    /// too long). A chunk whose worker went away is retried at once, elsewhere.
+    pub fn backs_off(&self) -> bool {
+        matches!(
+            self,
+            FailReason::ChunkTimeout | FailReason::TaskError(_) | FailReason::UnknownTask(_)
+        )
+    }
+
+    /// True when this failure uses up one of the chunk's `max_attempts`.
+    pub fn counts_as_attempt(&self) -> bool {
+        !matches!(
+            self,
+            FailReason::HandedBack | FailReason::CoordinatorRestarted
+        )
+    }
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailReason::WorkerLost => f.write_str("worker lost"),
+            FailReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
+            FailReason::ChunkTimeout => f.write_str("chunk timeout"),
+            FailReason::TaskError(m) => write!(f, "task error: {m}"),
+            FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
+            FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
+            FailReason::BadResult(m) => write!(f, "bad result: {m}"),
+            FailReason::HandedBack => f.write_str("handed back by a draining worker"),
+            FailReason::CoordinatorRestarted => f.write_str("interrupted by a coordinator restart"),
+        }
+    }
+}
+
+/// One run of one chunk, as shown in job status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Attempt number, from 1.
+    pub attempt: Attempt,
+    /// The worker it ran on.
+    pub worker: WorkerId,
+    /// That worker's name.
+    pub worker_name: Arc<str>,
+    /// When it was assigned.
+    pub started_at: DateTime<Utc>,
+    /// When it ended, if it has.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<FailReason>,
+}
+
+/// What a job runs, independent of its progress.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMeta {
+    /// `kind` (built-in) or `task` (custom) name.
+    pub name: String,
+    /// True for a built-in kind.
+    pub builtin: bool,
+    /// Task workers must advertise.
+    pub task: String,
+    /// How partial results merge.
+    pub reducer: Reducer,
+    /// Runs per chunk before the job fails.
+    pub max_attempts: u32,
+    /// Longest a single attempt may run.
+    pub chunk_timeout: Option<Duration>,
+    /// Labels workers must carry.
+    pub labels: BTreeMap<String, String>,
+    /// Higher first.
+    pub priority: i64,
+}
+
+/// A job as first written: enough to rebuild it from scratch.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// Its id.
+    pub id: JobId,
+    /// What it runs.
+    pub meta: &'a JobMeta,
+    /// Chunk payloads, in order; each is stored once.
+    pub inputs: &'a [Bytes],
+    /// Idempotency key and the digest of the body it came with.
+    pub idempotency: Option<(&'a str, &'a [u8; 32])>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    /// With this result (JSON). Read back empty from the SQL stores, which keep the partial
+    /// results instead; the job is then merged again.
+    Succeeded(Bytes),
+    /// With this error.
+    Failed(String),
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+/// One chunk read back.
+#[derive(Debug, Clone, Default)]
+pub struct StoredChunk {
+    /// Its payload (empty once the job ended).
+    pub input: Bytes,
+    /// Its partial result, if it succeeded.
+    pub result: Option<Bytes>,
+    /// Its attempts, in order.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// A job read back by [`Store::load`].
+#[derive(Debug, Clone)]
+pub struct StoredJob {
+    /// Its id.
+    pub id: JobId,
+    /// What it runs.
+    pub meta: JobMeta,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+    /// How and when it ended, if it has.
+    pub end: Option<(JobEnd, DateTime<Utc>)>,
+    /// Its chunks, in order.
+    pub chunks: Vec<StoredChunk>,
+}
+
+/// Everything a coordinator needs to resume.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every stored job, oldest first.
+    pub jobs: Vec<StoredJob>,
+    /// Idempotency keys with the job and body digest they map to.
+    pub idempotency: Vec<(String, JobId, [u8; 32])>,
+}
+
+#[cfg(test)]
+impl JobMeta {
+    /// A built-in `sum` job's description, for tests.
+    pub(crate) fn sum_for_tests(max_attempts: u32) -> Self {
+        JobMeta {
+            name: "sum".into(),
+            builtin: true,
+            task: "sum".into(),
+            reducer: Reducer::Sum,
+            max_attempts,
+            chunk_timeout: None,
+            labels: BTreeMap::new(),
+            priority: 0,
+        }
+    }
+}
