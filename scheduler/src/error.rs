@@ -5,6 +5,8 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+use crate::state::StateError;
+
 /// Everything an API call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -77,12 +79,23 @@ pub enum ApiError {
     },
 }
 
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
+        match e {
+            StateError::JobNotFound { id } => ApiError::JobNotFound { id: id.to_string() },
+            StateError::IdempotencyConflict { key } => ApiError::IdempotencyConflict { key },
+            StateError::UnknownTask { .. } => ApiError::Invalid(e.to_string()),
+            StateError::TooManyPending { .. } | StateError::StoreBehind { .. } => {
+                ApiError::Overloaded(e.to_string())
+            }
+        }
+    }
+}
+
 impl ApiError {
     /// 429: `pending` chunks wait or run, at or past `limit`.
     pub fn too_many_pending(pending: u64, limit: u64) -> Self {
-        ApiError::Overloaded(format!(
-            "{pending} chunks are waiting or running, at the limit of {limit} (--max-pending-chunks): retry once some have finished"
-        ))
+        StateError::TooManyPending { pending, limit }.into()
     }
 
     fn title(&self) -> &'static str {

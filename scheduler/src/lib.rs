@@ -40,7 +40,7 @@ use tracing::{info, warn};
 
 use crate::api::AppState;
 use crate::config::{Config, StoreChoice};
-use crate::coordinator::{Coordinator, Shutdown};
+use crate::coordinator::{Coordinator, Persistence, Shutdown};
 use crate::leader::{Leadership, LeaseConfig};
 use crate::state::{ClusterState, Policy};
 use crate::store::{MemoryStore, Store};
@@ -136,18 +136,25 @@ pub async fn run(
             return Ok(());
         }
     };
-    let mut state = ClusterState::new(
-        open_store(&config, epoch)?,
-        Policy {
-            retry_backoff: config.retry_backoff,
-            max_worker_slots: config.max_worker_slots,
-            max_pending_chunks: config.max_pending_chunks,
-            max_store_backlog: config.max_store_backlog,
-            retain_ended: config.retain_ended,
-            retain_ended_jobs: config.retain_ended_jobs,
-        },
-    );
-    state.restore()?;
+    let mut store = open_store(&config, epoch)?;
+    let snapshot = store.load()?;
+    let mut state = ClusterState::new(Policy {
+        retry_backoff: config.retry_backoff,
+        max_worker_slots: config.max_worker_slots,
+        max_pending_chunks: config.max_pending_chunks,
+        max_store_backlog: config.max_store_backlog,
+        retain_ended: config.retain_ended,
+        retain_ended_jobs: config.retain_ended_jobs,
+    });
+    state.restore(snapshot);
+    // What the restore wrote (interrupted attempts, merged ends, pruned jobs) is durable before
+    // anything is served.
+    let mut persistence = Persistence::new(store);
+    persistence.apply(state.take_writes());
+    persistence.sync();
+    if let Some(reason) = persistence.take_stop() {
+        anyhow::bail!("{reason}");
+    }
     state.publish_capacity_to(app.capacity.clone());
     state.publish_unfinished_to(app.unfinished.clone());
     let (fatal_tx, mut fatal_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -155,7 +162,7 @@ pub async fn run(
     // The coordinator gets a thread of its own so that HTTP and socket work never delays it.
     let arbiter = Arbiter::new();
     let coordinator = Coordinator::start_in_arbiter(&arbiter.handle(), move |_| {
-        Coordinator::new(state, interval, fatal_tx)
+        Coordinator::new(state, persistence, interval, fatal_tx)
     });
     *app.coordinator.write().unwrap_or_else(|p| p.into_inner()) = Some(coordinator.clone());
 

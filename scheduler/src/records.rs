@@ -222,3 +222,67 @@ impl JobMeta {
         }
     }
 }
+
+/// A job as accepted, owned, for the state to hand to the store.
+#[derive(Debug, Clone)]
+pub struct AcceptedJob {
+    /// Its id.
+    pub id: JobId,
+    /// What it runs.
+    pub meta: JobMeta,
+    /// Chunk payloads, in order.
+    pub inputs: Vec<Bytes>,
+    /// Idempotency key and the digest of the body it came with.
+    pub idempotency: Option<(String, [u8; 32])>,
+    /// When it was accepted.
+    pub created_at: DateTime<Utc>,
+}
+
+impl AcceptedJob {
+    /// The job as the store's insert takes it.
+    pub fn as_new(&self) -> NewJob<'_> {
+        NewJob {
+            id: self.id,
+            meta: &self.meta,
+            inputs: &self.inputs,
+            idempotency: self.idempotency.as_ref().map(|(k, d)| (k.as_str(), d)),
+            created_at: self.created_at,
+        }
+    }
+}
+
+/// A write the cluster state asks for; the coordinator hands them to the store in this order.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// An accepted job: durable before its client is answered.
+    Insert(AcceptedJob),
+    /// An attempt's start or end (the record carries both times and the error).
+    Attempt {
+        /// The job.
+        job: JobId,
+        /// The chunk.
+        chunk: muster_shared::ids::ChunkIndex,
+        /// The attempt as it stands.
+        record: AttemptRecord,
+    },
+    /// A chunk's partial result.
+    Result {
+        /// The job.
+        job: JobId,
+        /// The chunk.
+        chunk: muster_shared::ids::ChunkIndex,
+        /// The partial result.
+        result: Bytes,
+    },
+    /// A job's end.
+    Finish {
+        /// The job.
+        job: JobId,
+        /// How it ended.
+        end: JobEnd,
+        /// When.
+        at: DateTime<Utc>,
+    },
+    /// Ended jobs past their retention, to delete.
+    Prune(Vec<JobId>),
+}

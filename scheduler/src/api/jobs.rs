@@ -13,14 +13,13 @@ use muster_shared::ids::JobId;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{durable, mailbox, AppState, BodyPool};
+use super::{mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
-    CancelJob, Coordinator, Forget, GetJob, GetResult, JobResult, ListJobs, Submit,
+    CancelJob, Coordinator, Durable, GetJob, GetResult, JobResult, ListJobs, Submit,
 };
 use crate::error::ApiError;
 use crate::state::views::JobView;
-use crate::store::Ticket;
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -123,18 +122,13 @@ pub(super) async fn submit(
     })?;
     tracing::debug!(took = ?started.elapsed(), "job body validated and cut");
     let coordinator = app.coordinator(&req)?;
-    let (submitted, view, ticket) = coordinator
+    let (submitted, view, durable) = coordinator
         .send(Submit { spec, idempotency })
         .await
         .map_err(mailbox)??;
     drop(queued);
-    // A new job's ticket covers its insert.
-    if let Err(e) = durable(ticket).await {
-        if submitted.created {
-            coordinator.do_send(Forget(submitted.id));
-        }
-        return Err(e);
-    }
+    // A new job's answer waits for its insert (the coordinator drops a job whose insert fails).
+    durable.wait().await?;
     tracing::debug!(job_id = %submitted.id, took = ?started.elapsed(), "job stored");
     let mut response = if submitted.created {
         HttpResponse::Created()
@@ -182,17 +176,17 @@ async fn job_call<M>(
     message: impl FnOnce(JobId) -> M,
 ) -> Result<HttpResponse, ApiError>
 where
-    M: actix::Message<Result = Result<(JobView, Ticket), ApiError>> + Send + 'static,
+    M: actix::Message<Result = Result<(JobView, Durable), ApiError>> + Send + 'static,
     Coordinator: actix::Handler<M>,
 {
     require(app.tokens.as_ref(), req, Role::Client)?;
     let id = job_id(path)?;
-    let (view, ticket) = app
+    let (view, durable) = app
         .coordinator(req)?
         .send(message(id))
         .await
         .map_err(mailbox)??;
-    durable(ticket).await?;
+    durable.wait().await?;
     Ok(HttpResponse::Ok().json(view))
 }
 
@@ -238,7 +232,7 @@ pub(super) async fn result(
             )))
         }
     };
-    let (answer, mut ticket) = app
+    let (answer, mut durable) = app
         .coordinator(&req)?
         .send(GetResult {
             id,
@@ -250,7 +244,7 @@ pub(super) async fn result(
     if let (Some(wait), Some(finished)) = (wait, answer.finished) {
         match tokio::time::timeout(wait, finished).await {
             // Finished: the coordinator sent the end along.
-            Ok(Ok(end)) => (result, ticket) = end,
+            Ok(Ok(end)) => (result, durable) = end,
             // Timed out, or the coordinator is stopping: answer what is known now.
             _ => {
                 let (answer, now) = app
@@ -258,11 +252,11 @@ pub(super) async fn result(
                     .send(GetResult { id, watch: false })
                     .await
                     .map_err(mailbox)??;
-                (result, ticket) = (answer.result, now);
+                (result, durable) = (answer.result, now);
             }
         }
     }
-    durable(ticket).await?;
+    durable.wait().await?;
     match result {
         JobResult::Ready(result) => {
             // The result can be megabytes: sent as it is stored, between two small pieces.
@@ -326,7 +320,7 @@ pub(super) async fn list(
             "`limit` must be from 1 to {MAX_PAGE}"
         )));
     }
-    let (jobs, ticket) = app
+    let (jobs, durable) = app
         .coordinator(&req)?
         .send(ListJobs {
             status: query.status,
@@ -335,7 +329,7 @@ pub(super) async fn list(
         })
         .await
         .map_err(mailbox)??;
-    durable(ticket).await?;
+    durable.wait().await?;
     let next = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();

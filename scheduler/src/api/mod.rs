@@ -17,7 +17,6 @@ use crate::auth::Tokens;
 use crate::coordinator::Coordinator;
 use crate::error::ApiError;
 use crate::leader::{Leadership, Role};
-use crate::store::Ticket;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -158,20 +157,6 @@ async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::RouteNotFound {
         method: req.method().to_string(),
         path: req.path().to_owned(),
-    })
-}
-
-/// Waits until what the coordinator answered is durable: a client sees nothing a crash could undo.
-async fn durable(ticket: Ticket) -> Result<(), ApiError> {
-    if ticket.is_durable() {
-        return Ok(());
-    }
-    ticket.durable().await.map_err(|e| {
-        if e.is_fenced() {
-            ApiError::NotLeader { location: None }
-        } else {
-            ApiError::Unavailable(format!("the store did not confirm the write: {e}"))
-        }
     })
 }
 

@@ -24,10 +24,9 @@ use muster_shared::protocol::{
     MAX_NAME_BYTES,
 };
 use muster_shared::reduce::Reducer;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
-use crate::error::ApiError;
-use crate::store::{JobEnd, NewJob, Snapshot, Store, Ticket};
+use crate::records::{AcceptedJob, JobEnd, Snapshot, Write};
 use job::{Chunk, ChunkState, FailReason, Job, JobMeta, JobState};
 use queue::{job_key, ChunkQueue, JobKey};
 use workers::{WorkerEntry, Workers};
@@ -155,9 +154,10 @@ pub struct ClusterState {
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
-    store: Box<dyn Store>,
     policy: Policy,
     effects: Vec<Effect>,
+    /// Writes for the store, in order, for the coordinator to hand on.
+    writes: Vec<Write>,
     /// What happened since this coordinator started leading (for `/metrics`).
     pub counters: Counters,
     /// Chunks of unfinished jobs not succeeded yet, kept as they change: what admission control
@@ -166,26 +166,52 @@ pub struct ClusterState {
     /// `unfinished` as of the last [`ClusterState::take_effects`], where request handlers read it
     /// to turn a submission away before reading its body.
     published_unfinished: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// Why this coordinator must stop: the store refused a write because another coordinator
-    /// leads now, or lost one the coordinator has acted on (its memory and the store differ).
-    stop: Option<String>,
 }
 
-/// [`ClusterState::store_failed`] on the stop reason alone (for callers holding a job).
-fn stop_for(stop: &mut Option<String>, e: &crate::store::StoreError, what: &str) {
-    error!(error = %e, "store {what} failed");
-    stop.get_or_insert_with(|| {
-        if e.is_fenced() {
-            e.to_string()
-        } else {
-            format!("a store {what} failed ({e}): stopping, so that a restart resumes from what is stored")
-        }
-    });
+/// Why the state refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// No job with this id.
+    #[error("no job with id `{id}`")]
+    JobNotFound {
+        /// The id asked for.
+        id: JobId,
+    },
+    /// The idempotency key came with another body.
+    #[error("idempotency key `{key}` was already used with a different request body")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// No connected worker runs the job's task.
+    #[error("unknown task `{task}`: no connected worker runs it (connected workers run: {known})")]
+    UnknownTask {
+        /// The task asked for.
+        task: String,
+        /// The tasks connected workers run, comma-separated.
+        known: String,
+    },
+    /// The chunks waiting or running are at the limit.
+    #[error("{pending} chunks are waiting or running, at the limit of {limit} (--max-pending-chunks): retry once some have finished")]
+    TooManyPending {
+        /// Chunks waiting or running.
+        pending: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The store's writer is too far behind.
+    #[error("the store is {backlog} batches of writes behind, at the limit of {limit} (--max-store-backlog): retry shortly")]
+    StoreBehind {
+        /// Batches not yet committed.
+        backlog: u64,
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl ClusterState {
-    /// Empty state over a store.
-    pub fn new(store: Box<dyn Store>, policy: Policy) -> Self {
+    /// Empty state.
+    pub fn new(policy: Policy) -> Self {
         Self {
             jobs: BTreeMap::new(),
             idempotency: HashMap::new(),
@@ -193,13 +219,12 @@ impl ClusterState {
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),
-            store,
             policy,
             effects: Vec::new(),
+            writes: Vec::new(),
             counters: Counters::default(),
             unfinished: 0,
             published_unfinished: Default::default(),
-            stop: None,
         }
     }
 
@@ -211,51 +236,16 @@ impl ClusterState {
         std::mem::replace(&mut self.effects, Vec::with_capacity(room))
     }
 
-    /// The store's kind.
-    pub fn store_kind(&self) -> &'static str {
-        self.store.kind()
+    /// Writes for the store queued since the last call, in order.
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.writes)
     }
 
-    /// The store's commit times, for `/metrics` (a store that commits nothing has none).
-    pub fn commit_seconds(&self) -> Option<prometheus::Histogram> {
-        self.store.commit_seconds()
-    }
-
-    /// Waits until every write so far is durable (on shutdown and after a restore; answers to
-    /// clients wait for a [`Ticket`] instead, off the coordinator's thread).
-    pub fn sync(&mut self) {
-        if let Err(e) = self.store.sync() {
-            self.store_failed(&e, "sync");
-        }
-    }
-
-    /// Hands this message's writes to the store and notes any failure of earlier queued writes.
-    pub fn flush_store(&mut self) {
-        if let Err(e) = self.store.flush() {
-            self.store_failed(&e, "flush");
-        }
-        if let Some(e) = self.store.failure() {
-            self.store_failed(&e, "write");
-        }
-    }
-
-    /// Logs a store failure and remembers that this coordinator must stop: another one leads now,
-    /// or a write was lost (a restart resumes from what is stored, rather than this coordinator
-    /// going on from what is not).
-    fn store_failed(&mut self, e: &crate::store::StoreError, what: &str) {
-        stop_for(&mut self.stop, e, what);
-    }
-
-    /// The reason this coordinator must stop, if the store said another one leads now or lost a
-    /// write.
-    pub fn take_stop(&mut self) -> Option<String> {
-        self.stop.take()
-    }
-
-    /// Loads everything the store holds: finished jobs for status queries, unfinished jobs with
-    /// their succeeded chunks kept and the rest re-queued, and idempotency keys.
-    pub fn restore(&mut self) -> Result<(), crate::store::StoreError> {
-        let Snapshot { jobs, idempotency } = self.store.load()?;
+    /// Takes back what the store held: finished jobs for status queries, unfinished jobs with
+    /// their succeeded chunks kept and the rest re-queued, and idempotency keys. The writes it
+    /// queues (interrupted attempts, merged ends, pruned jobs) are for the caller to make durable.
+    pub fn restore(&mut self, snapshot: Snapshot) {
+        let Snapshot { jobs, idempotency } = snapshot;
         let (mut unfinished, mut requeued) = (0, 0);
         let mut complete = Vec::new();
         for stored in jobs {
@@ -297,26 +287,26 @@ impl ClusterState {
         }
         self.prune_ended(Utc::now());
         self.take_effects();
-        self.sync();
         info!(
             jobs = self.jobs.len(),
             unfinished,
             requeued_chunks = requeued,
             "state restored"
         );
-        Ok(())
     }
 
-    /// Accepts a job: splits it, stores it, queues its chunks.
+    /// Accepts a job: queues its insert for the store and its chunks; `store_backlog` is how
+    /// many batches of writes the store has yet to commit (admission control).
     pub fn submit(
         &mut self,
         spec: JobSpec,
         idempotency: Option<(String, [u8; 32])>,
-    ) -> Result<Submitted, ApiError> {
+        store_backlog: u64,
+    ) -> Result<Submitted, StateError> {
         if let Some((key, digest)) = &idempotency {
             if let Some((id, known)) = self.idempotency.get(key) {
                 if known != digest {
-                    return Err(ApiError::IdempotencyConflict { key: key.clone() });
+                    return Err(StateError::IdempotencyConflict { key: key.clone() });
                 }
                 return Ok(Submitted {
                     id: *id,
@@ -324,7 +314,7 @@ impl ClusterState {
                 });
             }
         }
-        self.admit()?;
+        self.admit(store_backlog)?;
         if !spec.is_builtin()
             && self.workers.iter().next().is_some()
             && !self.workers.knows_task(spec.task())
@@ -336,11 +326,10 @@ impl ClusterState {
                 .collect();
             known.sort();
             known.dedup();
-            return Err(ApiError::Invalid(format!(
-                "unknown task `{}`: no connected worker runs it (connected workers run: {})",
-                spec.task(),
-                known.join(", ")
-            )));
+            return Err(StateError::UnknownTask {
+                task: spec.task().to_owned(),
+                known: known.join(", "),
+            });
         }
         let meta = JobMeta {
             name: spec.name().to_owned(),
@@ -360,27 +349,13 @@ impl ClusterState {
         };
         let id = JobId::new();
         let job = Job::new(id, meta, inputs);
-        self.store
-            .insert_job(NewJob {
-                id,
-                meta: &job.meta,
-                inputs: &job
-                    .chunks
-                    .iter()
-                    .map(|c| c.input.clone())
-                    .collect::<Vec<_>>(),
-                idempotency: idempotency.as_ref().map(|(k, d)| (k.as_str(), d)),
-                created_at: job.created_at,
-            })
-            .map_err(|e| {
-                // A job that cannot be stored is refused; the coordinator goes on unless fenced.
-                if e.is_fenced() {
-                    self.store_failed(&e, "insert");
-                } else {
-                    error!(error = %e, "store insert failed");
-                }
-                ApiError::Unavailable(format!("the job was not accepted: {e}"))
-            })?;
+        self.writes.push(Write::Insert(AcceptedJob {
+            id,
+            meta: job.meta.clone(),
+            inputs: job.chunks.iter().map(|c| c.input.clone()).collect(),
+            idempotency: idempotency.clone(),
+            created_at: job.created_at,
+        }));
         let n = job.chunks.len() as u32;
         self.unfinished += u64::from(n);
         let key = job_key(job.meta.priority, id);
@@ -396,20 +371,19 @@ impl ClusterState {
     /// Turns a new job away (429) while the backlog is past a limit: the coordinator answers
     /// overload rather than grow without bound. A job is admitted while the backlog is below the
     /// limit, so one larger than the limit alone still runs once the others have drained.
-    fn admit(&self) -> Result<(), ApiError> {
+    fn admit(&self, store_backlog: u64) -> Result<(), StateError> {
         let pending = self.unfinished;
         if pending >= self.policy.max_pending_chunks {
-            return Err(ApiError::too_many_pending(
+            return Err(StateError::TooManyPending {
                 pending,
-                self.policy.max_pending_chunks,
-            ));
+                limit: self.policy.max_pending_chunks,
+            });
         }
-        let backlog = self.store.backlog();
-        if backlog >= self.policy.max_store_backlog {
-            return Err(ApiError::Overloaded(format!(
-                "the store is {backlog} batches of writes behind, at the limit of {} (--max-store-backlog): retry shortly",
-                self.policy.max_store_backlog
-            )));
+        if store_backlog >= self.policy.max_store_backlog {
+            return Err(StateError::StoreBehind {
+                backlog: store_backlog,
+                limit: self.policy.max_store_backlog,
+            });
         }
         Ok(())
     }
@@ -550,15 +524,19 @@ impl ClusterState {
         else {
             return;
         };
-        if let Err(e) = self.store.record_attempt(chunk.job, chunk.chunk, record) {
-            self.store_failed(&e, "attempt write");
-        }
+        self.writes.push(Write::Attempt {
+            job: chunk.job,
+            chunk: chunk.chunk,
+            record: record.clone(),
+        });
     }
 
     fn succeed_attempt(&mut self, chunk: ChunkRef, result: Bytes) {
-        if let Err(e) = self.store.chunk_succeeded(chunk.job, chunk.chunk, &result) {
-            self.store_failed(&e, "result write");
-        }
+        self.writes.push(Write::Result {
+            job: chunk.job,
+            chunk: chunk.chunk,
+            result: result.clone(),
+        });
         let Some(job) = self.jobs.get_mut(&chunk.job) else {
             return;
         };
@@ -654,9 +632,11 @@ impl ClusterState {
             JobState::Failed { error } => JobEnd::Failed(error.clone()),
             _ => JobEnd::Cancelled,
         };
-        if let Err(e) = self.store.finish_job(id, &end, chrono::Utc::now()) {
-            stop_for(&mut self.stop, &e, "job end write");
-        }
+        self.writes.push(Write::Finish {
+            job: id,
+            end,
+            at: Utc::now(),
+        });
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
         job.counts.pending = 0;
         job.counts.running = 0;
@@ -699,9 +679,7 @@ impl ClusterState {
         let set: std::collections::HashSet<JobId> = gone.iter().copied().collect();
         self.idempotency.retain(|_, (job, _)| !set.contains(job));
         info!(jobs = gone.len(), "pruned ended jobs past their retention");
-        if let Err(e) = self.store.prune(&gone) {
-            warn!(error = %e, "cannot prune ended jobs from the store: a restart prunes them again");
-        }
+        self.writes.push(Write::Prune(gone));
     }
 
     /// How often ended jobs are checked against their retention.
@@ -729,18 +707,10 @@ impl ClusterState {
         self.effects.push(Effect::JobDone(id));
     }
 
-    /// A ticket for every write so far: whatever a client is shown is durable once it is.
-    pub fn ticket(&mut self) -> Result<Ticket, ApiError> {
-        self.store.ticket().map_err(|e| {
-            self.store_failed(&e, "flush");
-            ApiError::Unavailable(format!("the store is unavailable: {e}"))
-        })
-    }
-
     /// Cancels a job; cancelling a finished job changes nothing.
-    pub fn cancel(&mut self, id: JobId) -> Result<(), ApiError> {
+    pub fn cancel(&mut self, id: JobId) -> Result<(), StateError> {
         if !self.jobs.contains_key(&id) {
-            return Err(ApiError::JobNotFound { id: id.to_string() });
+            return Err(StateError::JobNotFound { id });
         }
         self.finish(id, JobState::Cancelled);
         Ok(())
@@ -1005,16 +975,12 @@ mod tests {
     use muster_shared::protocol::Failure;
 
     use super::*;
-    use crate::store::MemoryStore;
 
     fn state() -> ClusterState {
-        ClusterState::new(
-            Box::new(MemoryStore::new()),
-            Policy {
-                retry_backoff: Duration::ZERO,
-                ..Policy::default()
-            },
-        )
+        ClusterState::new(Policy {
+            retry_backoff: Duration::ZERO,
+            ..Policy::default()
+        })
     }
 
     fn spec(v: serde_json::Value) -> JobSpec {
@@ -1091,6 +1057,7 @@ mod tests {
         s.submit(
             spec(serde_json::json!({"task": "sum", "chunks": chunks, "reduce": "sum"})),
             None,
+            0,
         )
         .unwrap();
         s.dispatch();
@@ -1104,12 +1071,14 @@ mod tests {
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [1], "priority": 1})),
                 None,
+                0,
             )
             .unwrap();
         let high = s
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [1], "priority": 5})),
                 None,
+                0,
             )
             .unwrap();
         worker(&mut s, 1);
@@ -1129,6 +1098,7 @@ mod tests {
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
                 key.clone(),
+                0,
             )
             .unwrap();
         s.dispatch();
@@ -1146,6 +1116,7 @@ mod tests {
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
                 key,
+                0,
             )
             .unwrap();
         assert!(again.created, "the key no longer names the forgotten job");
@@ -1154,16 +1125,17 @@ mod tests {
 
     #[test]
     fn a_lost_workers_chunk_is_retried_at_once_and_a_task_error_waits() {
-        let mut s = ClusterState::new(
-            Box::new(MemoryStore::new()),
-            Policy {
-                retry_backoff: Duration::from_secs(60),
-                ..Policy::default()
-            },
-        );
+        let mut s = ClusterState::new(Policy {
+            retry_backoff: Duration::from_secs(60),
+            ..Policy::default()
+        });
         let first = worker(&mut s, 1);
         let job = s
-            .submit(spec(serde_json::json!({"kind": "sum", "input": [1]})), None)
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [1]})),
+                None,
+                0,
+            )
             .unwrap();
         s.dispatch();
         assert_eq!(assignments(&mut s)[0].0, first);
@@ -1204,6 +1176,7 @@ mod tests {
                 .submit(
                     spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
                     None,
+                    0,
                 )
                 .unwrap();
             s.dispatch();
@@ -1251,6 +1224,7 @@ mod tests {
         s.submit(
             spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3], "chunks": 3})),
             None,
+            0,
         )
         .unwrap();
         s.dispatch();
@@ -1270,6 +1244,7 @@ mod tests {
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3], "chunks": 1})),
                 None,
+                0,
             )
             .unwrap();
         s.dispatch();
@@ -1308,19 +1283,17 @@ mod tests {
 
     #[test]
     fn past_the_retained_count_the_oldest_ended_jobs_are_pruned_with_their_keys() {
-        let mut s = ClusterState::new(
-            Box::new(MemoryStore::new()),
-            Policy {
-                retain_ended_jobs: 2,
-                ..Policy::default()
-            },
-        );
+        let mut s = ClusterState::new(Policy {
+            retain_ended_jobs: 2,
+            ..Policy::default()
+        });
         let ids: Vec<JobId> = (0..5)
             .map(|i| {
                 let key = (format!("key-{i}"), [i as u8; 32]);
                 let job = s.submit(
                     spec(serde_json::json!({"kind": "sum", "input": [i]})),
                     Some(key),
+                    0,
                 );
                 let id = job.unwrap().id;
                 s.cancel(id).unwrap();
@@ -1340,6 +1313,7 @@ mod tests {
             .submit(
                 spec(serde_json::json!({"kind": "sum", "input": [0]})),
                 Some(("key-0".into(), [0; 32])),
+                0,
             )
             .unwrap();
         assert!(
@@ -1356,6 +1330,7 @@ mod tests {
         s.submit(
             spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
             None,
+            0,
         )
         .unwrap();
         s.dispatch();
@@ -1407,6 +1382,7 @@ mod tests {
         s.submit(
             spec(serde_json::json!({"kind": "sum", "input": [1, 2, 3, 4, 5], "chunks": 5})),
             None,
+            0,
         )
         .unwrap();
         s.dispatch();
@@ -1422,7 +1398,11 @@ mod tests {
         let mut s = state();
         let w = worker(&mut s, 1);
         let job = s
-            .submit(spec(serde_json::json!({"kind": "sum", "input": [7]})), None)
+            .submit(
+                spec(serde_json::json!({"kind": "sum", "input": [7]})),
+                None,
+                0,
+            )
             .unwrap();
         s.dispatch();
         let (_, chunk) = assignments(&mut s)[0];
@@ -1445,50 +1425,47 @@ mod restore_tests {
     use chrono::Utc;
 
     use super::*;
-    use crate::state::job::{AttemptRecord, JobMeta};
-    use crate::store::{MemoryStore, NewJob};
+    use crate::records::{AttemptRecord, JobMeta, StoredChunk, StoredJob};
 
     #[test]
     fn a_job_whose_results_were_all_stored_but_not_its_end_finishes_on_restore() {
-        let mut store = MemoryStore::new();
-        let meta = JobMeta::sum_for_tests(3);
         let id = JobId::new();
-        let inputs = [Bytes::from_static(b"[1]"), Bytes::from_static(b"[2]")];
-        store
-            .insert_job(NewJob {
-                id,
-                meta: &meta,
-                inputs: &inputs,
-                idempotency: None,
-                created_at: Utc::now(),
+        let chunks = [b"1", b"2"]
+            .iter()
+            .map(|result| StoredChunk {
+                input: Bytes::from_static(b"[1]"),
+                result: Some(Bytes::from_static(*result)),
+                attempts: vec![AttemptRecord {
+                    attempt: Attempt(1),
+                    worker: WorkerId::new(),
+                    worker_name: "w".into(),
+                    started_at: Utc::now(),
+                    finished_at: Some(Utc::now()),
+                    error: None,
+                }],
             })
-            .unwrap();
-        for (i, result) in [b"1", b"2"].iter().enumerate() {
-            let record = AttemptRecord {
-                attempt: Attempt(1),
-                worker: WorkerId::new(),
-                worker_name: "w".into(),
-                started_at: Utc::now(),
-                finished_at: Some(Utc::now()),
-                error: None,
-            };
-            store
-                .record_attempt(id, ChunkIndex(i as u32), &record)
-                .unwrap();
-            store
-                .chunk_succeeded(id, ChunkIndex(i as u32), &Bytes::from_static(*result))
-                .unwrap();
-        }
-        let mut state = ClusterState::new(
-            Box::new(store),
-            Policy {
-                retry_backoff: Duration::ZERO,
-                ..Policy::default()
-            },
-        );
-        state.restore().unwrap();
+            .collect();
+        let snapshot = Snapshot {
+            jobs: vec![StoredJob {
+                id,
+                meta: JobMeta::sum_for_tests(3),
+                created_at: Utc::now(),
+                end: None,
+                chunks,
+            }],
+            idempotency: Vec::new(),
+        };
+        let mut state = ClusterState::new(Policy {
+            retry_backoff: Duration::ZERO,
+            ..Policy::default()
+        });
+        state.restore(snapshot);
         assert!(
             matches!(&state.job(id).unwrap().state, JobState::Succeeded { result } if &result[..] == b"3")
         );
+        let ended = state.take_writes().into_iter().any(
+            |w| matches!(w, Write::Finish { job, end: JobEnd::Succeeded(_), .. } if job == id),
+        );
+        assert!(ended, "the merged end is written back");
     }
 }

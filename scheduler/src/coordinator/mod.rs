@@ -19,21 +19,26 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+mod persistence;
+
+pub use persistence::{Durable, Persistence};
+
 use crate::error::ApiError;
 use crate::state::job::{FailReason, JobState};
 use crate::state::views::JobView;
 use crate::state::workers::WorkerView;
 use crate::state::{ClusterState, Counters, Effect, Gauges, Submitted};
-use crate::store::Ticket;
 use crate::worker_session::{Deliver, Evict, WorkerSession};
 
 /// The coordinator actor.
 pub struct Coordinator {
     state: ClusterState,
+    /// The store: the state's writes go to it, answers wait for it.
+    persistence: Persistence,
     /// Registered sessions, with the serial of the connection that registered.
     sessions: HashMap<WorkerId, (u64, Addr<WorkerSession>)>,
     /// Long-pollers waiting for jobs to finish.
-    waiters: HashMap<JobId, Vec<oneshot::Sender<(JobResult, Ticket)>>>,
+    waiters: HashMap<JobId, Vec<oneshot::Sender<(JobResult, Durable)>>>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -48,12 +53,14 @@ impl Coordinator {
     /// A coordinator over this state.
     pub fn new(
         state: ClusterState,
+        persistence: Persistence,
         heartbeat_interval: Duration,
         fatal: UnboundedSender<String>,
     ) -> Self {
         Self {
             fatal,
             state,
+            persistence,
             sessions: HashMap::new(),
             waiters: HashMap::new(),
             heartbeat_interval,
@@ -89,7 +96,7 @@ impl Coordinator {
         }
         // The writes go to the store's writer first: a commit takes longer than a chunk's round
         // trip to a worker, and answers wait for it.
-        self.state.flush_store();
+        self.persist();
         for (worker, messages) in outgoing {
             if let Some((_, session)) = self.sessions.get(&worker) {
                 session.do_send(Deliver(messages));
@@ -104,18 +111,25 @@ impl Coordinator {
             };
             // Without a ticket (the store failed) or a job, a dropped waiter asks again and is
             // told why.
-            let (Ok(ticket), Some(job)) = (self.state.ticket(), self.state.job(id)) else {
+            let (Ok(durable), Some(job)) = (self.persistence.durable(), self.state.job(id)) else {
                 continue;
             };
             let answer = result_of(&job.state);
             for waiter in waiters {
-                let _ = waiter.send((answer.clone(), ticket.clone()));
+                let _ = waiter.send((answer.clone(), durable.clone()));
             }
         }
         if self.stop_if_told(ctx) {
             return;
         }
         self.arm_timer(ctx, now);
+    }
+
+    /// Hands the state's writes to the store and on to be committed. Inserts come only from
+    /// submissions, which hand theirs on at once (see [`Submit`]).
+    fn persist(&mut self) {
+        self.persistence.apply(self.state.take_writes());
+        self.persistence.flush();
     }
 
     /// Merges a job's partial results on the blocking pool and ends the job when done. If the
@@ -151,7 +165,7 @@ impl Coordinator {
     /// Stops everything when the state says this coordinator must stop (another one leads now, or
     /// the store lost a write): no further work, no writes.
     fn stop_if_told(&mut self, ctx: &mut Context<Self>) -> bool {
-        let Some(reason) = self.state.take_stop() else {
+        let Some(reason) = self.persistence.take_stop() else {
             return false;
         };
         warn!(%reason, "stopping");
@@ -187,16 +201,17 @@ impl Actor for Coordinator {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        info!(store = self.state.store_kind(), "coordinator started");
+        info!(store = self.persistence.kind(), "coordinator started");
         ctx.run_interval(self.state.prune_every(), |act, _| {
             act.state.prune_ended(chrono::Utc::now());
+            act.persist();
         });
     }
 }
 
-/// Submit a job. The answer is durable once its ticket is.
+/// Submit a job. The answer may be sent once its [`Durable`] resolves.
 #[derive(Message)]
-#[rtype(result = "Result<(Submitted, JobView, Ticket), ApiError>")]
+#[rtype(result = "Result<(Submitted, JobView, Durable), ApiError>")]
 pub struct Submit {
     /// The validated job.
     pub spec: JobSpec,
@@ -205,7 +220,7 @@ pub struct Submit {
 }
 
 impl Handler<Submit> for Coordinator {
-    type Result = Result<(Submitted, JobView, Ticket), ApiError>;
+    type Result = Result<(Submitted, JobView, Durable), ApiError>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         if self.shutting_down {
@@ -213,18 +228,28 @@ impl Handler<Submit> for Coordinator {
                 "the coordinator is shutting down".into(),
             ));
         }
-        let submitted = self.state.submit(msg.spec, msg.idempotency);
+        let submitted = self
+            .state
+            .submit(msg.spec, msg.idempotency, self.persistence.backlog());
+        // The insert goes to the store at once: one it refuses is not accepted.
+        let refused = self.persistence.apply(self.state.take_writes());
         if self.stop_if_told(ctx) {
             return Err(ApiError::NotLeader { location: None });
         }
         let submitted = submitted?;
+        if let Some((_, e)) = refused.iter().find(|(id, _)| *id == submitted.id) {
+            let refusal = ApiError::Unavailable(format!("the job was not accepted: {e}"));
+            self.state.forget(submitted.id);
+            self.settle(ctx);
+            return Err(refusal);
+        }
         // Its chunks go out before the job is durable: results count only once it is (the
         // writer commits in order), and a job that cannot be stored is forgotten again. The
         // insert and the attempts dispatching starts go to the store in one batch, committed
         // together: one commit for the answer to wait for, and for the first result to follow.
         self.settle(ctx);
-        let ticket = match self.state.ticket() {
-            Ok(ticket) => ticket,
+        let durable = match self.persistence.durable() {
+            Ok(durable) => durable,
             Err(e) => {
                 if submitted.created {
                     self.state.forget(submitted.id);
@@ -233,6 +258,23 @@ impl Handler<Submit> for Coordinator {
                 return Err(e);
             }
         };
+        if submitted.created {
+            // A job whose insert does not become durable is dropped again (its client is told
+            // it was not accepted).
+            let id = submitted.id;
+            ctx.spawn(
+                durable
+                    .clone()
+                    .wait()
+                    .into_actor(self)
+                    .map(move |stored, act, ctx| {
+                        if stored.is_err() {
+                            act.state.forget(id);
+                            act.settle(ctx);
+                        }
+                    }),
+            );
+        }
         let view = self
             .state
             .job(submitted.id)
@@ -243,7 +285,7 @@ impl Handler<Submit> for Coordinator {
         if submitted.created {
             self.log_later(ctx, submitted.id, false);
         }
-        Ok((submitted, view, ticket))
+        Ok((submitted, view, durable))
     }
 }
 
@@ -269,27 +311,13 @@ impl Handler<LogJobs> for Coordinator {
     }
 }
 
-/// Drop a job whose insert did not become durable.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Forget(pub JobId);
-
-impl Handler<Forget> for Coordinator {
-    type Result = ();
-
-    fn handle(&mut self, msg: Forget, ctx: &mut Context<Self>) {
-        self.state.forget(msg.0);
-        self.settle(ctx);
-    }
-}
-
 /// Read a job's status.
 #[derive(Message)]
-#[rtype(result = "Result<(JobView, Ticket), ApiError>")]
+#[rtype(result = "Result<(JobView, Durable), ApiError>")]
 pub struct GetJob(pub JobId);
 
 impl Handler<GetJob> for Coordinator {
-    type Result = Result<(JobView, Ticket), ApiError>;
+    type Result = Result<(JobView, Durable), ApiError>;
 
     fn handle(&mut self, msg: GetJob, _ctx: &mut Context<Self>) -> Self::Result {
         let view = self
@@ -299,7 +327,7 @@ impl Handler<GetJob> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.0.to_string(),
             })?;
-        Ok((view, self.state.ticket()?))
+        Ok((view, self.persistence.durable()?))
     }
 }
 
@@ -324,7 +352,7 @@ pub struct Answer {
     pub result: JobResult,
     /// For a watched job not finished yet: its result when it finishes, with a ticket covering
     /// its end (dropped if the coordinator stops first).
-    pub finished: Option<oneshot::Receiver<(JobResult, Ticket)>>,
+    pub finished: Option<oneshot::Receiver<(JobResult, Durable)>>,
 }
 
 /// What [`GetResult`] tells of a job in `state`.
@@ -343,7 +371,7 @@ fn result_of(state: &JobState) -> JobResult {
 
 /// Read a job's result; `watch` registers a long-poll waiter when it is not finished.
 #[derive(Message)]
-#[rtype(result = "Result<(Answer, Ticket), ApiError>")]
+#[rtype(result = "Result<(Answer, Durable), ApiError>")]
 pub struct GetResult {
     /// The job.
     pub id: JobId,
@@ -352,10 +380,10 @@ pub struct GetResult {
 }
 
 impl Handler<GetResult> for Coordinator {
-    type Result = Result<(Answer, Ticket), ApiError>;
+    type Result = Result<(Answer, Durable), ApiError>;
 
     fn handle(&mut self, msg: GetResult, _ctx: &mut Context<Self>) -> Self::Result {
-        let ticket = self.state.ticket()?;
+        let durable = self.persistence.durable()?;
         let job = self
             .state
             .job(msg.id)
@@ -372,18 +400,18 @@ impl Handler<GetResult> for Coordinator {
                 result: result_of(&job.state),
                 finished,
             },
-            ticket,
+            durable,
         ))
     }
 }
 
 /// Cancel a job.
 #[derive(Message)]
-#[rtype(result = "Result<(JobView, Ticket), ApiError>")]
+#[rtype(result = "Result<(JobView, Durable), ApiError>")]
 pub struct CancelJob(pub JobId);
 
 impl Handler<CancelJob> for Coordinator {
-    type Result = Result<(JobView, Ticket), ApiError>;
+    type Result = Result<(JobView, Durable), ApiError>;
 
     fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
         self.state.cancel(msg.0)?;
@@ -395,13 +423,13 @@ impl Handler<CancelJob> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.0.to_string(),
             })?;
-        Ok((view, self.state.ticket()?))
+        Ok((view, self.persistence.durable()?))
     }
 }
 
 /// List jobs, newest first.
 #[derive(Message)]
-#[rtype(result = "Result<(Vec<JobView>, Ticket), ApiError>")]
+#[rtype(result = "Result<(Vec<JobView>, Durable), ApiError>")]
 pub struct ListJobs {
     /// Only this status.
     pub status: Option<String>,
@@ -412,7 +440,7 @@ pub struct ListJobs {
 }
 
 impl Handler<ListJobs> for Coordinator {
-    type Result = Result<(Vec<JobView>, Ticket), ApiError>;
+    type Result = Result<(Vec<JobView>, Durable), ApiError>;
 
     fn handle(&mut self, msg: ListJobs, _ctx: &mut Context<Self>) -> Self::Result {
         let page = self
@@ -421,7 +449,7 @@ impl Handler<ListJobs> for Coordinator {
             .into_iter()
             .map(JobView::of)
             .collect();
-        Ok((page, self.state.ticket()?))
+        Ok((page, self.persistence.durable()?))
     }
 }
 
@@ -465,8 +493,8 @@ impl Handler<Observe> for Coordinator {
         MessageResult(Observed {
             counters: self.state.counters.clone(),
             gauges: self.state.gauges(),
-            store: self.state.store_kind(),
-            commit_seconds: self.state.commit_seconds(),
+            store: self.persistence.kind(),
+            commit_seconds: self.persistence.commit_seconds(),
         })
     }
 }
@@ -586,6 +614,6 @@ impl Handler<Shutdown> for Coordinator {
         }
         // Dropping the senders wakes every long-poller with the job's current state.
         self.waiters.clear();
-        self.state.sync();
+        self.persistence.sync();
     }
 }
