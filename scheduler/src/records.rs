@@ -182,7 +182,7 @@ pub struct StoredChunk {
     pub attempts: Vec<AttemptRecord>,
 }
 
-/// A job read back by [`Store::load`].
+/// A job read back by the store's `load`.
 #[derive(Debug, Clone)]
 pub struct StoredJob {
     /// Its id.

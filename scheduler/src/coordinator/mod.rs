@@ -125,6 +125,14 @@ impl Coordinator {
         self.arm_timer(ctx, now);
     }
 
+    /// A job's status view.
+    fn view(&self, id: JobId) -> Result<JobView, ApiError> {
+        self.state
+            .job(id)
+            .map(JobView::of)
+            .ok_or_else(|| ApiError::JobNotFound { id: id.to_string() })
+    }
+
     /// Hands the state's writes to the store and on to be committed. Inserts come only from
     /// submissions, which hand theirs on at once (see [`Submit`]).
     fn persist(&mut self) {
@@ -275,13 +283,7 @@ impl Handler<Submit> for Coordinator {
                     }),
             );
         }
-        let view = self
-            .state
-            .job(submitted.id)
-            .map(JobView::of)
-            .ok_or_else(|| ApiError::JobNotFound {
-                id: submitted.id.to_string(),
-            })?;
+        let view = self.view(submitted.id)?;
         if submitted.created {
             self.log_later(ctx, submitted.id, false);
         }
@@ -320,13 +322,7 @@ impl Handler<GetJob> for Coordinator {
     type Result = Result<(JobView, Durable), ApiError>;
 
     fn handle(&mut self, msg: GetJob, _ctx: &mut Context<Self>) -> Self::Result {
-        let view = self
-            .state
-            .job(msg.0)
-            .map(JobView::of)
-            .ok_or_else(|| ApiError::JobNotFound {
-                id: msg.0.to_string(),
-            })?;
+        let view = self.view(msg.0)?;
         Ok((view, self.persistence.durable()?))
     }
 }
@@ -416,13 +412,7 @@ impl Handler<CancelJob> for Coordinator {
     fn handle(&mut self, msg: CancelJob, ctx: &mut Context<Self>) -> Self::Result {
         self.state.cancel(msg.0)?;
         self.settle(ctx);
-        let view = self
-            .state
-            .job(msg.0)
-            .map(JobView::of)
-            .ok_or_else(|| ApiError::JobNotFound {
-                id: msg.0.to_string(),
-            })?;
+        let view = self.view(msg.0)?;
         Ok((view, self.persistence.durable()?))
     }
 }

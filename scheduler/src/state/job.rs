@@ -50,6 +50,30 @@ pub enum ChunkState {
     Failed,
 }
 
+impl ChunkState {
+    /// The state's name, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ChunkState::Pending { .. } => "pending",
+            ChunkState::Running { .. } => "running",
+            ChunkState::Succeeded { .. } => "succeeded",
+            ChunkState::Failed => "failed",
+        }
+    }
+}
+
+/// An attempt's end asked of a chunk that is not running that attempt: refused, nothing changes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("chunk {chunk}: attempt {attempt} cannot end, the chunk is {now}")]
+pub struct IllegalMove {
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// The attempt whose end was asked.
+    pub attempt: Attempt,
+    /// Where the chunk stands instead.
+    pub now: &'static str,
+}
+
 /// One chunk: its payload, state and attempts.
 #[derive(Debug, Clone)]
 pub struct Chunk {
@@ -377,24 +401,48 @@ impl Job {
         self.counts.running -= 1;
     }
 
-    /// Running → Succeeded. The caller has checked [`Job::is_current`].
-    /// Returns true when every chunk has now succeeded.
-    pub fn chunk_succeeded(&mut self, index: ChunkIndex, result: Bytes) -> bool {
+    /// Refuses an end of `attempt` unless the chunk is running it in a job not ended.
+    fn running(&self, index: ChunkIndex, attempt: Attempt) -> Result<(), IllegalMove> {
+        let now = match self.chunk(index).map(|c| &c.state) {
+            None => "not in this job",
+            Some(_) if self.state.is_terminal() => "in an ended job",
+            Some(ChunkState::Running { attempt: a, .. }) if *a == attempt => return Ok(()),
+            Some(ChunkState::Running { .. }) => "running another attempt",
+            Some(other) => other.name(),
+        };
+        Err(IllegalMove {
+            chunk: index,
+            attempt,
+            now,
+        })
+    }
+
+    /// Running `attempt` → Succeeded; refused from any other state. Returns true when every
+    /// chunk has now succeeded.
+    pub fn chunk_succeeded(
+        &mut self,
+        index: ChunkIndex,
+        attempt: Attempt,
+        result: Bytes,
+    ) -> Result<bool, IllegalMove> {
+        self.running(index, attempt)?;
         self.end_attempt(index, None);
         self.chunks[index.get()].state = ChunkState::Succeeded { result };
         self.counts.succeeded += 1;
-        self.counts.succeeded == self.counts.total
+        Ok(self.counts.succeeded == self.counts.total)
     }
 
-    /// Running → Pending (retry at `ready_at`) or → Failed, by the retry policy: permanent errors and
-    /// exhausted attempts fail the chunk (and so the job). The caller has checked [`Job::is_current`].
-    /// Returns true when the chunk will be retried.
+    /// Running `attempt` → Pending (retry at `ready_at`) or → Failed, by the retry policy:
+    /// permanent errors and exhausted attempts fail the chunk (and so the job); refused from any
+    /// other state. Returns true when the chunk will be retried.
     pub fn chunk_failed(
         &mut self,
         index: ChunkIndex,
+        attempt: Attempt,
         reason: FailReason,
         backoff: Duration,
-    ) -> bool {
+    ) -> Result<bool, IllegalMove> {
+        self.running(index, attempt)?;
         let permanent = reason.is_permanent();
         self.end_attempt(index, Some(reason));
         self.retried.insert(index);
@@ -402,7 +450,7 @@ impl Job {
         if permanent || chunk.counted_failures() >= self.meta.max_attempts {
             chunk.state = ChunkState::Failed;
             self.counts.failed += 1;
-            return false;
+            return Ok(false);
         }
         let delay = if chunk
             .attempts
@@ -418,7 +466,7 @@ impl Job {
             ready_at: Instant::now() + delay,
         };
         self.counts.pending += 1;
-        true
+        Ok(true)
     }
 
     /// The error text for a job that failed on chunk `index`: every attempt with worker, reason, time.
@@ -535,7 +583,15 @@ mod tests {
         let mut j = job(3);
         let (a, b) = (WorkerId::new(), WorkerId::new());
         j.start_chunk(ChunkIndex(0), a, &"a".into());
-        assert!(j.chunk_failed(ChunkIndex(0), FailReason::WorkerLost, Duration::ZERO));
+        assert_eq!(
+            j.chunk_failed(
+                ChunkIndex(0),
+                Attempt(1),
+                FailReason::WorkerLost,
+                Duration::ZERO
+            ),
+            Ok(true)
+        );
         j.start_chunk(ChunkIndex(0), b, &"b".into());
         assert!(!j.is_current(ChunkIndex(0), a, Attempt(1)));
         assert!(j.is_current(ChunkIndex(0), b, Attempt(2)));
@@ -546,17 +602,25 @@ mod tests {
         let mut j = job(2);
         let w = WorkerId::new();
         j.start_chunk(ChunkIndex(1), w, &"w".into());
-        assert!(j.chunk_failed(
-            ChunkIndex(1),
-            FailReason::TaskError("x".into()),
-            Duration::ZERO
-        ));
+        assert_eq!(
+            j.chunk_failed(
+                ChunkIndex(1),
+                Attempt(1),
+                FailReason::TaskError("x".into()),
+                Duration::ZERO
+            ),
+            Ok(true)
+        );
         j.start_chunk(ChunkIndex(1), w, &"w".into());
-        assert!(!j.chunk_failed(
-            ChunkIndex(1),
-            FailReason::TaskError("y".into()),
-            Duration::ZERO
-        ));
+        assert_eq!(
+            j.chunk_failed(
+                ChunkIndex(1),
+                Attempt(2),
+                FailReason::TaskError("y".into()),
+                Duration::ZERO
+            ),
+            Ok(false)
+        );
         let report = j.failure_report(ChunkIndex(1));
         assert!(
             report.contains("attempt 1 on worker w") && report.contains("task error: y"),
@@ -569,11 +633,15 @@ mod tests {
         let mut j = job(1);
         let w = WorkerId::new();
         j.start_chunk(ChunkIndex(0), w, &"w".into());
-        assert!(j.chunk_failed(
-            ChunkIndex(0),
-            FailReason::HandedBack,
-            Duration::from_secs(9)
-        ));
+        assert_eq!(
+            j.chunk_failed(
+                ChunkIndex(0),
+                Attempt(1),
+                FailReason::HandedBack,
+                Duration::from_secs(9)
+            ),
+            Ok(true)
+        );
         assert!(
             matches!(j.chunks[0].state, ChunkState::Pending { ready_at } if ready_at <= Instant::now())
         );
@@ -583,12 +651,41 @@ mod tests {
     fn permanent_errors_fail_at_once() {
         let mut j = job(3);
         j.start_chunk(ChunkIndex(0), WorkerId::new(), &"w".into());
-        assert!(!j.chunk_failed(
-            ChunkIndex(0),
-            FailReason::Permanent("bad".into()),
-            Duration::ZERO
-        ));
+        assert_eq!(
+            j.chunk_failed(
+                ChunkIndex(0),
+                Attempt(1),
+                FailReason::Permanent("bad".into()),
+                Duration::ZERO
+            ),
+            Ok(false)
+        );
         assert!(j.failure_report(ChunkIndex(0)).contains("permanently"));
+    }
+
+    #[test]
+    fn an_attempt_that_is_not_running_cannot_end() {
+        let mut j = job(3);
+        let w = WorkerId::new();
+        let done = Bytes::from_static(b"1");
+        let pending = j.chunk_succeeded(ChunkIndex(0), Attempt(1), done.clone());
+        assert_eq!(pending.unwrap_err().now, "pending");
+        j.start_chunk(ChunkIndex(0), w, &"w".into());
+        let stale = j.chunk_failed(
+            ChunkIndex(0),
+            Attempt(2),
+            FailReason::WorkerLost,
+            Duration::ZERO,
+        );
+        assert_eq!(stale.unwrap_err().now, "running another attempt");
+        assert_eq!(
+            j.chunk_succeeded(ChunkIndex(0), Attempt(1), done.clone()),
+            Ok(false)
+        );
+        let twice = j.chunk_succeeded(ChunkIndex(0), Attempt(1), done.clone());
+        assert_eq!(twice.unwrap_err().now, "succeeded");
+        assert!(j.chunk_succeeded(ChunkIndex(7), Attempt(1), done).is_err());
+        assert_eq!((j.counts.succeeded, j.counts.running), (1, 0));
     }
 
     #[test]

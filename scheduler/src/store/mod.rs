@@ -4,8 +4,9 @@
 //! its chunk payloads and idempotency key (durable before `POST /v1/jobs` answers), each attempt's
 //! start and end, each succeeded chunk's partial result, and the job's end. Writes are queued and
 //! group-committed by a writer thread (see `writer`), so the coordinator never waits for a disk.
-//! Whatever it tells a client comes with a [`Ticket`] taken when the answer was made, and the
-//! request handler waits for the ticket before it answers: whatever a client has seen is durable.
+//! Whatever it tells a client comes with a [`Ticket`] taken when the answer was made (handed to the
+//! request handler as an opaque `Durable`), and the answer waits for it: whatever a client has
+//! seen is durable.
 //! [`Store::load`] gives everything back, so a restarted coordinator re-queues only chunks that had
 //! not succeeded.
 

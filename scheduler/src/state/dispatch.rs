@@ -1,0 +1,369 @@
+//! Chunks on workers: workers joining and leaving, placement, assignments, outcomes, timeouts,
+//! and the strikes that quarantine a worker.
+
+use super::*;
+
+impl ClusterState {
+    /// Adds a connected worker.
+    pub fn add_worker(
+        &mut self,
+        id: WorkerId,
+        hello: Hello,
+        address: String,
+    ) -> Result<(), String> {
+        if hello.slots == 0 {
+            return Err("a worker needs at least one slot".into());
+        }
+        check_hello_names(&hello)?;
+        let most = self.policy.max_worker_slots;
+        if hello.slots > most {
+            return Err(format!(
+                "{} slots is more than this coordinator allows one worker ({most}, --max-worker-slots)",
+                hello.slots
+            ));
+        }
+        info!(worker = %id, name = %hello.name, slots = hello.slots, tasks = ?hello.tasks, "worker registered");
+        self.workers.add(WorkerEntry::new(id, hello, address))
+    }
+
+    /// Notes that a worker is alive.
+    pub fn worker_heartbeat(&mut self, id: WorkerId) {
+        self.workers.heard_from(id);
+    }
+
+    /// A worker holds this many queued chunks beyond its slots from now on.
+    pub fn worker_prefetch(&mut self, id: WorkerId, prefetch: u32) {
+        self.workers.set_prefetch(id, prefetch);
+    }
+
+    /// A worker announced shutdown: it gets no new chunks.
+    pub fn worker_draining(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get(id) {
+            info!(worker = %id, running = w.running.len(), "worker draining");
+        }
+        self.workers.set_draining(id);
+    }
+
+    /// A worker is gone: every attempt it was running fails with `reason` and is retried.
+    pub fn worker_gone(&mut self, id: WorkerId, reason: FailReason) {
+        let Some(entry) = self.workers.remove(id) else {
+            return;
+        };
+        warn!(worker = %id, name = %entry.name, %reason, running = entry.running.len(), "worker lost");
+        let mut lost = 0;
+        for chunk in entry.running.into_keys() {
+            if self.is_current(chunk, id) {
+                self.fail_attempt(chunk, reason.clone());
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            self.strike(
+                &entry.name,
+                &format!("lost {lost} chunk(s) with its connection"),
+            );
+        }
+    }
+
+    /// Counts a strike against a worker name; logs a quarantine it starts.
+    fn strike(&mut self, name: &std::sync::Arc<str>, why: &str) {
+        let now = Instant::now();
+        if let Some(until) = self.workers.strike(name, now) {
+            warn!(
+                worker_name = %name,
+                why,
+                for_s = until.duration_since(now).as_secs(),
+                "worker quarantined: it gets no new chunks for a while"
+            );
+        }
+    }
+
+    fn is_current(&self, chunk: ChunkRef, worker: WorkerId) -> bool {
+        self.jobs
+            .get(&chunk.job)
+            .is_some_and(|j| j.is_current(chunk.chunk, worker, chunk.attempt))
+    }
+
+    /// Applies a worker's outcome; late and duplicate outcomes are ignored and logged.
+    pub fn outcome(&mut self, worker: WorkerId, outcome: ChunkOutcome) {
+        let chunk = outcome.chunk;
+        self.workers.release(worker, &chunk);
+        if !self.is_current(chunk, worker) {
+            self.counters.outcomes_ignored += 1;
+            info!(%worker, %chunk, "ignored late or duplicate outcome");
+            return;
+        }
+        match outcome.result {
+            Outcome::Succeeded(result) => {
+                let refused = self
+                    .jobs
+                    .get(&chunk.job)
+                    .map(|j| j.meta.reducer.check(&result))
+                    .and_then(Result::err);
+                match refused {
+                    None => self.succeed_attempt(chunk, result),
+                    Some(why) => {
+                        let name = self.workers.get(worker).map(|w| w.name.clone());
+                        warn!(%worker, %chunk, %why, "refused a result that does not fit the job's reducer");
+                        self.fail_attempt(chunk, FailReason::BadResult(bounded_message(why)));
+                        if let Some(name) = name {
+                            self.strike(&name, "sent a result that does not fit its job");
+                        }
+                    }
+                }
+            }
+            Outcome::Failed(mut failure) => {
+                failure.message = bounded_message(failure.message);
+                let reason = match failure.class {
+                    FailureClass::TaskError => FailReason::TaskError(failure.message),
+                    FailureClass::Permanent => FailReason::Permanent(failure.message),
+                    FailureClass::UnknownTask => FailReason::UnknownTask(failure.message),
+                    FailureClass::HandedBack => FailReason::HandedBack,
+                };
+                self.fail_attempt(chunk, reason);
+            }
+        }
+    }
+
+    pub(super) fn record_attempt(&mut self, chunk: ChunkRef) {
+        let Some(record) = self
+            .jobs
+            .get(&chunk.job)
+            .and_then(|j| j.chunk(chunk.chunk))
+            .and_then(|c| c.attempts.iter().find(|a| a.attempt == chunk.attempt))
+        else {
+            return;
+        };
+        self.writes.push(Write::Attempt {
+            job: chunk.job,
+            chunk: chunk.chunk,
+            record: record.clone(),
+        });
+    }
+
+    fn succeed_attempt(&mut self, chunk: ChunkRef, result: Bytes) {
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
+        };
+        let all_done = match job.chunk_succeeded(chunk.chunk, chunk.attempt, result.clone()) {
+            Ok(all_done) => all_done,
+            Err(refused) => {
+                error!(%chunk, error = %refused, "refused an illegal chunk transition");
+                return;
+            }
+        };
+        self.writes.push(Write::Result {
+            job: chunk.job,
+            chunk: chunk.chunk,
+            result,
+        });
+        self.unfinished = self.unfinished.saturating_sub(1);
+        self.counters.attempts_succeeded += 1;
+        self.record_attempt(chunk);
+        debug!(%chunk, "chunk succeeded");
+        if all_done {
+            self.reduce(chunk.job, true);
+        }
+    }
+
+    fn fail_attempt(&mut self, chunk: ChunkRef, reason: FailReason) {
+        let backoff = self.policy.retry_backoff;
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
+        };
+        let class = reason.class();
+        info!(%chunk, %reason, "chunk attempt failed");
+        let retry = match job.chunk_failed(chunk.chunk, chunk.attempt, reason, backoff) {
+            Ok(retry) => retry,
+            Err(refused) => {
+                error!(%chunk, error = %refused, "refused an illegal chunk transition");
+                return;
+            }
+        };
+        *self.counters.attempts_failed.entry(class).or_default() += 1;
+        let key = job_key(job.meta.priority, job.id);
+        let ready_at = match job.chunk(chunk.chunk).map(|c| &c.state) {
+            Some(ChunkState::Pending { ready_at }) => Some(*ready_at),
+            _ => None,
+        };
+        let report = (!retry).then(|| job.failure_report(chunk.chunk));
+        self.record_attempt(chunk);
+        match (report, ready_at) {
+            (Some(error), _) => {
+                warn!(job_id = %chunk.job, %error, "job failed");
+                self.finish(chunk.job, JobState::Failed { error });
+            }
+            (None, Some(at)) => self.queue.push_retry(key, chunk.chunk, at),
+            (None, None) => {}
+        }
+    }
+
+    /// Abandons attempts past their `chunk_timeout`: the worker is told to stop, the chunk retried.
+    pub fn check_timeouts(&mut self, now: Instant) {
+        while let Some(Reverse((at, job, chunk, attempt))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let worker = match self
+                .jobs
+                .get(&job)
+                .and_then(|j| j.chunk(chunk))
+                .map(|c| &c.state)
+            {
+                Some(ChunkState::Running {
+                    worker, attempt: a, ..
+                }) if *a == attempt => *worker,
+                _ => continue,
+            };
+            let chunk_ref = ChunkRef {
+                job,
+                chunk,
+                attempt,
+            };
+            if !self.is_current(chunk_ref, worker) {
+                continue;
+            }
+            self.workers.release(worker, &chunk_ref);
+            self.effects.push(Effect::Cancel {
+                worker,
+                chunk: chunk_ref,
+            });
+            self.fail_attempt(chunk_ref, FailReason::ChunkTimeout);
+        }
+    }
+
+    /// Places ready chunks on free worker slots, queueing an [`Effect::Assign`] for each.
+    pub fn dispatch(&mut self) {
+        let now = Instant::now();
+        self.workers.end_quarantines(now);
+        self.queue.promote(now);
+        let mut free = self.workers.free_slots();
+        if free == 0 {
+            return;
+        }
+        for key in self.queue.ready_jobs() {
+            if free == 0 {
+                break;
+            }
+            let active = self
+                .jobs
+                .get(&key.1)
+                .is_some_and(|j| !j.state.is_terminal());
+            if !active {
+                self.queue.remove_job(&key);
+                continue;
+            }
+            free -= self.dispatch_job(key, free);
+        }
+    }
+
+    /// Places chunks of one job; returns how many were placed.
+    fn dispatch_job(&mut self, key: JobKey, free: u64) -> u64 {
+        let mut placed = 0;
+        // Retried chunks that must wait for a worker other than the ones they failed on.
+        let mut waiting = Vec::new();
+        while placed < free {
+            let Some(index) = self.queue.pop(&key) else {
+                break;
+            };
+            let Some(job) = self.jobs.get(&key.1) else {
+                break;
+            };
+            let Some(chunk) = job.chunk(index) else {
+                continue;
+            };
+            if !matches!(chunk.state, ChunkState::Pending { .. }) {
+                continue;
+            }
+            let avoid: Vec<std::sync::Arc<str>> = chunk.failed_on().collect();
+            match self.workers.place(&job.meta, &avoid) {
+                Some(worker) => {
+                    self.assign(key.1, index, worker);
+                    placed += 1;
+                }
+                None if !avoid.is_empty() => waiting.push(index),
+                None => {
+                    self.queue.unpop(key, index);
+                    break;
+                }
+            }
+        }
+        for index in waiting.into_iter().rev() {
+            self.queue.unpop(key, index);
+        }
+        placed
+    }
+
+    fn assign(&mut self, id: JobId, index: ChunkIndex, worker: WorkerId) {
+        let Some(entry) = self.workers.get(worker) else {
+            return;
+        };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(attempt) = job.start_chunk(index, worker, &entry.name) else {
+            return;
+        };
+        let chunk = ChunkRef {
+            job: id,
+            chunk: index,
+            attempt,
+        };
+        let started = job.chunk(index);
+        let bytes = started.map_or(0, |c| c.input.len() as u64);
+        self.workers.occupy(worker, chunk, bytes);
+        if let Some(ChunkState::Running {
+            deadline: Some(at), ..
+        }) = started.map(|c| &c.state)
+        {
+            self.deadlines.push(Reverse((*at, id, index, attempt)));
+        }
+        let assignment = Assignment {
+            chunk,
+            task: job.meta.task.clone(),
+            input: job.chunks[index.get()].input.clone(),
+        };
+        self.counters.attempts_started += 1;
+        self.record_attempt(chunk);
+        self.effects.push(Effect::Assign { worker, assignment });
+    }
+}
+
+/// Refuses a hello whose name, task names or labels are over [`MAX_NAME_BYTES`]: they are shown
+/// in every listing and kept with every attempt record.
+fn check_hello_names(hello: &Hello) -> Result<(), String> {
+    let too_long = |what: &str, text: &str| {
+        (text.len() > MAX_NAME_BYTES).then(|| {
+            format!(
+                "{what} of {} bytes is longer than the {MAX_NAME_BYTES} allowed",
+                text.len()
+            )
+        })
+    };
+    let mut names = std::iter::once(("a worker name", hello.name.as_str()))
+        .chain(hello.tasks.iter().map(|t| ("a task name", t.as_str())))
+        .chain(
+            hello
+                .labels
+                .iter()
+                .flat_map(|(k, v)| [("a label key", k.as_str()), ("a label value", v.as_str())]),
+        );
+    match names.find_map(|(what, text)| too_long(what, text)) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `message` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary), marked as cut.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("... (cut)");
+    }
+    message
+}
