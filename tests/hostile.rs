@@ -82,6 +82,33 @@ fn a_hostile_worker_cannot_take_the_coordinator_down_or_fail_honest_jobs() {
     );
     drop(big);
 
+    // A frame that trickles in never completes: the connection ends at the heartbeat timeout
+    // (1 s here) instead of staying open.
+    let mut slow = RawWorker::connect(&c.url);
+    slow.say_hello(
+        WorkerId::new(),
+        RawWorker::hello("slow-frame", 1, &["none"]),
+    );
+    assert!(slow.write_raw(&RawWorker::header(1000)));
+    let started = std::time::Instant::now();
+    let ended = loop {
+        slow.write_raw(&[0]);
+        match slow.receive(Duration::from_millis(100)) {
+            Received::Close(code, reason) => break (code, reason),
+            Received::Frame(_) => {}
+            Received::Nothing => assert!(
+                started.elapsed() < muster_suite::WAIT,
+                "a trickling frame kept its connection open"
+            ),
+        }
+    };
+    assert_eq!(
+        ended.0,
+        muster_shared::protocol::CLOSE_HEARTBEAT_TIMEOUT,
+        "{ended:?}"
+    );
+    drop(slow);
+
     // Every slot there is.
     let mut greedy = RawWorker::connect(&c.url);
     match greedy.say_hello(
