@@ -76,6 +76,12 @@ pub struct RawJob {
     /// Higher runs first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Value>,
+    /// `exec` only: the program to run, as the workers' allowlists name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// `exec` only: its arguments, `{items}` standing for a batch's items (default: just them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
 }
 
 /// A built-in job kind with its options.
@@ -268,6 +274,7 @@ impl RawJob {
                     "missing `kind` (sum, sort, wordcount) or `task` (with explicit `chunks`)",
                 ));
             }
+            (Some(kind), None) if kind == "exec" => self.exec(slots)?,
             (Some(kind), None) => {
                 let kind = kind.clone();
                 let mut this = self;
@@ -292,6 +299,8 @@ impl RawJob {
         slots: u64,
     ) -> Result<Work, InvalidJob> {
         refuse_option(self.reduce.is_some(), "reduce", "built-in kinds")?;
+        refuse_option(self.program.is_some(), "program", "this kind (only exec)")?;
+        refuse_option(self.args.is_some(), "args", "this kind (only exec)")?;
         let kind = match kind {
             "sum" => Kind::Sum,
             "sort" => Kind::Sort {
@@ -305,7 +314,7 @@ impl RawJob {
             },
             other => {
                 return Err(invalid(format!(
-                    "unknown kind `{other}`: expected sum, sort or wordcount (or a custom `task`)"
+                    "unknown kind `{other}`: expected sum, sort, wordcount or exec (or a custom `task`)"
                 )))
             }
         };
@@ -375,10 +384,89 @@ impl RawJob {
         Ok(Work::Builtin { kind, chunks })
     }
 
+    /// An `exec` job: the program runs on workers that allow it, over batches of the `input`
+    /// items; the result is the array of the batches' reports.
+    fn exec(&self, slots: u64) -> Result<Work, InvalidJob> {
+        use crate::exec::{task_name, ExecBatch, ITEMS};
+        refuse_option(self.reduce.is_some(), "reduce", "exec")?;
+        refuse_option(self.descending.is_some(), "descending", "exec")?;
+        refuse_option(self.top.is_some(), "top", "exec")?;
+        let program = self
+            .program
+            .clone()
+            .ok_or_else(|| invalid("missing `program` for kind exec"))?;
+        if program.is_empty() || program.len() > 120 || program.contains('\0') {
+            return Err(invalid(
+                "`program` must be a program name or path of 1 to 120 bytes",
+            ));
+        }
+        let args = self.args.clone().unwrap_or_else(|| vec![ITEMS.to_owned()]);
+        if !args.iter().any(|a| a == ITEMS) {
+            return Err(invalid(format!(
+                "`args` must hold `{ITEMS}`, where a batch's items go"
+            )));
+        }
+        if args.iter().any(|a| a.contains('\0')) {
+            return Err(invalid("`args` must not hold NUL bytes"));
+        }
+        let input = self
+            .input
+            .as_deref()
+            .ok_or_else(|| invalid("missing `input` for kind exec: the items to run"))?;
+        let items: Vec<String> = serde_json::from_str(input.get()).map_err(|_| {
+            invalid("`input` of exec must be an array of strings (the items to run)")
+        })?;
+        if items.is_empty() {
+            return Err(invalid("`input` of exec must not be empty"));
+        }
+        if let Some(i) = items
+            .iter()
+            .position(|item| item.is_empty() || item.contains('\0'))
+        {
+            return Err(invalid(format!(
+                "`input[{i}]` must be a non-empty item without NUL bytes"
+            )));
+        }
+        let chunking = match (self.chunks.as_deref(), &self.chunk_size) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("give either `chunks` or `chunk_size`, not both"))
+            }
+            (Some(raw), None) => {
+                let v: Value =
+                    serde_json::from_str(raw.get()).map_err(|e| invalid(e.to_string()))?;
+                Chunking::Count(positive_int("chunks", &v, MAX_CHUNKS)?)
+            }
+            (None, Some(v)) => Chunking::Size(positive_int("chunk_size", v, u64::MAX >> 1)?),
+            (None, None) => Chunking::Auto,
+        };
+        let n = chunk_count(items.len(), chunking, slots);
+        let chunks = (0..n)
+            .map(|i| {
+                let batch = ExecBatch {
+                    program: program.clone(),
+                    args: args.clone(),
+                    items: items[i * items.len() / n..(i + 1) * items.len() / n].to_vec(),
+                };
+                Bytes::from(serde_json::to_vec(&batch).unwrap_or_default())
+            })
+            .collect();
+        Ok(Work::Custom {
+            task: task_name(&program),
+            chunks,
+            reduce: Reducer::Concat,
+        })
+    }
+
     fn custom(&self, task: &str) -> Result<Work, InvalidJob> {
         if task.is_empty() || task.len() > 128 {
             return Err(invalid("`task` must be a name of 1 to 128 characters"));
         }
+        refuse_option(
+            self.program.is_some(),
+            "program",
+            "custom tasks (only exec)",
+        )?;
+        refuse_option(self.args.is_some(), "args", "custom tasks (only exec)")?;
         refuse_option(
             self.input.is_some() || self.int_input.is_some(),
             "input",
@@ -533,6 +621,52 @@ mod tests {
         assert!(err.0.contains("label `zone`"), "{err}");
         let ok = parse(json!({"kind": "sum", "input": [1], "labels": {"zone": "a"}}));
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn an_exec_job_cuts_its_items_into_batches_for_the_programs_task() {
+        let spec = parse(
+            json!({"kind": "exec", "program": "pytest", "args": ["-q", "{items}"],
+            "input": ["a", "b", "c", "d", "e"], "chunks": 2}),
+        )
+        .unwrap();
+        let Work::Custom {
+            task,
+            chunks,
+            reduce,
+        } = &spec.work
+        else {
+            panic!("an exec job runs as the program's task");
+        };
+        assert_eq!((task.as_str(), *reduce), ("exec:pytest", Reducer::Concat));
+        let batches: Vec<crate::exec::ExecBatch> = chunks
+            .iter()
+            .map(|c| serde_json::from_slice(c).unwrap())
+            .collect();
+        let items: Vec<Vec<String>> = batches.iter().map(|b| b.items.clone()).collect();
+        assert_eq!(items, [vec!["a", "b"], vec!["c", "d", "e"]]);
+        for (body, says) in [
+            (json!({"kind": "exec", "input": ["a"]}), "missing `program`"),
+            (
+                json!({"kind": "exec", "program": "p", "args": ["x"], "input": ["a"]}),
+                "{items}",
+            ),
+            (
+                json!({"kind": "exec", "program": "p", "input": []}),
+                "must not be empty",
+            ),
+            (
+                json!({"kind": "exec", "program": "p", "input": [1]}),
+                "array of strings",
+            ),
+            (
+                json!({"kind": "sum", "program": "p", "input": [1]}),
+                "`program`",
+            ),
+        ] {
+            let err = parse(body).unwrap_err();
+            assert!(err.0.contains(says), "{err}");
+        }
     }
 
     #[test]

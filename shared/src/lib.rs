@@ -5,6 +5,7 @@
 //! - [`body`]: reading a job request body, with a shortcut for large integer inputs.
 //! - [`ints`]: the fast path for arrays of 64-bit integers: checked, cut and packed in one pass.
 //! - [`packed`]: the binary form of integer chunks and sorted integer runs.
+//! - [`exec`]: `exec` jobs: a program run over batches of items on the workers that allow it.
 //! - [`job`]: the job request body, parsed raw and then validated into a [`job::JobSpec`].
 //! - [`split`]: how a built-in job's input becomes chunk payloads.
 //! - [`task`]: the built-in chunk tasks every stock worker runs, and the task error type.
@@ -17,6 +18,7 @@
 //! store keeps the bytes as they are.
 
 pub mod body;
+pub mod exec;
 mod helpers;
 pub mod ids;
 pub mod ints;

@@ -54,6 +54,18 @@ pub struct WorkerArgs {
     /// Longest wait between reconnect attempts, in seconds.
     #[arg(long, env = "MUSTER_RECONNECT_MAX", default_value_t = 5.0)]
     pub reconnect_max: f64,
+    /// A program `exec` jobs may run here (a name looked up in PATH, or a path); repeatable, or
+    /// comma-separated. None by default: the worker runs no program.
+    #[arg(long = "allow-exec", env = "MUSTER_ALLOW_EXEC", value_delimiter = ',')]
+    pub allow_exec: Vec<String>,
+    /// Directory `exec` programs run in, such as a checkout (default: a fresh scratch directory
+    /// per attempt).
+    #[arg(long, env = "MUSTER_EXEC_DIR")]
+    pub exec_dir: Option<PathBuf>,
+    /// An environment variable passed on to `exec` programs besides PATH, HOME and LANG;
+    /// repeatable.
+    #[arg(long = "exec-env")]
+    pub exec_env: Vec<String>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -179,6 +191,21 @@ impl WorkerArgs {
             config.name = name;
         }
         config.labels = self.labels.into_iter().collect::<BTreeMap<_, _>>();
+        if let Some(bad) = self
+            .allow_exec
+            .iter()
+            .find(|p| p.is_empty() || p.len() > 120 || p.contains(','))
+        {
+            anyhow::bail!("--allow-exec `{bad}` must be a program name or path of 1 to 120 bytes");
+        }
+        if let Some(dir) = &self.exec_dir {
+            if !dir.is_dir() {
+                anyhow::bail!("--exec-dir {} is not a directory", dir.display());
+            }
+        }
+        config.exec.allow = self.allow_exec;
+        config.exec.dir = self.exec_dir;
+        config.exec.env = self.exec_env;
         config.drain_timeout = seconds("drain-timeout", self.drain_timeout)?;
         config.reconnect_max =
             seconds("reconnect-max", self.reconnect_max)?.max(config.reconnect_min);

@@ -32,6 +32,8 @@ pub struct WorkerConfig {
     /// CA certificates (PEM) trusted for `https://` coordinators, instead of the web's public
     /// roots (see [`crate::tls`]).
     pub ca_cert: Option<std::path::PathBuf>,
+    /// What `exec` batches may run here (nothing by default).
+    pub exec: crate::ExecSettings,
 }
 
 impl WorkerConfig {
@@ -51,6 +53,7 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(30),
             coordinator_timeout: Duration::from_secs(15),
             ca_cert: None,
+            exec: crate::ExecSettings::default(),
         }
     }
 }

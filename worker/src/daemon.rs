@@ -51,6 +51,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    let tasks = tasks.with_exec(&config.exec);
     let mut worker = Worker::new(config, tasks, stop_rx);
     let mut backoff = worker.config.reconnect_min;
     let mut next = 0usize;

@@ -20,17 +20,20 @@
 //! # Layout
 //! - [`tasks`]: the task registry and the context a task gets.
 //! - [`config`]: the worker's validated settings.
+//! - `exec`: running the programs of `exec` jobs that the worker's allowlist names.
 //! - `session`: one connection to a coordinator, from hello to close.
 //! - `daemon`: the reconnect loop around sessions, and shutdown.
 
 pub mod cli;
 pub mod config;
 mod daemon;
+mod exec;
 mod session;
 pub mod tasks;
 pub mod tls;
 
 pub use config::WorkerConfig;
 pub use daemon::{run, WorkerError};
+pub use exec::ExecSettings;
 pub use muster_shared::task::TaskError;
 pub use tasks::{TaskContext, Tasks};

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::client::{block_on, fetch_result, print_json, summary, Client, ClientArgs};
 use super::{say, CliError};
+use muster_shared::exec::ExecReport;
 
 /// Seconds each long-poll waits before the progress bar is refreshed.
 const POLL_SECONDS: f64 = 0.5;
@@ -18,8 +19,14 @@ const POLL_SECONDS: f64 = 0.5;
 /// `muster submit` flags.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
-    /// Built-in kind: sum, sort or wordcount (omit with --task or --body-file).
+    /// Built-in kind: sum, sort, wordcount or exec (omit with --task or --body-file).
     pub kind: Option<String>,
+    /// exec: a command (run by `sh -c` here) whose output lines are the items.
+    #[arg(long, conflicts_with_all = ["items", "input_file"])]
+    pub items_from: Option<String>,
+    /// exec: the program and its arguments, after `--`; `{items}` stands for a batch's items.
+    #[arg(last = true)]
+    pub command: Vec<String>,
     /// Items given inline (numbers or strings; for wordcount, words of the text).
     #[arg(long, num_args = 1.., conflicts_with = "input_file")]
     pub items: Vec<String>,
@@ -100,6 +107,38 @@ fn items_from_words<'a>(words: impl Iterator<Item = &'a str>) -> Value {
 }
 
 impl SubmitArgs {
+    /// An exec job's items: `--items`, or the lines of `--input-file` or of the output of
+    /// `--items-from` (empty lines skipped).
+    fn exec_items(&self) -> Result<Vec<String>, CliError> {
+        let lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(command) = &self.items_from {
+            let out = std::process::Command::new("sh")
+                .args(["-c", command])
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| {
+                    CliError::Usage(format!("cannot run --items-from `{command}`: {e}"))
+                })?;
+            if !out.status.success() {
+                return Err(CliError::Usage(format!(
+                    "--items-from `{command}` failed ({})",
+                    out.status
+                )));
+            }
+            return Ok(lines(&String::from_utf8_lossy(&out.stdout)));
+        }
+        match &self.input_file {
+            Some(path) => Ok(lines(&read(path)?)),
+            None => Ok(self.items.clone()),
+        }
+    }
+
     fn body(&self) -> Result<Value, CliError> {
         if let Some(path) = &self.body_file {
             return serde_json::from_str(&read(path)?)
@@ -107,6 +146,24 @@ impl SubmitArgs {
         }
         let mut body = Map::new();
         match (&self.kind, &self.task) {
+            (Some(kind), None) if kind == "exec" => {
+                body.insert("kind".into(), json!(kind));
+                let (program, args) = self.command.split_first().ok_or_else(|| {
+                    CliError::Usage(
+                        "exec needs the program after `--`: muster submit exec --items ... -- PROGRAM ARG... {items}".into(),
+                    )
+                })?;
+                body.insert("program".into(), json!(program));
+                if !args.is_empty() {
+                    body.insert("args".into(), json!(args));
+                }
+                body.insert("input".into(), json!(self.exec_items()?));
+            }
+            (Some(_), None) if !self.command.is_empty() => {
+                return Err(CliError::Usage(
+                    "a program after `--` is for kind exec only".into(),
+                ))
+            }
             (Some(kind), None) => {
                 body.insert("kind".into(), json!(kind));
                 let input = match (&self.input_file, kind.as_str()) {
@@ -209,8 +266,55 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
             return Ok(());
         }
         wait_with_progress(&client, &id).await?;
+        if args.kind.as_deref() == Some("exec") && !args.client.json {
+            return exec_verdict(&client, &id).await;
+        }
         fetch_result(&client, &id, None, args.client.json).await
     })
+}
+
+/// Prints an exec job's batches (each output line prefixed by its batch) and a summary; fails
+/// (exit 1) when a batch's program failed.
+async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
+    let reply = client
+        .call(
+            awc::http::Method::GET,
+            &format!("/v1/jobs/{id}/result"),
+            None,
+        )
+        .await?;
+    if !reply.status.is_success() {
+        return Err(CliError::Failed(reply.problem()));
+    }
+    let reports: Vec<ExecReport> =
+        serde_json::from_value(reply.body["result"].clone()).map_err(|e| {
+            CliError::Failed(format!(
+                "the exec job's result is not a list of batch reports: {e}"
+            ))
+        })?;
+    let mut failed_items = Vec::new();
+    for (i, report) in reports.iter().enumerate() {
+        for line in report.output.lines() {
+            say(&format!("[batch {i}] {line}"))?;
+        }
+        if !report.passed() {
+            failed_items.extend(report.items.iter().cloned());
+        }
+    }
+    let items: usize = reports.iter().map(|r| r.items.len()).sum();
+    let failed = reports.iter().filter(|r| !r.passed()).count();
+    let summary = format!(
+        "{} of {} batches passed ({items} items)",
+        reports.len() - failed,
+        reports.len()
+    );
+    if failed == 0 {
+        return say(&summary);
+    }
+    Err(CliError::Failed(format!(
+        "{summary}; failed: {}",
+        failed_items.join(" ")
+    )))
 }
 
 /// Long-polls until the job ends, drawing a progress bar when stderr is a terminal.

@@ -1,0 +1,143 @@
+//! `exec` jobs: a program on the workers' allowlists run over batches of items, as argv, in a
+//! clean environment and a process group of its own.
+
+use std::process::Command;
+
+use muster_suite::{bin, Coordinator, CLIENT_TOKEN, WORKER_TOKEN};
+use serde_json::json;
+
+/// `muster submit exec ... --wait -- COMMAND` against `c`: exit code, stdout, stderr.
+fn submit_exec(c: &Coordinator, flags: &[&str], command: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin("muster"))
+        .args(["submit", "exec", "--wait", "--scheduler", &c.url])
+        .args(flags)
+        .arg("--")
+        .args(command)
+        .env("MUSTER_TOKEN", CLIENT_TOKEN)
+        .output()
+        .expect("muster submit exec");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn exec_runs_batches_as_argv_and_exits_with_their_verdict() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(
+        bin("muster-worker"),
+        "runner",
+        2,
+        &["--allow-exec", "echo,false,sh"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("F");
+    let marker = marker.to_str().unwrap();
+    let touch = format!("$(touch {marker})");
+    let semi = format!("x; touch {marker}");
+    let tick = format!("`touch {marker}`");
+    let items = ["a", "b", "c", &semi, &touch, &tick];
+    let mut flags = vec!["--chunks", "3", "--items"];
+    flags.extend(items);
+    let (code, stdout, stderr) = submit_exec(&c, &flags, &["echo", "got", "{items}"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("[batch 0] got a b"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("[batch 2] got {touch} {tick}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("3 of 3 batches passed (6 items)"),
+        "{stdout}"
+    );
+    assert!(
+        !std::path::Path::new(marker).exists(),
+        "an item ran as a shell command"
+    );
+
+    // A program that fails: exit 1, naming the items.
+    let (code, _, stderr) = submit_exec(&c, &["--items", "t1", "t2"], &["false", "{items}"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("failed: t1 t2"), "{stderr}");
+
+    // The program's environment holds nothing of the worker's: not its token.
+    let (code, stdout, stderr) =
+        submit_exec(&c, &["--items", "x"], &["sh", "-c", "env", "{items}"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("PATH="), "{stdout}");
+    assert!(
+        !stdout.contains(WORKER_TOKEN),
+        "the worker token reached the program: {stdout}"
+    );
+    assert!(!stdout.contains("MUSTER_"), "{stdout}");
+
+    // A program no connected worker allows is refused, and nothing runs.
+    let refused = c.api().call(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"kind": "exec", "program": "touch", "input": [marker]}).to_string()),
+        &[],
+    );
+    assert_eq!(refused.status, 422, "{:?}", refused.body);
+    assert!(refused.body["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("exec:touch"));
+    assert!(!std::path::Path::new(marker).exists());
+}
+
+#[test]
+fn cancelling_an_exec_job_ends_its_whole_process_group() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "runner", 1, &["--allow-exec", "sh"]);
+    let api = c.api();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // The program starts a grandchild that would outlive it, and both sleep.
+    let script = format!(
+        "sleep 313 & echo $! > {p}; echo $$ >> {p}; wait",
+        p = pids.display()
+    );
+    let id = api.submit(&json!({
+        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
+    }));
+    let deadline = std::time::Instant::now() + muster_suite::WAIT;
+    let started: Vec<u32> = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        let found: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if found.len() == 2 {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let cancelled = api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[]);
+    assert_eq!(cancelled.status, 200);
+    for pid in started {
+        let deadline = std::time::Instant::now() + muster_suite::WAIT;
+        while alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "process {pid} outlived its cancelled job"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// True while `pid` runs (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next());
+            state != Some("Z")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,248 @@
+//! Running `exec` batches: the programs on the worker's allowlist, each run as argv (never
+//! through a shell), in a clean environment, in its own process group and a scratch directory,
+//! with its output captured up to a cap.
+//!
+//! - **Allowlist.** Only programs given with `--allow-exec` run; each is advertised as the task
+//!   `exec:PROGRAM`, so the coordinator sends a program's batches only to workers that allow it.
+//! - **Environment.** `PATH`, `HOME` and `LANG` as the worker has them, plus the names allowed with
+//!   `--exec-env`; nothing else of the worker's (its token included) reaches the program.
+//! - **Directory.** `--exec-dir` (a checkout), else the attempt's scratch directory, which is
+//!   removed afterwards either way.
+//! - **Process group.** The program leads a process group of its own; when it ends, or the
+//!   attempt is cancelled (a cancel, a chunk timeout, a drain), the whole group is ended: SIGTERM,
+//!   then SIGKILL after a grace period, so no grandchild outlives the batch.
+//! - **Output.** Standard output and error are read as they come; the first and the last half of
+//!   the cap are kept and the middle is counted, so a program that prints without end costs the
+//!   worker at most the cap.
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use muster_shared::exec::{task_name, ExecBatch, ExecReport};
+use muster_shared::task::TaskError;
+use rustix::process::{kill_process_group, Pid, Signal};
+
+use crate::tasks::{TaskContext, Tasks};
+
+/// Environment variables every program gets, as the worker has them.
+const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// How often a running program is checked for its end or a cancel.
+const POLL: Duration = Duration::from_millis(5);
+
+/// What a worker lets `exec` batches do.
+#[derive(Debug, Clone)]
+pub struct ExecSettings {
+    /// Programs it runs (names looked up in `PATH`, or paths).
+    pub allow: Vec<String>,
+    /// Where programs run; `None`: each attempt's scratch directory.
+    pub dir: Option<PathBuf>,
+    /// Environment variables passed on besides `PATH`, `HOME` and `LANG`.
+    pub env: Vec<String>,
+    /// Output kept per attempt, in bytes (half from the start, half from the end).
+    pub output_cap: usize,
+    /// Between SIGTERM and SIGKILL when a batch is stopped.
+    pub grace: Duration,
+}
+
+impl Default for ExecSettings {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            dir: None,
+            env: Vec::new(),
+            output_cap: 1 << 20,
+            grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Tasks {
+    /// Registers the task `exec:PROGRAM` for every program `settings` allows.
+    pub fn with_exec(mut self, settings: &ExecSettings) -> Self {
+        for program in &settings.allow {
+            let program = program.clone();
+            let settings = settings.clone();
+            let name = task_name(&program);
+            self.register(&name, move |ctx: &TaskContext, batch: ExecBatch| {
+                run(ctx, &program, &settings, batch)
+            });
+        }
+        self
+    }
+}
+
+/// Output read so far: a head, a tail, and what was cut between them.
+#[derive(Debug, Default)]
+struct Capture {
+    head: Vec<u8>,
+    tail: VecDeque<u8>,
+    cut: u64,
+}
+
+impl Capture {
+    fn push(&mut self, bytes: &[u8], cap: usize) {
+        let head_room = (cap / 2).saturating_sub(self.head.len());
+        let (to_head, rest) = bytes.split_at(head_room.min(bytes.len()));
+        self.head.extend_from_slice(to_head);
+        let keep = cap - cap / 2;
+        self.tail.extend(rest);
+        while self.tail.len() > keep {
+            let over = self.tail.len() - keep;
+            self.tail.drain(..over);
+            self.cut += over as u64;
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::from_utf8_lossy(&self.head).into_owned();
+        if self.cut > 0 {
+            out.push_str(&format!("\n[... {} bytes of output cut ...]\n", self.cut));
+        }
+        let tail: Vec<u8> = self.tail.iter().copied().collect();
+        out.push_str(&String::from_utf8_lossy(&tail));
+        out
+    }
+}
+
+/// Reads `source` to its end into `capture`.
+fn drain(mut source: impl Read, capture: Arc<Mutex<Capture>>, cap: usize) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match source.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => capture
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(&buf[..n], cap),
+        }
+    }
+}
+
+/// Signals the process group `group`; one already gone is fine.
+fn signal_group(group: Pid, signal: Signal) {
+    let _ = kill_process_group(group, signal);
+}
+
+/// Runs one batch of `program`; a program that ran and failed is a report, not an error.
+fn run(
+    ctx: &TaskContext,
+    program: &str,
+    settings: &ExecSettings,
+    batch: ExecBatch,
+) -> Result<ExecReport, TaskError> {
+    if batch.program != program {
+        return Err(TaskError::permanent(format!(
+            "this task runs `{program}`, not `{}`",
+            batch.program
+        )));
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("muster-exec-")
+        .tempdir()
+        .map_err(|e| TaskError::retryable(format!("cannot make a scratch directory: {e}")))?;
+    let mut command = Command::new(program);
+    command
+        .args(batch.argv())
+        .env_clear()
+        .current_dir(settings.dir.as_deref().unwrap_or(scratch.path()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for name in BASE_ENV
+        .iter()
+        .copied()
+        .chain(settings.env.iter().map(String::as_str))
+    {
+        if let Some(value) = std::env::var_os(name) {
+            command.env(name, value);
+        }
+    }
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let started = Instant::now();
+    let mut child = command
+        .spawn()
+        .map_err(|e| TaskError::permanent(format!("cannot start `{program}`: {e}")))?;
+    let group = Pid::from_child(&child);
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let cap = settings.output_cap;
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|source| {
+        let capture = capture.clone();
+        std::thread::spawn(move || drain(source, capture, cap))
+    })
+    .collect();
+    let mut stopping: Option<Instant> = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        match stopping {
+            None if ctx.is_cancelled() => {
+                signal_group(group, Signal::TERM);
+                stopping = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= settings.grace => {
+                signal_group(group, Signal::KILL);
+            }
+            _ => {}
+        }
+        std::thread::sleep(POLL);
+    };
+    // Whatever the program left running in its group goes with it, so the pipes close too.
+    signal_group(group, Signal::KILL);
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let duration_ms = started.elapsed().as_millis() as u64;
+    if stopping.is_some() {
+        return Err(ctx.cancelled_error());
+    }
+    let status =
+        status.ok_or_else(|| TaskError::retryable(format!("lost track of `{program}`")))?;
+    let capture = capture.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(ExecReport {
+        items: batch.items,
+        exit_code: status.code(),
+        signal: std::os::unix::process::ExitStatusExt::signal(&status),
+        duration_ms,
+        output: capture.text(),
+        output_cut: capture.cut,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capture_keeps_its_head_and_tail_and_counts_the_middle() {
+        let mut c = Capture::default();
+        for chunk in (0u8..100).collect::<Vec<_>>().chunks(7) {
+            c.push(chunk, 20);
+        }
+        assert_eq!(c.head, (0..10).collect::<Vec<u8>>());
+        assert_eq!(
+            c.tail.iter().copied().collect::<Vec<u8>>(),
+            (90..100).collect::<Vec<u8>>()
+        );
+        assert_eq!(c.cut, 80);
+    }
+}
