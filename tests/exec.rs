@@ -141,3 +141,44 @@ fn alive(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+#[test]
+fn endless_output_is_capped_and_a_job_that_cannot_run_exits_2() {
+    let c = Coordinator::start(&[]);
+    let worker = c.worker_with(bin("muster-worker"), "runner", 1, &["--allow-exec", "sh"]);
+    // About 1 GB of output: kept to the cap, and the worker stays small.
+    let (code, stdout, stderr) = submit_exec(
+        &c,
+        &["--items", "x"],
+        &[
+            "sh",
+            "-c",
+            "yes 0123456789012345678901234567890123456789 | head -c 1000000000",
+            "{items}",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("bytes of output cut"),
+        "{}",
+        &stdout[..stdout.len().min(500)]
+    );
+    assert!(stdout.len() < 2 << 20, "{} bytes printed", stdout.len());
+    let peak = muster_suite::peak_rss_mib(worker.pid());
+    assert!(peak < 150, "the worker peaked at {peak} MiB");
+
+    // A batch that cannot finish in its chunk timeout, every attempt: the job fails, exit 2.
+    let (code, _, stderr) = submit_exec(
+        &c,
+        &[
+            "--items",
+            "x",
+            "--chunk-timeout",
+            "0.2",
+            "--max-attempts",
+            "1",
+        ],
+        &["sh", "-c", "sleep 30", "{items}"],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+}

@@ -55,6 +55,10 @@ pub enum CliError {
     /// The request or the job failed.
     #[error("{0}")]
     Failed(String),
+    /// An `exec` job could not run to its verdict (it failed or was cancelled): exit 2, apart
+    /// from exit 1 for a program that ran and failed.
+    #[error("{0}")]
+    NotRun(String),
     /// Standard output's reader went away (`| head`): the command ends quietly, as `cat` does.
     #[error("standard output closed")]
     OutputClosed,
@@ -100,7 +104,7 @@ pub fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,
-        Err(CliError::Usage(e)) => {
+        Err(CliError::Usage(e) | CliError::NotRun(e)) => {
             eprintln!("muster: {e}");
             ExitCode::from(2)
         }

@@ -274,7 +274,7 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
 }
 
 /// Prints an exec job's batches (each output line prefixed by its batch) and a summary; fails
-/// (exit 1) when a batch's program failed.
+/// with exit 1 when a batch's program failed, and with exit 2 when the job could not run.
 async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
     let reply = client
         .call(
@@ -284,7 +284,7 @@ async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
         )
         .await?;
     if !reply.status.is_success() {
-        return Err(CliError::Failed(reply.problem()));
+        return Err(CliError::NotRun(reply.problem()));
     }
     let reports: Vec<ExecReport> =
         serde_json::from_value(reply.body["result"].clone()).map_err(|e| {
