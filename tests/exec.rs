@@ -182,3 +182,79 @@ fn endless_output_is_capped_and_a_job_that_cannot_run_exits_2() {
     );
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// The parent of process `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewhere() {
+    let c = Coordinator::start(&[]);
+    let workers = [
+        c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]),
+        c.worker_with(bin("muster-worker"), "w2", 1, &["--allow-exec", "sh"]),
+    ];
+    let api = c.api();
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, pids) = (dir.path().join("ran"), dir.path().join("pids"));
+    // The first run starts a grandchild and waits; the rerun passes at once.
+    let script = format!(
+        "if [ -e {m} ]; then echo rerun; exit 0; fi; touch {m}; sleep 317 & echo $! > {p}; echo $$ >> {p}; wait",
+        m = mark.display(),
+        p = pids.display()
+    );
+    let id = api.submit(&json!({
+        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
+    }));
+    let deadline = std::time::Instant::now() + muster_suite::WAIT;
+    let started: Vec<u32> = loop {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        let found: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if found.len() == 2 {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // The program's parent is the guard, whose parent is the worker running the batch.
+    let runner = parent(started[1])
+        .and_then(parent)
+        .expect("the program's worker");
+    let victim = workers
+        .iter()
+        .find(|w| w.pid() == runner)
+        .expect("the batch runs on one of the workers");
+    victim.signal("KILL");
+    let killed = std::time::Instant::now();
+    for pid in &started {
+        while alive(*pid) {
+            assert!(
+                killed.elapsed() < std::time::Duration::from_secs(2),
+                "process {pid} outlived its killed worker by 2 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let result = api.result(&id);
+    assert_eq!(result[0]["exit_code"], json!(0), "{result}");
+    assert!(
+        result[0]["output"].as_str().unwrap_or("").contains("rerun"),
+        "{result}"
+    );
+    let status = api.status(&id);
+    assert_eq!(
+        status["retries"][0]["attempts"][0]["error"]["class"],
+        json!("worker_lost"),
+        "{status}"
+    );
+}

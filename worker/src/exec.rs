@@ -8,9 +8,11 @@
 //!   `--exec-env`; nothing else of the worker's (its token included) reaches the program.
 //! - **Directory.** `--exec-dir` (a checkout), else the attempt's scratch directory, which is
 //!   removed afterwards either way.
-//! - **Process group.** The program leads a process group of its own; when it ends, or the
-//!   attempt is cancelled (a cancel, a chunk timeout, a drain), the whole group is ended: SIGTERM,
-//!   then SIGKILL after a grace period, so no grandchild outlives the batch.
+//! - **Process group.** The program runs in a process group of its own, under
+//!   `muster-exec-guard` (see [`crate::exec_guard`]); when it ends, or the attempt is cancelled (a
+//!   cancel, a chunk timeout, a drain), the whole group is ended: SIGTERM, then SIGKILL after a
+//!   grace period, so no grandchild outlives the batch. The guard ends the group when the worker
+//!   dies, even by SIGKILL. A program ended by a signal reports exit code 128 + its number.
 //! - **Output.** Standard output and error are read as they come; the first and the last half of
 //!   the cap are kept and the middle is counted, so a program that prints without end costs the
 //!   worker at most the cap.
@@ -19,7 +21,7 @@ use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use muster_shared::exec::{task_name, ExecBatch, ExecReport};
@@ -123,6 +125,30 @@ fn drain(mut source: impl Read, capture: Arc<Mutex<Capture>>, cap: usize) {
     }
 }
 
+/// `muster-exec-guard` beside this executable (or one directory up, where examples live), if it
+/// is installed; without it a program would outlive a worker that is killed, and the worker says
+/// so once.
+fn guard_path() -> Option<&'static PathBuf> {
+    static GUARD: OnceLock<Option<PathBuf>> = OnceLock::new();
+    GUARD
+        .get_or_init(|| {
+            let exe = std::env::current_exe().ok()?;
+            let dir = exe.parent()?;
+            let found = [Some(dir), dir.parent()]
+                .into_iter()
+                .flatten()
+                .map(|d| d.join("muster-exec-guard"))
+                .find(|p| p.is_file());
+            if found.is_none() {
+                tracing::warn!(
+                    "muster-exec-guard is not installed beside the worker: an exec program would outlive a worker that is killed"
+                );
+            }
+            found
+        })
+        .as_ref()
+}
+
 /// Signals the process group `group`; one already gone is fine.
 fn signal_group(group: Pid, signal: Signal) {
     let _ = kill_process_group(group, signal);
@@ -145,12 +171,25 @@ fn run(
         .prefix("muster-exec-")
         .tempdir()
         .map_err(|e| TaskError::retryable(format!("cannot make a scratch directory: {e}")))?;
-    let mut command = Command::new(program);
+    // Through the guard when it is installed: then the program's group ends with this worker
+    // even when it is killed (the guard's standard input is the lifeline).
+    let guard = guard_path();
+    let mut command = match guard {
+        Some(guard) => {
+            let mut command = Command::new(guard);
+            command.arg(program).stdin(Stdio::piped());
+            command
+        }
+        None => {
+            let mut command = Command::new(program);
+            command.stdin(Stdio::null());
+            command
+        }
+    };
     command
         .args(batch.argv())
         .env_clear()
         .current_dir(settings.dir.as_deref().unwrap_or(scratch.path()))
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for name in BASE_ENV
@@ -168,6 +207,8 @@ fn run(
         .spawn()
         .map_err(|e| TaskError::permanent(format!("cannot start `{program}`: {e}")))?;
     let group = Pid::from_child(&child);
+    // Held until the batch is over: its end closing tells the guard the worker is gone.
+    let _lifeline = child.stdin.take();
     let capture = Arc::new(Mutex::new(Capture::default()));
     let cap = settings.output_cap;
     let readers: Vec<_> = [

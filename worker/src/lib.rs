@@ -21,6 +21,7 @@
 //! - [`tasks`]: the task registry and the context a task gets.
 //! - [`config`]: the worker's validated settings.
 //! - `exec`: running the programs of `exec` jobs that the worker's allowlist names.
+//! - [`exec_guard`]: the guard process that ends a program's group when the worker dies.
 //! - `session`: one connection to a coordinator, from hello to close.
 //! - `daemon`: the reconnect loop around sessions, and shutdown.
 
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 mod daemon;
 mod exec;
+pub mod exec_guard;
 mod session;
 pub mod tasks;
 pub mod tls;
