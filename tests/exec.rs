@@ -103,19 +103,7 @@ fn cancelling_an_exec_job_ends_its_whole_process_group() {
     let id = api.submit(&json!({
         "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
     }));
-    let deadline = std::time::Instant::now() + muster_suite::WAIT;
-    let started: Vec<u32> = loop {
-        let text = std::fs::read_to_string(&pids).unwrap_or_default();
-        let found: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        if found.len() == 2 {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the program never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let started = wait_for_pids(&pids);
     let cancelled = api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[]);
     assert_eq!(cancelled.status, 200);
     for pid in started {
@@ -213,19 +201,7 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
     let id = api.submit(&json!({
         "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
     }));
-    let deadline = std::time::Instant::now() + muster_suite::WAIT;
-    let started: Vec<u32> = loop {
-        let text = std::fs::read_to_string(&pids).unwrap_or_default();
-        let found: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        if found.len() == 2 {
-            break found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the program never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let started = wait_for_pids(&pids);
     // The program's parent is the guard, whose parent is the worker running the batch.
     let runner = parent(started[1])
         .and_then(parent)
@@ -257,4 +233,21 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
         json!("worker_lost"),
         "{status}"
     );
+}
+
+/// The grandchild's and the program's pids, once the program has written them to `path`.
+fn wait_for_pids(path: &std::path::Path) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + muster_suite::WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let found: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if found.len() == 2 {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the program never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
