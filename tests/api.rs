@@ -201,13 +201,14 @@ fn metrics_show_jobs_chunks_and_workers_in_prometheus_text_for_a_client_token() 
         text.contains("# TYPE muster_jobs_submitted_total counter"),
         "{text}"
     );
-    // The job's insert and its end at least, each committed and synced.
+    // The job's insert and its end were committed and synced: in one commit or more, as the
+    // writer groups whatever is queued when it starts a transaction.
     assert!(
         text.contains("# TYPE muster_store_commit_seconds histogram"),
         "{text}"
     );
     let commits = value("muster_store_commit_seconds_count").unwrap_or(0.0);
-    assert!(commits >= 2.0, "{commits} commits in:\n{text}");
+    assert!(commits >= 1.0, "{commits} commits in:\n{text}");
     assert_eq!(
         value("muster_store_commit_seconds_bucket{le=\"+Inf\"}"),
         Some(commits)

@@ -251,3 +251,47 @@ fn wait_for_pids(path: &std::path::Path) -> Vec<u32> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn with_retry_failed_a_batch_that_fails_then_passes_is_flaky_and_the_job_passes() {
+    let c = Coordinator::start(&[]);
+    let _workers = [
+        c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]),
+        c.worker_with(bin("muster-worker"), "w2", 1, &["--allow-exec", "sh"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mark = dir.path().join("failed-once");
+    // Fails on its first run, passes on the next.
+    let script = format!(
+        "if [ -e {m} ]; then echo second run; exit 0; fi; touch {m}; echo first run; exit 3",
+        m = mark.display()
+    );
+    let (code, stdout, stderr) = submit_exec(
+        &c,
+        &["--items", "t1", "--retry-failed", "1"],
+        &["sh", "-c", &script, "{items}"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("[batch 0] second run"), "{stdout}");
+    assert!(
+        stdout.contains("1 of 1 batches passed (1 items), 1 flaky"),
+        "{stdout}"
+    );
+
+    // Failing every run uses up the reruns: the failure stands, exit 1.
+    let (code, _, stderr) = submit_exec(
+        &c,
+        &["--items", "t2", "--retry-failed", "2"],
+        &["sh", "-c", "exit 3", "{items}"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    let jobs = c.api().get("/v1/jobs?limit=1").body;
+    let retried = &jobs["jobs"][0]["retries"][0]["attempts"];
+    let classes: Vec<&str> = retried
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a["error"]["class"].as_str())
+        .collect();
+    assert_eq!(classes, ["program_failed", "program_failed"], "{jobs}");
+}

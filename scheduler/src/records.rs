@@ -25,6 +25,9 @@ pub enum FailReason {
     ChunkTimeout,
     /// The task returned a retryable error.
     TaskError(String),
+    /// An `exec` program ran and failed, and its job reruns failed batches (`retry_failed`);
+    /// counted against that budget, not `max_attempts`.
+    ProgramFailed(String),
     /// The task said the input can never succeed.
     Permanent(String),
     /// The worker did not know the task.
@@ -39,11 +42,12 @@ pub enum FailReason {
 
 impl FailReason {
     /// Every [`FailReason::class`].
-    pub const CLASSES: [&'static str; 9] = [
+    pub const CLASSES: [&'static str; 10] = [
         "worker_lost",
         "heartbeat_timeout",
         "chunk_timeout",
         "task_error",
+        "program_failed",
         "permanent",
         "unknown_task",
         "bad_result",
@@ -58,6 +62,7 @@ impl FailReason {
             FailReason::HeartbeatTimeout => "heartbeat_timeout",
             FailReason::ChunkTimeout => "chunk_timeout",
             FailReason::TaskError(_) => "task_error",
+            FailReason::ProgramFailed(_) => "program_failed",
             FailReason::Permanent(_) => "permanent",
             FailReason::UnknownTask(_) => "unknown_task",
             FailReason::BadResult(_) => "bad_result",
@@ -84,7 +89,9 @@ impl FailReason {
     pub fn counts_as_attempt(&self) -> bool {
         !matches!(
             self,
-            FailReason::HandedBack | FailReason::CoordinatorRestarted
+            FailReason::HandedBack
+                | FailReason::CoordinatorRestarted
+                | FailReason::ProgramFailed(_)
         )
     }
 }
@@ -96,6 +103,7 @@ impl std::fmt::Display for FailReason {
             FailReason::HeartbeatTimeout => f.write_str("heartbeat timeout"),
             FailReason::ChunkTimeout => f.write_str("chunk timeout"),
             FailReason::TaskError(m) => write!(f, "task error: {m}"),
+            FailReason::ProgramFailed(m) => write!(f, "program failed: {m}"),
             FailReason::Permanent(m) => write!(f, "permanent task error: {m}"),
             FailReason::UnknownTask(m) => write!(f, "unknown task: {m}"),
             FailReason::BadResult(m) => write!(f, "bad result: {m}"),
@@ -142,6 +150,9 @@ pub struct JobMeta {
     pub labels: BTreeMap<String, String>,
     /// Higher first.
     pub priority: i64,
+    /// `exec`: times a batch whose program failed runs again.
+    #[serde(default)]
+    pub retry_failed: u32,
 }
 
 /// A job as first written: enough to rebuild it from scratch.
@@ -219,6 +230,7 @@ impl JobMeta {
             chunk_timeout: None,
             labels: BTreeMap::new(),
             priority: 0,
+            retry_failed: 0,
         }
     }
 }

@@ -59,9 +59,20 @@ pub struct ExecReport {
     pub output: String,
     /// Bytes of output cut out.
     pub output_cut: u64,
+    /// Runs of this batch whose program failed before this one (with `retry_failed`).
+    #[serde(default)]
+    pub failed_runs: u32,
+    /// True when the program failed before and then passed.
+    #[serde(default)]
+    pub flaky: bool,
 }
 
 impl ExecReport {
+    /// The report in `partial`, if it is one.
+    pub fn read(partial: &[u8]) -> Option<Self> {
+        serde_json::from_slice(partial).ok()
+    }
+
     /// True when the program exited with status 0.
     pub fn passed(&self) -> bool {
         self.exit_code == Some(0)

@@ -82,6 +82,10 @@ pub struct RawJob {
     /// `exec` only: its arguments, `{items}` standing for a batch's items (default: just them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<Vec<String>>,
+    /// `exec` only: times a batch whose program failed runs again (on another worker where one
+    /// exists); one that then passes is flaky.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_failed: Option<Value>,
 }
 
 /// A built-in job kind with its options.
@@ -196,7 +200,12 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     /// Higher runs first.
     pub priority: i64,
+    /// `exec`: times a batch whose program failed runs again (0: a failure is final).
+    pub retry_failed: u32,
 }
+
+/// Most reruns `retry_failed` may ask for.
+pub const MAX_RETRY_FAILED: u64 = 10;
 
 impl JobSpec {
     /// The `kind` or `task` name shown in status.
@@ -265,6 +274,20 @@ impl RawJob {
         };
         let labels = self.labels.clone().unwrap_or_default();
         check_labels(&labels)?;
+        let retry_failed = match &self.retry_failed {
+            None => 0,
+            Some(_) if self.kind.as_deref() != Some("exec") => {
+                return Err(invalid("`retry_failed` applies to kind exec only"))
+            }
+            Some(v) => match v.as_u64() {
+                Some(n) if n <= MAX_RETRY_FAILED => n as u32,
+                _ => {
+                    return Err(invalid(format!(
+                        "`retry_failed` must be an integer from 0 to {MAX_RETRY_FAILED}, got {v}"
+                    )))
+                }
+            },
+        };
         let work = match (&self.kind, &self.task) {
             (Some(_), Some(_)) => {
                 return Err(invalid("give either `kind` or `task`, not both"));
@@ -289,6 +312,7 @@ impl RawJob {
             chunk_timeout,
             labels,
             priority,
+            retry_failed,
         })
     }
 
@@ -662,6 +686,14 @@ mod tests {
             (
                 json!({"kind": "sum", "program": "p", "input": [1]}),
                 "`program`",
+            ),
+            (
+                json!({"kind": "sum", "input": [1], "retry_failed": 1}),
+                "exec only",
+            ),
+            (
+                json!({"kind": "exec", "program": "p", "input": ["a"], "retry_failed": 11}),
+                "from 0 to 10",
             ),
         ] {
             let err = parse(body).unwrap_err();

@@ -266,6 +266,8 @@ fn run(
         duration_ms,
         output: capture.text(),
         output_cut: capture.cut,
+        failed_runs: 0,
+        flaky: false,
     })
 }
 

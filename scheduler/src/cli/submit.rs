@@ -24,6 +24,10 @@ pub struct SubmitArgs {
     /// exec: a command (run by `sh -c` here) whose output lines are the items.
     #[arg(long, conflicts_with_all = ["items", "input_file"])]
     pub items_from: Option<String>,
+    /// exec: times a batch whose program failed runs again (on another worker where one
+    /// exists); a batch that then passes is flaky, and the job still passes.
+    #[arg(long)]
+    pub retry_failed: Option<u32>,
     /// exec: the program and its arguments, after `--`; `{items}` stands for a batch's items.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -158,6 +162,9 @@ impl SubmitArgs {
                     body.insert("args".into(), json!(args));
                 }
                 body.insert("input".into(), json!(self.exec_items()?));
+                if let Some(n) = self.retry_failed {
+                    body.insert("retry_failed".into(), json!(n));
+                }
             }
             (Some(_), None) if !self.command.is_empty() => {
                 return Err(CliError::Usage(
@@ -303,11 +310,15 @@ async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
     }
     let items: usize = reports.iter().map(|r| r.items.len()).sum();
     let failed = reports.iter().filter(|r| !r.passed()).count();
-    let summary = format!(
+    let flaky = reports.iter().filter(|r| r.flaky).count();
+    let mut summary = format!(
         "{} of {} batches passed ({items} items)",
         reports.len() - failed,
         reports.len()
     );
+    if flaky > 0 {
+        summary.push_str(&format!(", {flaky} flaky (failed, then passed on a rerun)"));
+    }
     if failed == 0 {
         return say(&summary);
     }

@@ -2,6 +2,7 @@
 //! and the strikes that quarantine a worker.
 
 use super::*;
+use muster_shared::exec::ExecReport;
 
 impl ClusterState {
     /// Adds a connected worker.
@@ -101,7 +102,10 @@ impl ClusterState {
                     .map(|j| j.meta.reducer.check(&result))
                     .and_then(Result::err);
                 match refused {
-                    None => self.succeed_attempt(chunk, result),
+                    None => match self.rerun_failed_program(chunk, result) {
+                        Ok(result) => self.succeed_attempt(chunk, result),
+                        Err(why) => self.fail_attempt(chunk, FailReason::ProgramFailed(why)),
+                    },
                     Some(why) => {
                         let name = self.workers.get(worker).map(|w| w.name.clone());
                         warn!(%worker, %chunk, %why, "refused a result that does not fit the job's reducer");
@@ -123,6 +127,39 @@ impl ClusterState {
                 self.fail_attempt(chunk, reason);
             }
         }
+    }
+
+    /// For an `exec` job that reruns failed batches (`retry_failed`): `Err` with why when this
+    /// report's program failed and the batch has reruns left; else the report to keep, marked
+    /// flaky when it passed after failing. Any other result is kept as it is.
+    fn rerun_failed_program(&self, chunk: ChunkRef, result: Bytes) -> Result<Bytes, String> {
+        let Some(job) = self
+            .jobs
+            .get(&chunk.job)
+            .filter(|j| j.meta.retry_failed > 0)
+        else {
+            return Ok(result);
+        };
+        let (Some(mut report), Some(runs)) = (
+            ExecReport::read(&result),
+            job.chunk(chunk.chunk).map(|c| c.program_failures()),
+        ) else {
+            return Ok(result);
+        };
+        if !report.passed() && runs < job.meta.retry_failed {
+            let status = match (report.exit_code, report.signal) {
+                (Some(code), _) => format!("exit code {code}"),
+                (None, Some(signal)) => format!("signal {signal}"),
+                (None, None) => "no exit status".to_owned(),
+            };
+            return Err(format!("`{}` ended with {status}", job.meta.task));
+        }
+        if runs == 0 {
+            return Ok(result);
+        }
+        report.failed_runs = runs;
+        report.flaky = report.passed();
+        Ok(serde_json::to_vec(&report).map_or(result, Bytes::from))
     }
 
     pub(super) fn record_attempt(&mut self, chunk: ChunkRef) {

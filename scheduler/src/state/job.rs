@@ -105,6 +105,14 @@ impl Chunk {
             .count() as u32
     }
 
+    /// Runs of an `exec` batch whose program failed (see `retry_failed`).
+    pub fn program_failures(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| matches!(a.error, Some(FailReason::ProgramFailed(_))))
+            .count() as u32
+    }
+
     /// Names of the workers whose attempts at this chunk failed; a retry avoids them when it
     /// can. By name, not id: a worker that reconnects (and so has a new id) is still avoided.
     pub fn failed_on(&self) -> impl Iterator<Item = Arc<str>> + '_ {

@@ -106,6 +106,7 @@ impl ClusterState {
             chunk_timeout: spec.chunk_timeout,
             labels: spec.labels,
             priority: spec.priority,
+            retry_failed: spec.retry_failed,
         };
         let inputs: Vec<Bytes> = match spec.work {
             Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
