@@ -123,3 +123,47 @@ fn a_token_about_to_travel_over_plain_http_to_another_host_gets_a_warning() {
     let worker = Proc::spawn("worker", worker);
     worker.wait_for("the token will travel unencrypted to http://0.0.0.0:1");
 }
+
+#[test]
+fn up_with_allow_exec_runs_exec_jobs_in_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("here.txt"), "found").unwrap();
+    let mut up = Command::new(bin("muster"));
+    up.args([
+        "up",
+        "--workers",
+        "1",
+        "--bind",
+        "127.0.0.1:0",
+        "--allow-exec",
+        "cat",
+    ])
+    .current_dir(dir.path())
+    .env_remove("MUSTER_CLIENT_TOKEN")
+    .env_remove("MUSTER_WORKER_TOKEN");
+    let cluster = Proc::spawn("muster up", up);
+    let url = listening_url(&cluster);
+    cluster.wait_for("registered with coordinator");
+    let out = Command::new(bin("muster"))
+        .args([
+            "submit",
+            "exec",
+            "--items",
+            "here.txt",
+            "--wait",
+            "--scheduler",
+            &url,
+        ])
+        .args(["--", "cat", "{items}"])
+        .current_dir(dir.path())
+        .env_remove("MUSTER_TOKEN")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("[batch 0] found"), "{stdout}");
+}

@@ -173,6 +173,10 @@ pub struct UpArgs {
     /// Slots per local worker.
     #[arg(long, default_value_t = 1)]
     slots: u32,
+    /// A program the local workers' `exec` jobs may run (in the current directory); repeatable,
+    /// or comma-separated. None by default.
+    #[arg(long = "allow-exec", value_delimiter = ',')]
+    allow_exec: Vec<String>,
     #[command(flatten)]
     serve: ServeArgs,
 }
@@ -197,6 +201,10 @@ pub fn up(args: UpArgs) -> Result<(), CliError> {
         wc.slots = args.slots;
         wc.prefetch = args.slots * muster_worker::cli::PREFETCH_PER_SLOT;
         wc.name = format!("local-{}", i + 1);
+        wc.exec.allow = args.allow_exec.clone();
+        // Programs run where `muster up` was started (a checkout, say), as one would expect of a
+        // local cluster.
+        wc.exec.dir = std::env::current_dir().ok();
         // Over TLS, local workers trust MUSTER_CA_CERT, else the served certificate itself (a
         // self-signed one).
         wc.ca_cert = config.tls.as_ref().map(|tls| {
