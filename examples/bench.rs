@@ -21,8 +21,8 @@ use serde_json::{json, Value};
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmark")]
 struct Args {
-    /// Workloads, comma-separated: W0, W1, W2, W3, W4, W5, S1.
-    #[arg(long, value_delimiter = ',', default_value = "W0,W1,W2,W3,W4,W5,S1")]
+    /// Workloads, comma-separated: W0, W1, W2, W3, W4, W5, W6, S1.
+    #[arg(long, value_delimiter = ',', default_value = "W0,W1,W2,W3,W4,W5,W6,S1")]
     workload: Vec<String>,
     /// Stores, comma-separated: sqlite (the default store), memory, postgres.
     #[arg(long, value_delimiter = ',', default_value = "sqlite")]
@@ -70,9 +70,13 @@ impl Cluster {
 
     fn add_worker(&mut self) {
         let name = format!("bench-{}", self.workers.len() + 1);
-        let w = self
-            .coordinator
-            .worker_with(bin("muster-worker"), &name, 1, &[]);
+        // `sleep` for W6's exec batches.
+        let w = self.coordinator.worker_with(
+            bin("muster-worker"),
+            &name,
+            1,
+            &["--allow-exec", "sleep"],
+        );
         self.workers.push(w);
     }
 
@@ -319,6 +323,58 @@ fn w5(cluster: &Cluster) -> Run {
     }
 }
 
+/// W6: an exec job of 200 items that take 0-50 ms each (`sleep` over a batch's items sleeps their
+/// sum) on the two workers. Makespan against the ideal, max(total / 2, longest item), and each
+/// batch's overhead: its run time beyond its items' (process start and end included).
+fn w6(cluster: &Cluster, seed: u64) -> Run {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let ms: Vec<u64> = (0..200).map(|_| rng.gen_range(0..=50)).collect();
+    let items: Vec<String> = ms.iter().map(|m| format!("0.{m:03}")).collect();
+    let total: u64 = ms.iter().sum();
+    let ideal = (total as f64 / 2.0).max(ms.iter().copied().max().unwrap_or(0) as f64) / 1000.0;
+    let body = json!({"kind": "exec", "program": "sleep", "args": ["{items}"], "input": items});
+    let api = cluster.api();
+    wait_for_idle();
+    let start = Instant::now();
+    let id = api.submit(&body);
+    let result = api.result(&id);
+    let makespan = start.elapsed().as_secs_f64();
+    let reports = result.as_array().cloned().unwrap_or_default();
+    let item_ms = |item: &Value| -> f64 {
+        item.as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .map_or(0.0, |s| s * 1000.0)
+    };
+    let overheads: Vec<f64> = reports
+        .iter()
+        .map(|r| {
+            let items: f64 = r["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(item_ms)
+                .sum();
+            r["duration_ms"].as_f64().unwrap_or(0.0) - items
+        })
+        .collect();
+    let ran: usize = reports
+        .iter()
+        .map(|r| r["items"].as_array().map_or(0, Vec::len))
+        .sum();
+    Run {
+        figures: vec![
+            ("makespan_over_ideal", makespan / ideal, "x"),
+            (
+                "batch_overhead_ms",
+                overheads.iter().sum::<f64>() / overheads.len().max(1) as f64,
+                "ms",
+            ),
+            ("batches", reports.len() as f64, "batches"),
+        ],
+        correct: ran == 200 && reports.iter().all(|r| r["exit_code"] == json!(0)),
+    }
+}
+
 /// Whether `MUSTER_CHILD_LOG` is set: a profiling run, which also shows client-side timings.
 fn profiling() -> bool {
     std::env::var_os("MUSTER_CHILD_LOG").is_some()
@@ -466,6 +522,7 @@ fn main() {
                     ("W3", Some(c)) => w3(c, seed),
                     ("W4", Some(c)) => w4(c, seed),
                     ("W5", Some(c)) => w5(c),
+                    ("W6", Some(c)) => w6(c, seed),
                     ("S1", Some(c)) => s1(c, args.s1_workers, args.s1_chunks),
                     (other, _) => panic!("unknown workload {other}"),
                 };
