@@ -295,3 +295,43 @@ fn with_retry_failed_a_batch_that_fails_then_passes_is_flaky_and_the_job_passes(
         .collect();
     assert_eq!(classes, ["program_failed", "program_failed"], "{jobs}");
 }
+
+#[test]
+fn recorded_durations_balance_the_next_run_even_after_a_restart() {
+    let mut c = Coordinator::start(&[]);
+    let worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sleep"]);
+    // Two long items and ten short ones, all distinct (`sleep` sums its arguments).
+    let long = ["0.3", "0.30"];
+    let short: Vec<String> = (0..10).map(|k| format!("0.01{}", "0".repeat(k))).collect();
+    let items: Vec<&str> = long
+        .iter()
+        .copied()
+        .chain(short.iter().map(String::as_str))
+        .collect();
+    let body = json!({"kind": "exec", "program": "sleep", "input": items});
+    let batches = |c: &Coordinator| -> Vec<Vec<String>> {
+        let api = c.api();
+        let result = api.result(&api.submit(&body));
+        result
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| serde_json::from_value(r["items"].clone()).unwrap())
+            .collect()
+    };
+    // No durations known: equal counts, in the order given (4 batches for one slot).
+    let first = batches(&c);
+    assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 3]);
+
+    // The durations learned survive a restart, and the next run is cut by them: each long item
+    // runs in a batch of its own, first, and the short ones share the rest.
+    c.restart(&[]);
+    worker.wait_for_nth("registered with coordinator", 2);
+    let second = batches(&c);
+    assert_eq!(second.len(), 4, "{second:?}");
+    for item in long {
+        assert!(second[..2].contains(&vec![item.to_owned()]), "{second:?}");
+    }
+    let shorts: usize = second[2..].iter().map(Vec::len).sum();
+    assert_eq!(shorts, 10, "{second:?}");
+}

@@ -153,6 +153,9 @@ pub struct JobMeta {
     /// `exec`: times a batch whose program failed runs again.
     #[serde(default)]
     pub retry_failed: u32,
+    /// `exec`: the key its items' durations are kept under (`None` for other jobs).
+    #[serde(default)]
+    pub timings_key: Option<String>,
 }
 
 /// A job as first written: enough to rebuild it from scratch.
@@ -215,6 +218,19 @@ pub struct Snapshot {
     pub jobs: Vec<StoredJob>,
     /// Idempotency keys with the job and body digest they map to.
     pub idempotency: Vec<(String, JobId, [u8; 32])>,
+    /// The items' recent durations, by timings key (`exec` jobs).
+    pub timings: Vec<Timing>,
+}
+
+/// An `exec` item's recent duration under a timings key (by default the job's program).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timing {
+    /// The timings key.
+    pub key: String,
+    /// The item.
+    pub item: String,
+    /// Its estimated duration, in milliseconds.
+    pub ms: u64,
 }
 
 #[cfg(test)]
@@ -231,6 +247,7 @@ impl JobMeta {
             labels: BTreeMap::new(),
             priority: 0,
             retry_failed: 0,
+            timings_key: None,
         }
     }
 }
@@ -297,4 +314,6 @@ pub enum Write {
     },
     /// Ended jobs past their retention, to delete.
     Prune(Vec<JobId>),
+    /// Items' durations learned from a batch (kept, overwriting earlier ones).
+    Timings(Vec<Timing>),
 }

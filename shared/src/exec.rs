@@ -79,9 +79,89 @@ impl ExecReport {
     }
 }
 
+/// An `exec` job's items before they are cut, for the coordinator to balance by the items'
+/// recorded durations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecPlan {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Every item, in the order given.
+    pub items: Vec<String>,
+    /// True when the job left the batch count to the coordinator: the batches may be re-cut
+    /// by duration; with `chunks` or `chunk_size` given they are kept as asked.
+    pub balance: bool,
+}
+
+impl ExecPlan {
+    /// The chunk payload of a batch of `items`.
+    pub fn payload(&self, items: Vec<String>) -> bytes::Bytes {
+        let batch = ExecBatch {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            items,
+        };
+        bytes::Bytes::from(serde_json::to_vec(&batch).unwrap_or_default())
+    }
+}
+
+/// Cuts `items` into `n` batches of about equal expected duration, longest batch first: items
+/// are taken longest first, each into the batch with the least expected time so far (longest
+/// processing time first), and items never seen count at the median of those seen. `None`
+/// when no item has an estimate (the caller keeps its equal counts).
+pub fn balanced_batches(
+    items: &[String],
+    estimate: impl Fn(&str) -> Option<u64>,
+    n: usize,
+) -> Option<Vec<Vec<String>>> {
+    let known: Vec<Option<u64>> = items.iter().map(|i| estimate(i)).collect();
+    let mut seen: Vec<u64> = known.iter().flatten().copied().collect();
+    if seen.is_empty() || n == 0 {
+        return None;
+    }
+    seen.sort_unstable();
+    let median = seen[seen.len() / 2];
+    let mut order: Vec<(u64, usize)> = known
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.unwrap_or(median), i))
+        .collect();
+    // Longest first; equal estimates keep the given order.
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let n = n.min(items.len());
+    let mut batches: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); n];
+    for (ms, i) in order {
+        let lightest = (0..n).min_by_key(|&b| (batches[b].0, b)).unwrap_or(0);
+        batches[lightest].0 += ms;
+        batches[lightest].1.push(items[i].clone());
+    }
+    batches.sort_by_key(|b| std::cmp::Reverse(b.0));
+    Some(batches.into_iter().map(|(_, items)| items).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_balanced_by_estimate_longest_first() {
+        let items: Vec<String> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ms = |i: &str| match i {
+            "a" => Some(90),
+            "b" => Some(60),
+            "c" => Some(30),
+            "d" => Some(30),
+            "e" => None,
+            _ => Some(10),
+        };
+        let batches = balanced_batches(&items, ms, 2).unwrap();
+        assert_eq!(batches, [vec!["a", "d", "f"], vec!["b", "c", "e"]]);
+        assert_eq!(balanced_batches(&items, |_| None, 2), None);
+    }
 
     #[test]
     fn items_expand_in_place_as_separate_arguments() {

@@ -86,6 +86,9 @@ pub struct RawJob {
     /// exists); one that then passes is flaky.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_failed: Option<Value>,
+    /// `exec` only: the key its items' durations are kept under (default: the program).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings_key: Option<String>,
 }
 
 /// A built-in job kind with its options.
@@ -202,6 +205,10 @@ pub struct JobSpec {
     pub priority: i64,
     /// `exec`: times a batch whose program failed runs again (0: a failure is final).
     pub retry_failed: u32,
+    /// `exec`: the key its items' durations are kept under (`None` for other jobs).
+    pub timings_key: Option<String>,
+    /// `exec`: the items before they were cut, for balancing by duration.
+    pub exec: Option<crate::exec::ExecPlan>,
 }
 
 /// Most reruns `retry_failed` may ask for.
@@ -274,6 +281,17 @@ impl RawJob {
         };
         let labels = self.labels.clone().unwrap_or_default();
         check_labels(&labels)?;
+        let timings_key = match (&self.timings_key, self.kind.as_deref()) {
+            (Some(_), kind) if kind != Some("exec") => {
+                return Err(invalid("`timings_key` applies to kind exec only"))
+            }
+            (Some(k), _) if k.is_empty() || k.len() > 256 => {
+                return Err(invalid("`timings_key` must be 1 to 256 bytes"))
+            }
+            (Some(k), _) => Some(k.clone()),
+            (None, Some("exec")) => self.program.clone(),
+            (None, _) => None,
+        };
         let retry_failed = match &self.retry_failed {
             None => 0,
             Some(_) if self.kind.as_deref() != Some("exec") => {
@@ -288,6 +306,7 @@ impl RawJob {
                 }
             },
         };
+        let mut exec = None;
         let work = match (&self.kind, &self.task) {
             (Some(_), Some(_)) => {
                 return Err(invalid("give either `kind` or `task`, not both"));
@@ -297,7 +316,11 @@ impl RawJob {
                     "missing `kind` (sum, sort, wordcount) or `task` (with explicit `chunks`)",
                 ));
             }
-            (Some(kind), None) if kind == "exec" => self.exec(slots)?,
+            (Some(kind), None) if kind == "exec" => {
+                let (work, plan) = self.exec(slots)?;
+                exec = Some(plan);
+                work
+            }
             (Some(kind), None) => {
                 let kind = kind.clone();
                 let mut this = self;
@@ -313,6 +336,8 @@ impl RawJob {
             labels,
             priority,
             retry_failed,
+            timings_key,
+            exec,
         })
     }
 
@@ -410,8 +435,8 @@ impl RawJob {
 
     /// An `exec` job: the program runs on workers that allow it, over batches of the `input`
     /// items; the result is the array of the batches' reports.
-    fn exec(&self, slots: u64) -> Result<Work, InvalidJob> {
-        use crate::exec::{task_name, ExecBatch, ITEMS};
+    fn exec(&self, slots: u64) -> Result<(Work, crate::exec::ExecPlan), InvalidJob> {
+        use crate::exec::{task_name, ExecPlan, ITEMS};
         refuse_option(self.reduce.is_some(), "reduce", "exec")?;
         refuse_option(self.descending.is_some(), "descending", "exec")?;
         refuse_option(self.top.is_some(), "top", "exec")?;
@@ -464,21 +489,22 @@ impl RawJob {
             (None, None) => Chunking::Auto,
         };
         let n = chunk_count(items.len(), chunking, slots);
+        let plan = ExecPlan {
+            program: program.clone(),
+            args,
+            items,
+            balance: chunking == Chunking::Auto,
+        };
+        let len = plan.items.len();
         let chunks = (0..n)
-            .map(|i| {
-                let batch = ExecBatch {
-                    program: program.clone(),
-                    args: args.clone(),
-                    items: items[i * items.len() / n..(i + 1) * items.len() / n].to_vec(),
-                };
-                Bytes::from(serde_json::to_vec(&batch).unwrap_or_default())
-            })
+            .map(|i| plan.payload(plan.items[i * len / n..(i + 1) * len / n].to_vec()))
             .collect();
-        Ok(Work::Custom {
+        let work = Work::Custom {
             task: task_name(&program),
             chunks,
             reduce: Reducer::Concat,
-        })
+        };
+        Ok((work, plan))
     }
 
     fn custom(&self, task: &str) -> Result<Work, InvalidJob> {

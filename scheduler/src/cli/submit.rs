@@ -28,6 +28,9 @@ pub struct SubmitArgs {
     /// exists); a batch that then passes is flaky, and the job still passes.
     #[arg(long)]
     pub retry_failed: Option<u32>,
+    /// exec: the key the items' durations are kept under (default: the program).
+    #[arg(long)]
+    pub timings_key: Option<String>,
     /// exec: the program and its arguments, after `--`; `{items}` stands for a batch's items.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -164,6 +167,9 @@ impl SubmitArgs {
                 body.insert("input".into(), json!(self.exec_items()?));
                 if let Some(n) = self.retry_failed {
                     body.insert("retry_failed".into(), json!(n));
+                }
+                if let Some(key) = &self.timings_key {
+                    body.insert("timings_key".into(), json!(key));
                 }
             }
             (Some(_), None) if !self.command.is_empty() => {

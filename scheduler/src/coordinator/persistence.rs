@@ -63,6 +63,7 @@ impl Persistence {
                 Write::Finish { job, end, at } => {
                     (self.store.finish_job(*job, end, *at), "job end write")
                 }
+                Write::Timings(timings) => (self.store.record_timings(timings), "timings write"),
                 Write::Prune(jobs) => {
                     if let Err(e) = self.store.prune(jobs) {
                         warn!(error = %e, "cannot prune ended jobs from the store: a restart prunes them again");

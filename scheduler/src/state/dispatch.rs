@@ -2,6 +2,7 @@
 //! and the strikes that quarantine a worker.
 
 use super::*;
+use crate::records::Timing;
 use muster_shared::exec::ExecReport;
 
 impl ClusterState {
@@ -162,6 +163,44 @@ impl ClusterState {
         Ok(serde_json::to_vec(&report).map_or(result, Bytes::from))
     }
 
+    /// Learns the durations of a batch's items from its run: the batch's time is split among its
+    /// items in proportion to their estimates (equally among items never seen, at the median
+    /// estimate), and each estimate moves halfway to its share.
+    fn learn_timings(&mut self, key: String, report: &ExecReport) {
+        let known = self.timings.entry(key.clone()).or_default();
+        let median = {
+            let mut all: Vec<u64> = known.values().copied().collect();
+            all.sort_unstable();
+            all.get(all.len() / 2).copied().unwrap_or(1).max(1)
+        };
+        let weights: Vec<u64> = report
+            .items
+            .iter()
+            .map(|item| known.get(item).copied().unwrap_or(median).max(1))
+            .collect();
+        let total: u64 = weights.iter().sum();
+        let mut learned = Vec::with_capacity(weights.len());
+        for (item, weight) in report.items.iter().zip(weights) {
+            let share = report.duration_ms * weight / total.max(1);
+            let ms = match known.get(item) {
+                Some(old) => (old + share) / 2,
+                None => share,
+            };
+            known.insert(item.clone(), ms);
+            learned.push(Timing {
+                key: key.clone(),
+                item: item.clone(),
+                ms,
+            });
+        }
+        self.writes.push(Write::Timings(learned));
+    }
+
+    /// An item's estimated duration under `key`, if it ran before.
+    pub fn estimate(&self, key: &str, item: &str) -> Option<u64> {
+        self.timings.get(key)?.get(item).copied()
+    }
+
     pub(super) fn record_attempt(&mut self, chunk: ChunkRef) {
         let Some(record) = self
             .jobs
@@ -189,6 +228,11 @@ impl ClusterState {
                 return;
             }
         };
+        if let Some(key) = job.meta.timings_key.clone() {
+            if let Some(report) = ExecReport::read(&result) {
+                self.learn_timings(key, &report);
+            }
+        }
         self.writes.push(Write::Result {
             job: chunk.job,
             chunk: chunk.chunk,

@@ -2,13 +2,21 @@
 //! and ended, cancelled or forgotten, and pruned past its retention.
 
 use super::*;
+use muster_shared::exec::balanced_batches;
 
 impl ClusterState {
     /// Takes back what the store held: finished jobs for status queries, unfinished jobs with
     /// their succeeded chunks kept and the rest re-queued, and idempotency keys. The writes it
     /// queues (interrupted attempts, merged ends, pruned jobs) are for the caller to make durable.
     pub fn restore(&mut self, snapshot: Snapshot) {
-        let Snapshot { jobs, idempotency } = snapshot;
+        let Snapshot {
+            jobs,
+            idempotency,
+            timings,
+        } = snapshot;
+        for t in timings {
+            self.timings.entry(t.key).or_default().insert(t.item, t.ms);
+        }
         let (mut unfinished, mut requeued) = (0, 0);
         let mut complete = Vec::new();
         for stored in jobs {
@@ -107,10 +115,22 @@ impl ClusterState {
             labels: spec.labels,
             priority: spec.priority,
             retry_failed: spec.retry_failed,
+            timings_key: spec.timings_key,
         };
-        let inputs: Vec<Bytes> = match spec.work {
+        let mut inputs: Vec<Bytes> = match spec.work {
             Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
         };
+        // An exec job that left its batches to the coordinator is re-cut by its items' recorded
+        // durations, longest batch first; with no durations known its equal counts stay.
+        if let (Some(plan), Some(key)) =
+            (spec.exec.as_ref().filter(|p| p.balance), &meta.timings_key)
+        {
+            let known = self.timings.get(key);
+            let estimate = |item: &str| known.and_then(|k| k.get(item).copied());
+            if let Some(batches) = balanced_batches(&plan.items, estimate, inputs.len()) {
+                inputs = batches.into_iter().map(|b| plan.payload(b)).collect();
+            }
+        }
         let id = JobId::new();
         let job = Job::new(id, meta, inputs);
         self.writes.push(Write::Insert(AcceptedJob {

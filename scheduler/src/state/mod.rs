@@ -160,6 +160,8 @@ pub struct ClusterState {
     idempotency: HashMap<String, (JobId, [u8; 32])>,
     /// Ended jobs by when they ended, oldest first: what pruning takes from.
     ended: BTreeSet<(DateTime<Utc>, JobId)>,
+    /// `exec` items' recent durations in milliseconds, by timings key.
+    timings: HashMap<String, HashMap<String, u64>>,
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
@@ -225,6 +227,7 @@ impl ClusterState {
             jobs: BTreeMap::new(),
             idempotency: HashMap::new(),
             ended: BTreeSet::new(),
+            timings: HashMap::new(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),

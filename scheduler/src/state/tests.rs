@@ -483,6 +483,7 @@ mod restore_tests {
                 chunks,
             }],
             idempotency: Vec::new(),
+            timings: Vec::new(),
         };
         let mut state = ClusterState::new(Policy {
             retry_backoff: Duration::ZERO,

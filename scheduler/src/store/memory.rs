@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
-use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob, Ticket};
+use super::{JobEnd, NewJob, Snapshot, Store, StoreError, StoredChunk, StoredJob, Ticket, Timing};
 use crate::records::AttemptRecord;
 
 /// Jobs and idempotency keys in maps.
@@ -15,6 +15,7 @@ use crate::records::AttemptRecord;
 pub struct MemoryStore {
     jobs: BTreeMap<JobId, StoredJob>,
     idempotency: HashMap<String, (JobId, [u8; 32])>,
+    timings: BTreeMap<(String, String), u64>,
 }
 
 impl MemoryStore {
@@ -101,6 +102,13 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    fn record_timings(&mut self, timings: &[Timing]) -> Result<(), StoreError> {
+        for t in timings {
+            self.timings.insert((t.key.clone(), t.item.clone()), t.ms);
+        }
+        Ok(())
+    }
+
     fn prune(&mut self, jobs: &[JobId]) -> Result<(), StoreError> {
         for id in jobs {
             self.jobs.remove(id);
@@ -133,6 +141,15 @@ impl Store for MemoryStore {
                 .idempotency
                 .iter()
                 .map(|(k, (id, digest))| (k.clone(), *id, *digest))
+                .collect(),
+            timings: self
+                .timings
+                .iter()
+                .map(|((key, item), ms)| Timing {
+                    key: key.clone(),
+                    item: item.clone(),
+                    ms: *ms,
+                })
                 .collect(),
         })
     }

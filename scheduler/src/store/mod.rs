@@ -31,7 +31,7 @@ use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 
 use crate::records::AttemptRecord;
-pub use crate::records::{JobEnd, NewJob, Snapshot, StoredChunk, StoredJob};
+pub use crate::records::{JobEnd, NewJob, Snapshot, StoredChunk, StoredJob, Timing};
 
 /// A store operation that failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -184,6 +184,8 @@ pub trait Store: Send {
     /// Deletes ended jobs past their retention, with every row and file of theirs (queued, done
     /// when the writer is idle; a restart before it prunes them again).
     fn prune(&mut self, jobs: &[JobId]) -> Result<(), StoreError>;
+    /// Records items' durations, overwriting earlier ones (queued).
+    fn record_timings(&mut self, timings: &[Timing]) -> Result<(), StoreError>;
     /// Hands queued writes on to be committed, without waiting.
     fn flush(&mut self) -> Result<(), StoreError>;
     /// Waits until every earlier write is durable.

@@ -15,7 +15,7 @@ use postgres::{Client, Transaction};
 
 use super::rows::{self, Pending};
 use super::writer::{Backend, InsertJob, Op, Writer};
-use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob};
+use super::{Snapshot, Store, StoreError, StoredChunk, StoredJob, Timing};
 
 /// Tables shared by the store and the leader lease.
 pub const SCHEMA: &str = "
@@ -48,6 +48,12 @@ CREATE TABLE IF NOT EXISTS muster_attempts (
     attempt INTEGER NOT NULL,
     record  TEXT NOT NULL,
     PRIMARY KEY (job_id, idx, attempt)
+);
+CREATE TABLE IF NOT EXISTS muster_timings (
+    key  TEXT NOT NULL,
+    item TEXT NOT NULL,
+    ms   BIGINT NOT NULL,
+    PRIMARY KEY (key, item)
 );
 CREATE TABLE IF NOT EXISTS muster_idempotency (
     key    TEXT PRIMARY KEY,
@@ -229,6 +235,15 @@ impl Backend for Postgres {
             match op {
                 Op::Insert(job) => insert(&mut tx, job)?,
                 Op::Write(pending) => writes.push(pending),
+                Op::Timings(timings) => {
+                    for t in timings {
+                        tx.execute(
+                            "INSERT INTO muster_timings (key, item, ms) VALUES ($1, $2, $3) \
+                             ON CONFLICT (key, item) DO UPDATE SET ms = excluded.ms",
+                            &[&t.key, &t.item, &(t.ms as i64)],
+                        )?;
+                    }
+                }
             }
         }
         apply(&mut tx, &writes)?;
@@ -303,6 +318,13 @@ impl Backend for Postgres {
             snapshot
                 .idempotency
                 .push((row.get(0), rows::job_id(&job)?, rows::digest(row.get(2))?));
+        }
+        for row in tx.query("SELECT key, item, ms FROM muster_timings", &[])? {
+            snapshot.timings.push(Timing {
+                key: row.get(0),
+                item: row.get(1),
+                ms: u64::try_from(row.get::<_, i64>(2)).unwrap_or(0),
+            });
         }
         commit_fenced(tx, self.epoch)?;
         Ok(snapshot)

@@ -15,7 +15,7 @@ use rusqlite::{params, Connection, Transaction};
 use super::payload_files::PayloadFiles;
 use super::rows::{self, Pending};
 use super::writer::{Backend, InsertJob, Op, Writer};
-use super::{io_error, Snapshot, Store, StoreError, StoredChunk, StoredJob};
+use super::{io_error, Snapshot, Store, StoreError, StoredChunk, StoredJob, Timing};
 
 /// Schema version written to `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
@@ -66,6 +66,13 @@ CREATE TABLE IF NOT EXISTS attempts (
     attempt INTEGER NOT NULL,
     record  TEXT NOT NULL
 );
+-- Recent durations of exec items, by timings key.
+CREATE TABLE IF NOT EXISTS timings (
+    key  TEXT NOT NULL,
+    item TEXT NOT NULL,
+    ms   INTEGER NOT NULL,
+    PRIMARY KEY (key, item)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS idempotency (
     key    TEXT PRIMARY KEY,
     job_id TEXT NOT NULL,
@@ -637,6 +644,15 @@ impl Backend for Sqlite {
             match op {
                 Op::Write(pending) => writes.push(pending),
                 Op::Insert(job) => insert(&tx, &mut self.payloads, job)?,
+                Op::Timings(timings) => {
+                    let mut upsert = tx.prepare_cached(
+                        "INSERT INTO timings (key, item, ms) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (key, item) DO UPDATE SET ms = excluded.ms",
+                    )?;
+                    for t in timings {
+                        upsert.execute(params![t.key, t.item, t.ms as i64])?;
+                    }
+                }
             }
         }
         apply(&tx, &writes)?;
@@ -794,6 +810,17 @@ impl Backend for Sqlite {
             snapshot
                 .idempotency
                 .push((key, rows::job_id(&job)?, rows::digest(digest)?));
+        }
+        let mut timings = self.conn.prepare("SELECT key, item, ms FROM timings")?;
+        let timing_rows = timings.query_map([], |r| {
+            Ok(Timing {
+                key: r.get(0)?,
+                item: r.get(1)?,
+                ms: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+            })
+        })?;
+        for row in timing_rows {
+            snapshot.timings.push(row?);
         }
         Ok(snapshot)
     }

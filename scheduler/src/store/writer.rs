@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::rows::{self, Buffer, Pending};
-use super::{Fate, JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket};
+use super::{Fate, JobEnd, NewJob, Progress, Snapshot, Store, StoreError, Ticket, Timing};
 use crate::records::AttemptRecord;
 
 /// A new job, owned, ready to send to the writer thread.
@@ -45,6 +45,8 @@ pub(super) enum Op {
     Write(Pending),
     /// A new job.
     Insert(InsertJob),
+    /// Items' durations, overwriting earlier ones.
+    Timings(Vec<Timing>),
 }
 
 /// A database the writer thread owns.
@@ -497,6 +499,14 @@ impl Store for Writer {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         self.buffer.finish(job, end, at);
+        Ok(())
+    }
+
+    fn record_timings(&mut self, timings: &[Timing]) -> Result<(), StoreError> {
+        // Writes buffered before stay before.
+        let earlier = self.buffer.take().into_iter().map(Op::Write);
+        self.staged.extend(earlier);
+        self.staged.push(Op::Timings(timings.to_vec()));
         Ok(())
     }
 
