@@ -33,7 +33,8 @@ use crate::tasks::{TaskContext, Tasks};
 /// Environment variables every program gets, as the worker has them.
 const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
-/// How often a running program is checked for its end or a cancel.
+/// How often a running program's attempt is checked for a cancel (its end is seen at once: a
+/// thread waits for it).
 const POLL: Duration = Duration::from_millis(5);
 
 /// What a worker lets `exec` batches do.
@@ -229,11 +230,15 @@ fn run(
     })
     .collect();
     let mut stopping: Option<Instant> = None;
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = ended_tx.send(child.wait());
+    });
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(_) => break None,
+        match ended.recv_timeout(POLL) {
+            Ok(status) => break status.ok(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         match stopping {
             None if ctx.is_cancelled() => {
@@ -245,7 +250,6 @@ fn run(
             }
             _ => {}
         }
-        std::thread::sleep(POLL);
     };
     // Whatever the program left running in its group goes with it, so the pipes close too.
     signal_group(group, Signal::KILL);
