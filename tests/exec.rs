@@ -335,3 +335,57 @@ fn recorded_durations_balance_the_next_run_even_after_a_restart() {
     let shorts: usize = second[2..].iter().map(Vec::len).sum();
     assert_eq!(shorts, 10, "{second:?}");
 }
+
+#[test]
+fn the_batches_junit_reports_merge_into_one_document_with_every_testcase_once() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "w1", 2, &["--allow-exec", "sh"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report.xml");
+    // A test runner in miniature: one testcase per item, `bad` fails.
+    let runner = r#"out=$1; shift
+        { echo '<?xml version="1.0"?><testsuite name="mini">'
+          for t in "$@"; do
+            if [ "$t" = bad ]; then echo "<testcase name=\"$t\"><failure message=\"no\">it &lt;failed&gt;</failure></testcase>"
+            else echo "<testcase classname=\"mini\" name=\"$t\" time=\"0.001\"/>"; fi
+          done
+          echo '</testsuite>'; } > "$out"
+        for t in "$@"; do [ "$t" = bad ] && exit 1; done; exit 0"#;
+    let (code, _, stderr) = submit_exec(
+        &c,
+        &["--items", "a", "b", "bad", "c", "d", "--chunks", "2"]
+            .into_iter()
+            .chain(["--junit-out", out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        &["sh", "-c", runner, "sh", "{junit}", "{items}"],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("failed: "), "{stderr}");
+    let xml = std::fs::read_to_string(&out).expect("the merged report");
+    // Read back with a real XML parser: every testcase once, the failure named.
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let mut names = Vec::new();
+    let mut failures = 0;
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            quick_xml::events::Event::Eof => break,
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
+                match e.local_name().as_ref() {
+                    "testcase" => names.push(
+                        e.try_get_attribute("name")
+                            .unwrap()
+                            .map(|a| a.value.into_owned())
+                            .unwrap_or_default(),
+                    ),
+                    "failure" => failures += 1,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    names.sort();
+    assert_eq!(names, ["a", "b", "bad", "c", "d"], "{xml}");
+    assert_eq!(failures, 1, "{xml}");
+    assert!(xml.contains(r#"tests="5" failures="1""#), "{xml}");
+}

@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 /// The argument that expands to a batch's items, one argument each.
 pub const ITEMS: &str = "{items}";
 
+/// The argument (or part of one) that expands to a path where the program may write its JUnit
+/// XML report, which the batch's report then carries.
+pub const JUNIT: &str = "{junit}";
+
+/// Largest JUnit report a batch carries; a larger one is left out, and its output says so.
+pub const MAX_JUNIT_BYTES: u64 = 4 << 20;
+
 /// The task name workers advertise for the `exec` jobs of `program`.
 pub fn task_name(program: &str) -> String {
     format!("exec:{program}")
@@ -29,17 +36,22 @@ pub struct ExecBatch {
 }
 
 impl ExecBatch {
-    /// The arguments with [`ITEMS`] expanded.
-    pub fn argv(&self) -> Vec<String> {
+    /// The arguments with [`ITEMS`] expanded, and [`JUNIT`] replaced by `junit`.
+    pub fn argv(&self, junit: &str) -> Vec<String> {
         let mut argv = Vec::with_capacity(self.args.len() + self.items.len());
         for arg in &self.args {
             if arg == ITEMS {
                 argv.extend(self.items.iter().cloned());
             } else {
-                argv.push(arg.clone());
+                argv.push(arg.replace(JUNIT, junit));
             }
         }
         argv
+    }
+
+    /// True when the arguments name [`JUNIT`].
+    pub fn wants_junit(&self) -> bool {
+        self.args.iter().any(|a| a.contains(JUNIT))
     }
 }
 
@@ -65,6 +77,9 @@ pub struct ExecReport {
     /// True when the program failed before and then passed.
     #[serde(default)]
     pub flaky: bool,
+    /// The JUnit XML the program wrote at [`JUNIT`], if it wrote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub junit: Option<String>,
 }
 
 impl ExecReport {
@@ -170,6 +185,15 @@ mod tests {
             args: vec!["-q".into(), ITEMS.into(), "--tb=short".into()],
             items: vec!["a b.py".into(), "$(touch F)".into()],
         };
-        assert_eq!(batch.argv(), ["-q", "a b.py", "$(touch F)", "--tb=short"]);
+        assert_eq!(
+            batch.argv("/j.xml"),
+            ["-q", "a b.py", "$(touch F)", "--tb=short"]
+        );
+        let junit = ExecBatch {
+            args: vec![format!("--junitxml={JUNIT}"), ITEMS.into()],
+            ..batch
+        };
+        assert!(junit.wants_junit());
+        assert_eq!(junit.argv("/j.xml")[0], "--junitxml=/j.xml");
     }
 }

@@ -6,6 +6,7 @@
 //! - [`ints`]: the fast path for arrays of 64-bit integers: checked, cut and packed in one pass.
 //! - [`packed`]: the binary form of integer chunks and sorted integer runs.
 //! - [`exec`]: `exec` jobs: a program run over batches of items on the workers that allow it.
+//! - [`junit`]: merging the JUnit reports of an `exec` job's batches into one.
 //! - [`job`]: the job request body, parsed raw and then validated into a [`job::JobSpec`].
 //! - [`split`]: how a built-in job's input becomes chunk payloads.
 //! - [`task`]: the built-in chunk tasks every stock worker runs, and the task error type.
@@ -23,6 +24,7 @@ mod helpers;
 pub mod ids;
 pub mod ints;
 pub mod job;
+pub mod junit;
 pub mod packed;
 pub mod protocol;
 pub mod reduce;

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use muster_shared::exec::{task_name, ExecBatch, ExecReport};
+use muster_shared::exec::{task_name, ExecBatch, ExecReport, MAX_JUNIT_BYTES};
 use muster_shared::task::TaskError;
 use rustix::process::{kill_process_group, Pid, Signal};
 
@@ -187,8 +187,9 @@ fn run(
             command
         }
     };
+    let junit_path = scratch.path().join("junit.xml");
     command
-        .args(batch.argv())
+        .args(batch.argv(&junit_path.to_string_lossy()))
         .env_clear()
         .current_dir(settings.dir.as_deref().unwrap_or(scratch.path()))
         .stdout(Stdio::piped())
@@ -262,7 +263,21 @@ fn run(
     }
     let status =
         status.ok_or_else(|| TaskError::retryable(format!("lost track of `{program}`")))?;
-    let capture = capture.lock().unwrap_or_else(|p| p.into_inner());
+    let mut capture = capture.lock().unwrap_or_else(|p| p.into_inner());
+    let junit = match std::fs::metadata(&junit_path) {
+        Ok(meta) if batch.wants_junit() && meta.len() > MAX_JUNIT_BYTES => {
+            let note = format!(
+                "\n[muster: the JUnit report of {} bytes is over the {MAX_JUNIT_BYTES} kept, and was left out]\n",
+                meta.len()
+            );
+            capture.push(note.as_bytes(), cap);
+            None
+        }
+        Ok(_) if batch.wants_junit() => std::fs::read(&junit_path)
+            .ok()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
+    };
     Ok(ExecReport {
         items: batch.items,
         exit_code: status.code(),
@@ -272,6 +287,7 @@ fn run(
         output_cut: capture.cut,
         failed_runs: 0,
         flaky: false,
+        junit,
     })
 }
 

@@ -9,7 +9,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use muster_shared::body::{parse_job, BodyError};
+use muster_shared::exec::{ExecReport, JUNIT};
 use muster_shared::ids::JobId;
+use muster_shared::junit::merge;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -271,15 +273,60 @@ pub(super) async fn result(
                 .content_type("application/json")
                 .body(SizedStream::new(len, stream)))
         }
-        JobResult::Missing { status, error } => Err(ApiError::NotFinished {
-            detail: match (status, error) {
-                ("failed", Some(error)) => format!("job {id} failed: {error}"),
-                ("cancelled", _) => format!("job {id} was cancelled"),
-                (status, _) => format!("job {id} is {status}: no result yet"),
-            },
-            status,
-        }),
+        JobResult::Missing { status, error } => Err(not_finished(id, status, error)),
     }
+}
+
+/// 409: the job has no result (yet, or ever).
+fn not_finished(id: JobId, status: &'static str, error: Option<String>) -> ApiError {
+    ApiError::NotFinished {
+        detail: match (status, error) {
+            ("failed", Some(error)) => format!("job {id} failed: {error}"),
+            ("cancelled", _) => format!("job {id} was cancelled"),
+            (status, _) => format!("job {id} is {status}: no result yet"),
+        },
+        status,
+    }
+}
+
+/// `GET /v1/jobs/{id}/junit`: an exec job's batches' JUnit reports merged into one document.
+pub(super) async fn junit(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let (answer, durable) = app
+        .coordinator(&req)?
+        .send(GetResult { id, watch: false })
+        .await
+        .map_err(mailbox)??;
+    durable.wait().await?;
+    let result = match answer.result {
+        JobResult::Ready(result) => result,
+        JobResult::Missing { status, error } => return Err(not_finished(id, status, error)),
+    };
+    let reports: Vec<ExecReport> = serde_json::from_slice(&result).map_err(|_| {
+        ApiError::Invalid(format!(
+            "job {id} is not an exec job: it has no JUnit report"
+        ))
+    })?;
+    if reports.iter().all(|r| r.junit.is_none()) {
+        return Err(ApiError::Invalid(format!(
+            "no batch of job {id} wrote a JUnit report (give the program a path with `{JUNIT}`)"
+        )));
+    }
+    let merged = web::block(move || {
+        let xml: Vec<Option<&str>> = reports.iter().map(|r| r.junit.as_deref()).collect();
+        merge(&xml)
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(format!("cannot merge the reports: {e}")))?
+    .map_err(|e| ApiError::Invalid(format!("cannot merge job {id}'s JUnit reports: {e}")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/xml")
+        .body(merged))
 }
 
 #[derive(Deserialize)]

@@ -31,6 +31,10 @@ pub struct SubmitArgs {
     /// exec: the key the items' durations are kept under (default: the program).
     #[arg(long)]
     pub timings_key: Option<String>,
+    /// exec, with --wait: write the batches' JUnit reports, merged, to this file (the program
+    /// writes its report where `{junit}` says).
+    #[arg(long, requires = "wait")]
+    pub junit_out: Option<PathBuf>,
     /// exec: the program and its arguments, after `--`; `{items}` stands for a batch's items.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -280,7 +284,15 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
         }
         wait_with_progress(&client, &id).await?;
         if args.kind.as_deref() == Some("exec") && !args.client.json {
-            return exec_verdict(&client, &id).await;
+            let verdict = exec_verdict(&client, &id).await;
+            let ran = !matches!(verdict, Err(CliError::NotRun(_)));
+            if let (Some(path), true) = (&args.junit_out, ran) {
+                let report = client.get_ok(&format!("/v1/jobs/{id}/junit")).await?;
+                std::fs::write(path, report.as_str().unwrap_or_default()).map_err(|e| {
+                    CliError::Failed(format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+            return verdict;
         }
         fetch_result(&client, &id, None, args.client.json).await
     })
