@@ -389,3 +389,39 @@ fn the_batches_junit_reports_merge_into_one_document_with_every_testcase_once() 
     assert_eq!(failures, 1, "{xml}");
     assert!(xml.contains(r#"tests="5" failures="1""#), "{xml}");
 }
+
+#[test]
+fn durations_in_the_junit_reports_are_learned_per_item() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
+    // Runs at once, but its report says `slow` took 5 s: that is what the coordinator learns.
+    let runner = r#"out=$1; shift
+        { echo '<testsuite>'
+          for t in "$@"; do
+            if [ "$t" = slow ]; then s=5; else s=0.001; fi
+            echo "<testcase classname=\"suite\" name=\"$t\" time=\"$s\"/>"
+          done
+          echo '</testsuite>'; } > "$out""#;
+    let items: Vec<String> = [
+        "a", "b", "c", "d", "e", "f", "slow", "g", "h", "i", "j", "k",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let body = json!({"kind": "exec", "program": "sh", "args": ["-c", runner, "sh", "{junit}", "{items}"],
+        "input": items});
+    let api = c.api();
+    let batches = || -> Vec<Vec<String>> {
+        let result = api.result(&api.submit(&body));
+        result
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| serde_json::from_value(r["items"].clone()).unwrap())
+            .collect()
+    };
+    let first = batches();
+    assert!(first.iter().all(|b| b.len() == 3), "{first:?}");
+    let second = batches();
+    assert_eq!(second[0], ["slow"], "{second:?}");
+}

@@ -79,6 +79,52 @@ fn testcases(xml: &str) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
+/// The time each of `items` took by the testcases of `xml` (a JUnit report), in milliseconds:
+/// a testcase belongs to the item its `file` attribute names, else to the item its `classname`
+/// names as a path (`tests.test_a` for `tests/test_a.py`, or the item itself), else to the item
+/// its `name` is; its `time` (seconds) counts for that item. Items no testcase names are left
+/// out; `None` when the report cannot be read.
+pub fn item_times(xml: &str, items: &[String]) -> Option<std::collections::HashMap<String, u64>> {
+    use std::collections::HashMap;
+    let by_key: HashMap<String, &String> = items
+        .iter()
+        .flat_map(|item| {
+            let path = item.trim_end_matches(".py").replace(['/', '\\'], ".");
+            [(item.clone(), item), (path, item)]
+        })
+        .collect();
+    let mut times: HashMap<String, u64> = HashMap::new();
+    let mut reader = Reader::from_str(xml);
+    loop {
+        let event = reader.read_event().ok()?;
+        let (Event::Start(e) | Event::Empty(e)) = event else {
+            if matches!(event, Event::Eof) {
+                break;
+            }
+            continue;
+        };
+        if e.local_name().as_ref() != "testcase" {
+            continue;
+        }
+        let attr = |name: &str| -> Option<String> {
+            e.try_get_attribute(name)
+                .ok()
+                .flatten()
+                .map(|a| a.value.into_owned())
+        };
+        let item = ["file", "classname", "name"]
+            .iter()
+            .filter_map(|a| attr(a))
+            .find_map(|key| by_key.get(&key).copied());
+        let (Some(item), Some(seconds)) = (item, attr("time").and_then(|t| t.parse::<f64>().ok()))
+        else {
+            continue;
+        };
+        *times.entry(item.clone()).or_default() += (seconds.max(0.0) * 1000.0).round() as u64;
+    }
+    Some(times)
+}
+
 /// One document holding every testcase of `reports` (each a batch's JUnit XML, `None` for a
 /// batch that wrote none) once, in batch order.
 pub fn merge(reports: &[Option<&str>]) -> Result<String, String> {
@@ -112,6 +158,30 @@ pub fn merge(reports: &[Option<&str>]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn testcase_times_are_summed_per_item_by_file_classname_or_name() {
+        let items: Vec<String> = ["tests/test_a.py", "tests/test_b.py", "solo", "unseen"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let xml = r#"<testsuite>
+            <testcase file="tests/test_a.py" classname="x" name="one" time="0.25"/>
+            <testcase classname="tests.test_a" name="two" time="0.5"/>
+            <testcase classname="tests.test_b" name="three" time="1"><failure/></testcase>
+            <testcase classname="other" name="solo" time="0.002"/>
+            <testcase classname="nobody" name="nothing" time="9"/>
+            </testsuite>"#;
+        let times = item_times(xml, &items).unwrap();
+        assert_eq!(times.get("tests/test_a.py"), Some(&750));
+        assert_eq!(times.get("tests/test_b.py"), Some(&1000));
+        assert_eq!(times.get("solo"), Some(&2));
+        assert_eq!(times.get("unseen"), None);
+        assert_eq!(
+            item_times("<testsuite><testcase></testsuite>", &items),
+            None
+        );
+    }
 
     #[test]
     fn testcases_of_every_batch_are_kept_once_with_counts_recomputed() {

@@ -163,10 +163,18 @@ impl ClusterState {
         Ok(serde_json::to_vec(&report).map_or(result, Bytes::from))
     }
 
-    /// Learns the durations of a batch's items from its run: the batch's time is split among its
-    /// items in proportion to their estimates (equally among items never seen, at the median
-    /// estimate), and each estimate moves halfway to its share.
+    /// Learns the durations of a batch's items from its run: an item its JUnit report times
+    /// takes that time; the rest of the batch's time is split among the other items in
+    /// proportion to their estimates (items never seen at the median estimate); each estimate
+    /// moves halfway to its share.
     fn learn_timings(&mut self, key: String, report: &ExecReport) {
+        // Times the program's own JUnit report gives its items come first; the rest of the
+        // batch's time is shared among the other items.
+        let measured = report
+            .junit
+            .as_deref()
+            .and_then(|xml| muster_shared::junit::item_times(xml, &report.items))
+            .unwrap_or_default();
         let known = self.timings.entry(key.clone()).or_default();
         let median = {
             let mut all: Vec<u64> = known.values().copied().collect();
@@ -176,12 +184,21 @@ impl ClusterState {
         let weights: Vec<u64> = report
             .items
             .iter()
-            .map(|item| known.get(item).copied().unwrap_or(median).max(1))
+            .map(|item| match measured.contains_key(item) {
+                true => 0,
+                false => known.get(item).copied().unwrap_or(median).max(1),
+            })
             .collect();
         let total: u64 = weights.iter().sum();
+        let rest = report
+            .duration_ms
+            .saturating_sub(measured.values().sum::<u64>());
         let mut learned = Vec::with_capacity(weights.len());
         for (item, weight) in report.items.iter().zip(weights) {
-            let share = report.duration_ms * weight / total.max(1);
+            let share = match measured.get(item) {
+                Some(ms) => *ms,
+                None => rest * weight / total.max(1),
+            };
             let ms = match known.get(item) {
                 Some(old) => (old + share) / 2,
                 None => share,
