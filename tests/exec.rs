@@ -309,25 +309,15 @@ fn recorded_durations_balance_the_next_run_even_after_a_restart() {
         .chain(short.iter().map(String::as_str))
         .collect();
     let body = json!({"kind": "exec", "program": "sleep", "input": items});
-    let batches = |c: &Coordinator| -> Vec<Vec<String>> {
-        let api = c.api();
-        let result = api.result(&api.submit(&body));
-        result
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| serde_json::from_value(r["items"].clone()).unwrap())
-            .collect()
-    };
     // No durations known: equal counts, in the order given (4 batches for one slot).
-    let first = batches(&c);
+    let first = run_batches(&c, &body);
     assert_eq!(first.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 3, 3]);
 
     // The durations learned survive a restart, and the next run is cut by them: each long item
     // runs in a batch of its own, first, and the short ones share the rest.
     c.restart(&[]);
     worker.wait_for_nth("registered with coordinator", 2);
-    let second = batches(&c);
+    let second = run_batches(&c, &body);
     assert_eq!(second.len(), 4, "{second:?}");
     for item in long {
         assert!(second[..2].contains(&vec![item.to_owned()]), "{second:?}");
@@ -410,18 +400,20 @@ fn durations_in_the_junit_reports_are_learned_per_item() {
     .collect();
     let body = json!({"kind": "exec", "program": "sh", "args": ["-c", runner, "sh", "{junit}", "{items}"],
         "input": items});
-    let api = c.api();
-    let batches = || -> Vec<Vec<String>> {
-        let result = api.result(&api.submit(&body));
-        result
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| serde_json::from_value(r["items"].clone()).unwrap())
-            .collect()
-    };
-    let first = batches();
+    let first = run_batches(&c, &body);
     assert!(first.iter().all(|b| b.len() == 3), "{first:?}");
-    let second = batches();
+    let second = run_batches(&c, &body);
     assert_eq!(second[0], ["slow"], "{second:?}");
+}
+
+/// Runs the exec job `body` on `c` to its end; the items of each of its batches, in batch order.
+fn run_batches(c: &Coordinator, body: &serde_json::Value) -> Vec<Vec<String>> {
+    let api = c.api();
+    let result = api.result(&api.submit(body));
+    result
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| serde_json::from_value(r["items"].clone()).expect("a batch's items"))
+        .collect()
 }

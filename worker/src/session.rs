@@ -248,7 +248,6 @@ impl Worker {
     }
 
     async fn serve(&mut self, socket: &mut Socket, base: &str) -> SessionEnd {
-        let mut welcomed = false;
         let mut heartbeat_every = DEFAULT_HEARTBEAT;
         let mut ticker = interval(heartbeat_every);
         let mut last_heard = Instant::now();
@@ -275,15 +274,15 @@ impl Worker {
                 frame = socket.next() => {
                     last_heard = Instant::now();
                     let frame = match frame {
-                        None => return disconnected("coordinator closed the connection".into(), welcomed),
-                        Some(Err(e)) => return disconnected(format!("connection error: {e}"), welcomed),
+                        None => return disconnected("coordinator closed the connection".into(), self.welcomed),
+                        Some(Err(e)) => return disconnected(format!("connection error: {e}"), self.welcomed),
                         Some(Ok(frame)) => frame,
                     };
                     match frame {
                         ws::Frame::Binary(bytes) => {
-                            let mut replies = match self.handle(&bytes, &mut welcomed, &mut heartbeat_every) {
+                            let mut replies = match self.handle(&bytes, &mut heartbeat_every) {
                                 Ok(replies) => replies,
-                                Err(reason) => return disconnected(reason, welcomed),
+                                Err(reason) => return disconnected(reason, self.welcomed),
                             };
                             // Chunks run inline tell how short chunks are, too.
                             if let Some(prefetch) = self.grow_prefetch() {
@@ -292,27 +291,27 @@ impl Worker {
                             if heartbeat_every != ticker.period() {
                                 ticker = interval(heartbeat_every);
                             }
-                            if welcomed && !self.outbox.is_empty() {
+                            if self.welcomed && !self.outbox.is_empty() {
                                 let backlog = std::mem::take(&mut self.outbox);
                                 info!(count = backlog.len(), "sending outcomes held while disconnected");
                                 let msgs = backlog.into_iter().map(WorkerMessage::Outcome).collect();
                                 if let Err(reason) = self.send(socket, msgs).await {
-                                    return disconnected(reason, welcomed);
+                                    return disconnected(reason, self.welcomed);
                                 }
                             }
                             if !replies.is_empty() {
                                 if let Err(reason) = self.send(socket, replies).await {
-                                    return disconnected(reason, welcomed);
+                                    return disconnected(reason, self.welcomed);
                                 }
                             }
                         }
                         ws::Frame::Ping(payload) => {
                             if socket.send(ws::Message::Pong(payload)).await.is_err() {
-                                return disconnected("cannot answer ping".into(), welcomed);
+                                return disconnected("cannot answer ping".into(), self.welcomed);
                             }
                         }
                         ws::Frame::Close(reason) => {
-                            return self.closed_by_coordinator(reason, base, welcomed);
+                            return self.closed_by_coordinator(reason, base, self.welcomed);
                         }
                         ws::Frame::Pong(_) | ws::Frame::Text(_) | ws::Frame::Continuation(_) => {}
                     }
@@ -328,7 +327,7 @@ impl Worker {
                     }
                     if let Some(prefetch) = self.grow_prefetch() {
                         if let Err(reason) = self.send(socket, vec![WorkerMessage::Capacity { prefetch }]).await {
-                            return disconnected(reason, welcomed);
+                            return disconnected(reason, self.welcomed);
                         }
                     }
                     held.extend(batch);
@@ -342,24 +341,24 @@ impl Worker {
                     }
                     flush_at = None;
                     if let Err(reason) = self.send_outcomes(socket, &mut held).await {
-                        return disconnected(reason, welcomed);
+                        return disconnected(reason, self.welcomed);
                     }
                 }
                 _ = sleep_until(flush_at.unwrap_or(far)), if flush_at.is_some() => {
                     flush_at = None;
                     if let Err(reason) = self.send_outcomes(socket, &mut held).await {
-                        return disconnected(reason, welcomed);
+                        return disconnected(reason, self.welcomed);
                     }
                 }
                 _ = ticker.tick() => {
-                    if !welcomed && Instant::now() > welcome_deadline {
+                    if !self.welcomed && Instant::now() > welcome_deadline {
                         return disconnected("coordinator did not answer the hello".into(), false);
                     }
                     if last_heard.elapsed() > self.config.coordinator_timeout {
-                        return disconnected("coordinator went silent".into(), welcomed);
+                        return disconnected("coordinator went silent".into(), self.welcomed);
                     }
                     if let Err(reason) = self.send(socket, vec![WorkerMessage::Heartbeat]).await {
-                        return disconnected(reason, welcomed);
+                        return disconnected(reason, self.welcomed);
                     }
                 }
                 _ = shutdown.wait_for(|stop| *stop), if drain_deadline.is_none() => {
@@ -485,11 +484,10 @@ impl Worker {
     fn handle(
         &mut self,
         bytes: &Bytes,
-        welcomed: &mut bool,
         heartbeat_every: &mut Duration,
     ) -> Result<Vec<WorkerMessage>, String> {
         let frame = decode_in_place(bytes).map_err(|e| e.to_string())?;
-        if !*welcomed {
+        if !self.welcomed {
             // The welcome's frame names the id the coordinator gave this connection.
             self.id = frame.worker;
         } else if frame.worker != self.id {
@@ -505,7 +503,6 @@ impl Worker {
                     heartbeat_interval_ms,
                     max_frame_bytes,
                 } => {
-                    *welcomed = true;
                     self.welcomed = true;
                     self.max_frame_bytes = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
                     *heartbeat_every = Duration::from_millis(heartbeat_interval_ms.max(10));

@@ -103,10 +103,7 @@ impl ClusterState {
                     .map(|j| j.meta.reducer.check(&result))
                     .and_then(Result::err);
                 match refused {
-                    None => match self.rerun_failed_program(chunk, result) {
-                        Ok(result) => self.succeed_attempt(chunk, result),
-                        Err(why) => self.fail_attempt(chunk, FailReason::ProgramFailed(why)),
-                    },
+                    None => self.accept_result(chunk, result),
                     Some(why) => {
                         let name = self.workers.get(worker).map(|w| w.name.clone());
                         warn!(%worker, %chunk, %why, "refused a result that does not fit the job's reducer");
@@ -130,23 +127,43 @@ impl ClusterState {
         }
     }
 
+    /// A result that fits its job. An `exec` batch's report (read once) may ask for a rerun of
+    /// its batch, is marked flaky when it passed after failing, and teaches its items' durations;
+    /// then the chunk succeeds.
+    fn accept_result(&mut self, chunk: ChunkRef, result: Bytes) {
+        let exec = self
+            .jobs
+            .get(&chunk.job)
+            .and_then(|j| j.meta.timings_key.clone())
+            .and_then(|key| Some((key, ExecReport::read(&result)?)));
+        let Some((key, mut report)) = exec else {
+            return self.succeed_attempt(chunk, result);
+        };
+        let result = match self.rerun_failed_program(chunk, &mut report) {
+            Err(why) => return self.fail_attempt(chunk, FailReason::ProgramFailed(why)),
+            Ok(false) => result,
+            Ok(true) => serde_json::to_vec(&report).map_or(result, Bytes::from),
+        };
+        self.learn_timings(key, &report);
+        self.succeed_attempt(chunk, result);
+    }
+
     /// For an `exec` job that reruns failed batches (`retry_failed`): `Err` with why when this
-    /// report's program failed and the batch has reruns left; else the report to keep, marked
-    /// flaky when it passed after failing. Any other result is kept as it is.
-    fn rerun_failed_program(&self, chunk: ChunkRef, result: Bytes) -> Result<Bytes, String> {
+    /// report's program failed and the batch has reruns left; else whether the report was
+    /// marked (flaky when it passed after failing, with its failed runs).
+    fn rerun_failed_program(
+        &self,
+        chunk: ChunkRef,
+        report: &mut ExecReport,
+    ) -> Result<bool, String> {
         let Some(job) = self
             .jobs
             .get(&chunk.job)
             .filter(|j| j.meta.retry_failed > 0)
         else {
-            return Ok(result);
+            return Ok(false);
         };
-        let (Some(mut report), Some(runs)) = (
-            ExecReport::read(&result),
-            job.chunk(chunk.chunk).map(|c| c.program_failures()),
-        ) else {
-            return Ok(result);
-        };
+        let runs = job.chunk(chunk.chunk).map_or(0, |c| c.program_failures());
         if !report.passed() && runs < job.meta.retry_failed {
             let status = match (report.exit_code, report.signal) {
                 (Some(code), _) => format!("exit code {code}"),
@@ -156,11 +173,11 @@ impl ClusterState {
             return Err(format!("`{}` ended with {status}", job.meta.task));
         }
         if runs == 0 {
-            return Ok(result);
+            return Ok(false);
         }
         report.failed_runs = runs;
         report.flaky = report.passed();
-        Ok(serde_json::to_vec(&report).map_or(result, Bytes::from))
+        Ok(true)
     }
 
     /// Learns the durations of a batch's items from its run: an item its JUnit report times
@@ -213,11 +230,6 @@ impl ClusterState {
         self.writes.push(Write::Timings(learned));
     }
 
-    /// An item's estimated duration under `key`, if it ran before.
-    pub fn estimate(&self, key: &str, item: &str) -> Option<u64> {
-        self.timings.get(key)?.get(item).copied()
-    }
-
     pub(super) fn record_attempt(&mut self, chunk: ChunkRef) {
         let Some(record) = self
             .jobs
@@ -245,11 +257,6 @@ impl ClusterState {
                 return;
             }
         };
-        if let Some(key) = job.meta.timings_key.clone() {
-            if let Some(report) = ExecReport::read(&result) {
-                self.learn_timings(key, &report);
-            }
-        }
         self.writes.push(Write::Result {
             job: chunk.job,
             chunk: chunk.chunk,
