@@ -48,10 +48,8 @@ fn exec_runs_batches_as_argv_and_exits_with_their_verdict() {
         stdout.contains(&format!("[batch 2] got {touch} {tick}")),
         "{stdout}"
     );
-    assert!(
-        stdout.contains("3 of 3 batches passed (6 items)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("6 passed in "), "{stdout}");
+    assert!(stdout.contains(" on 1 worker (ideal "), "{stdout}");
     assert!(
         !std::path::Path::new(marker).exists(),
         "an item ran as a shell command"
@@ -227,6 +225,16 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
         result[0]["output"].as_str().unwrap_or("").contains("rerun"),
         "{result}"
     );
+    // The result says where the item ran in the end, and that it took a second attempt.
+    let item = &result[0]["results"][0];
+    let survivor = if workers[0].pid() == runner {
+        "w2"
+    } else {
+        "w1"
+    };
+    assert_eq!(item["status"], json!("passed"), "{result}");
+    assert_eq!(item["attempts"], json!(2), "{result}");
+    assert_eq!(item["worker"], json!(survivor), "{result}");
     let status = api.status(&id);
     assert_eq!(
         status["retries"][0]["attempts"][0]["error"]["class"],
@@ -273,10 +281,7 @@ fn with_retry_failed_a_batch_that_fails_then_passes_is_flaky_and_the_job_passes(
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains("[batch 0] second run"), "{stdout}");
-    assert!(
-        stdout.contains("1 of 1 batches passed (1 items), 1 flaky"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("0 passed, 1 flaky in "), "{stdout}");
 
     // Failing every run uses up the reruns: the failure stands, exit 1.
     let (code, _, stderr) = submit_exec(
@@ -353,27 +358,12 @@ fn the_batches_junit_reports_merge_into_one_document_with_every_testcase_once() 
     assert!(stderr.contains("failed: "), "{stderr}");
     let xml = std::fs::read_to_string(&out).expect("the merged report");
     // Read back with a real XML parser: every testcase once, the failure named.
-    let mut reader = quick_xml::Reader::from_str(&xml);
-    let mut names = Vec::new();
-    let mut failures = 0;
-    loop {
-        match reader.read_event().expect("well-formed XML") {
-            quick_xml::events::Event::Eof => break,
-            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e) => {
-                match e.local_name().as_ref() {
-                    "testcase" => names.push(
-                        e.try_get_attribute("name")
-                            .unwrap()
-                            .map(|a| a.value.into_owned())
-                            .unwrap_or_default(),
-                    ),
-                    "failure" => failures += 1,
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
-    }
+    let cases = testcases(&xml);
+    let mut names: Vec<&str> = cases.iter().map(|(name, _)| name.as_str()).collect();
+    let failures = cases
+        .iter()
+        .filter(|(_, runs)| runs == &["failure"])
+        .count();
     names.sort();
     assert_eq!(names, ["a", "b", "bad", "c", "d"], "{xml}");
     assert_eq!(failures, 1, "{xml}");
@@ -404,6 +394,135 @@ fn durations_in_the_junit_reports_are_learned_per_item() {
     assert!(first.iter().all(|b| b.len() == 3), "{first:?}");
     let second = run_batches(&c, &body);
     assert_eq!(second[0], ["slow"], "{second:?}");
+}
+
+/// The `<testcase>` elements of a JUnit document, read with an XML parser: each one's name and
+/// the names of its child elements that record a run's failure.
+fn testcases(xml: &str) -> Vec<(String, Vec<String>)> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut cases: Vec<(String, Vec<String>)> = Vec::new();
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Event::Eof => return cases,
+            Event::Start(e) | Event::Empty(e) => match e.local_name().as_ref() {
+                "testcase" => cases.push((
+                    e.try_get_attribute("name")
+                        .expect("a well-formed attribute")
+                        .map(|a| a.value.into_owned())
+                        .unwrap_or_default(),
+                    Vec::new(),
+                )),
+                name @ ("failure" | "error" | "flakyFailure" | "rerunFailure") => {
+                    if let Some((_, runs)) = cases.last_mut() {
+                        runs.push(name.to_owned());
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn only_failed_items_rerun_and_the_report_marks_flaky_and_repeated_failures() {
+    let c = Coordinator::start(&[]);
+    let _workers = [
+        c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]),
+        c.worker_with(bin("muster-worker"), "w2", 1, &["--allow-exec", "sh"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, out) = (dir.path().join("flaked"), dir.path().join("report.xml"));
+    // `good` passes, `flaky` fails on its first run only, `bad` fails every run.
+    let runner = format!(
+        r#"out=$1; shift; echo "ran: $*"; fail=0
+        {{ echo '<testsuite>'
+          for t in "$@"; do
+            case $t in
+              good) echo '<testcase classname="t" name="good" time="0.01"/>' ;;
+              flaky) if [ -e {m} ]; then echo '<testcase classname="t" name="flaky"/>'
+                     else touch {m}; fail=1; echo '<testcase classname="t" name="flaky"><failure message="first run"/></testcase>'; fi ;;
+              bad) fail=1; echo '<testcase classname="t" name="bad"><failure message="always">trace</failure></testcase>' ;;
+            esac
+          done
+          echo '</testsuite>'; }} > "$out"
+        exit $fail"#,
+        m = mark.display()
+    );
+    let (code, stdout, stderr) = submit_exec(
+        &c,
+        &[
+            "--items",
+            "good",
+            "flaky",
+            "bad",
+            "--chunks",
+            "1",
+            "--retry-failed",
+            "2",
+            "--junit-out",
+            out.to_str().unwrap(),
+        ],
+        &["sh", "-c", &runner, "sh", "{junit}", "{items}"],
+    );
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    let runs: Vec<&str> = stdout.lines().filter(|l| l.contains("ran: ")).collect();
+    assert_eq!(
+        runs,
+        [
+            "[batch 0] ran: good flaky bad",
+            "[batch 0] ran: flaky bad",
+            "[batch 0] ran: bad"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("1 passed, 1 failed, 1 flaky in "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("failed: bad"), "{stderr}");
+    let result = c.api().get("/v1/jobs?limit=1").body;
+    let id = result["jobs"][0]["id"].as_str().unwrap().to_owned();
+    let result = c.api().result(&id);
+    let items: Vec<(String, String, u64)> = result[0]["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["item"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+                r["attempts"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("good", "passed", 1),
+        ("flaky", "flaky", 2),
+        ("bad", "failed", 3),
+    ];
+    let expected: Vec<(String, String, u64)> = expected
+        .iter()
+        .map(|(i, s, a)| (i.to_string(), s.to_string(), *a))
+        .collect();
+    assert_eq!(items, expected, "{result}");
+    let xml = std::fs::read_to_string(&out).expect("the merged report");
+    let cases = testcases(&xml);
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        cases,
+        [
+            ("good".to_string(), strings(&[])),
+            ("flaky".to_string(), strings(&["flakyFailure"])),
+            (
+                "bad".to_string(),
+                strings(&["failure", "rerunFailure", "rerunFailure"])
+            ),
+        ],
+        "{xml}"
+    );
+    assert!(xml.contains(r#"tests="3" failures="1""#), "{xml}");
 }
 
 /// Runs the exec job `body` on `c` to its end; the items of each of its batches, in batch order.

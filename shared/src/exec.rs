@@ -6,7 +6,11 @@
 //! each, never through a shell: an item such as `x; rm -rf ~` is one argument. The argument
 //! [`ITEMS`] stands for the batch's items, one argument each.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::junit::ItemRun;
 
 /// The argument that expands to a batch's items, one argument each.
 pub const ITEMS: &str = "{items}";
@@ -36,6 +40,11 @@ pub struct ExecBatch {
 }
 
 impl ExecBatch {
+    /// It as a chunk payload.
+    pub fn payload(&self) -> bytes::Bytes {
+        bytes::Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
     /// The arguments with [`ITEMS`] expanded, and [`JUNIT`] replaced by `junit`.
     pub fn argv(&self, junit: &str) -> Vec<String> {
         let mut argv = Vec::with_capacity(self.args.len() + self.items.len());
@@ -77,9 +86,53 @@ pub struct ExecReport {
     /// True when the program failed before and then passed.
     #[serde(default)]
     pub flaky: bool,
-    /// The JUnit XML the program wrote at [`JUNIT`], if it wrote one.
+    /// The JUnit XML the program wrote at [`JUNIT`], if it wrote one (after reruns, with
+    /// Surefire's `<flakyFailure>` and `<rerunFailure>` for the earlier runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub junit: Option<String>,
+    /// How each item ended, filled in by the coordinator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ItemResult>,
+}
+
+/// How an item of an `exec` job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemStatus {
+    /// It passed the first time it ran.
+    Passed,
+    /// It failed, on its last run too.
+    Failed,
+    /// It failed, then passed on a rerun (`retry_failed`).
+    Flaky,
+}
+
+impl ItemStatus {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Flaky => "flaky",
+        }
+    }
+}
+
+/// How one item ended, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemResult {
+    /// The item.
+    pub item: String,
+    /// How it ended.
+    pub status: ItemStatus,
+    /// How long its last run took, in milliseconds: its testcases' time when the batch wrote a
+    /// JUnit report that names it, else its share of the batch's time.
+    pub duration_ms: u64,
+    /// The name of the worker that ran it last.
+    pub worker: String,
+    /// The number of the batch's attempt that ran it last, from 1: attempts lost with a worker
+    /// and reruns of failed items both count.
+    pub attempts: u32,
 }
 
 impl ExecReport {
@@ -91,6 +144,104 @@ impl ExecReport {
     /// True when the program exited with status 0.
     pub fn passed(&self) -> bool {
         self.exit_code == Some(0)
+    }
+
+    /// Judges each item of this run, which `worker` ran as the batch's attempt `attempt`, and
+    /// returns those that failed. An item fails when one of its testcases in `runs` (read off
+    /// the batch's JUnit report) failed; when the program failed, so does every item the report
+    /// does not name, and every item when the report names no failure (there is no telling
+    /// which failed). `durations` are the items' times, in item order.
+    pub fn judge(
+        &mut self,
+        runs: &HashMap<String, ItemRun>,
+        durations: &[u64],
+        worker: &str,
+        attempt: u32,
+    ) -> Vec<String> {
+        let passed = self.passed();
+        let named_failure = self
+            .items
+            .iter()
+            .any(|i| runs.get(i).is_some_and(|r| r.failed));
+        self.results = self
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let failed = match runs.get(item) {
+                    Some(run) => run.failed || (!passed && !named_failure),
+                    None => !passed,
+                };
+                ItemResult {
+                    item: item.clone(),
+                    status: if failed {
+                        ItemStatus::Failed
+                    } else {
+                        ItemStatus::Passed
+                    },
+                    duration_ms: durations.get(i).copied().unwrap_or(0),
+                    worker: worker.to_owned(),
+                    attempts: attempt,
+                }
+            })
+            .collect();
+        self.results
+            .iter()
+            .filter(|r| r.status == ItemStatus::Failed)
+            .map(|r| r.item.clone())
+            .collect()
+    }
+
+    /// This batch's report after `rerun`, a judged run of some of its failed items: their
+    /// results are the rerun's (flaky when they pass now), the outputs follow each other, the
+    /// JUnit reports fold together (see [`crate::junit::after_rerun`]), and the exit status
+    /// is the rerun's.
+    pub fn followed_by(mut self, rerun: ExecReport) -> ExecReport {
+        let worker = rerun.results.first().map_or("", |r| r.worker.as_str());
+        self.output.push_str(&format!(
+            "\n[muster: rerun of {} failed item(s) on {worker}]\n",
+            rerun.items.len()
+        ));
+        self.output.push_str(&rerun.output);
+        for later in &rerun.results {
+            if let Some(result) = self.results.iter_mut().find(|r| r.item == later.item) {
+                let status = match (result.status, later.status) {
+                    (ItemStatus::Failed | ItemStatus::Flaky, ItemStatus::Passed) => {
+                        ItemStatus::Flaky
+                    }
+                    (_, status) => status,
+                };
+                *result = ItemResult {
+                    status,
+                    ..later.clone()
+                };
+            }
+        }
+        self.junit = match (self.junit.take(), rerun.junit) {
+            (Some(earlier), Some(later)) => match crate::junit::after_rerun(&earlier, &later) {
+                Ok(merged) => Some(merged),
+                Err(e) => {
+                    self.output
+                        .push_str(&format!("[muster: the JUnit reports do not fold: {e}]\n"));
+                    Some(later)
+                }
+            },
+            (earlier, later) => later.or(earlier),
+        };
+        ExecReport {
+            exit_code: rerun.exit_code,
+            signal: rerun.signal,
+            duration_ms: self.duration_ms + rerun.duration_ms,
+            output_cut: self.output_cut + rerun.output_cut,
+            failed_runs: self.failed_runs + 1,
+            flaky: self.results.iter().any(|r| r.status == ItemStatus::Flaky),
+            ..self
+        }
+    }
+
+    /// How many of its items ended with `status`.
+    pub fn count(&self, status: ItemStatus) -> usize {
+        self.results.iter().filter(|r| r.status == status).count()
     }
 }
 
@@ -112,12 +263,12 @@ pub struct ExecPlan {
 impl ExecPlan {
     /// The chunk payload of a batch of `items`.
     pub fn payload(&self, items: Vec<String>) -> bytes::Bytes {
-        let batch = ExecBatch {
+        ExecBatch {
             program: self.program.clone(),
             args: self.args.clone(),
             items,
-        };
-        bytes::Bytes::from(serde_json::to_vec(&batch).unwrap_or_default())
+        }
+        .payload()
     }
 }
 
@@ -176,6 +327,58 @@ mod tests {
         let batches = balanced_batches(&items, ms, 2).unwrap();
         assert_eq!(batches, [vec!["a", "d", "f"], vec!["b", "c", "e"]]);
         assert_eq!(balanced_batches(&items, |_| None, 2), None);
+    }
+
+    #[test]
+    fn items_fail_by_their_testcases_or_else_by_the_programs_status() {
+        let report = |code| ExecReport {
+            items: vec!["a".into(), "b".into(), "c".into()],
+            exit_code: Some(code),
+            signal: None,
+            duration_ms: 30,
+            output: String::new(),
+            output_cut: 0,
+            failed_runs: 0,
+            flaky: false,
+            junit: None,
+            results: Vec::new(),
+        };
+        let run = |failed| ItemRun { ms: 1, failed };
+        let named: HashMap<String, ItemRun> =
+            [("a".to_string(), run(false)), ("b".to_string(), run(true))].into();
+        let judge =
+            |code, runs: &HashMap<String, ItemRun>| report(code).judge(runs, &[10, 10, 10], "w", 1);
+        // The report names `b`; `c`, which it does not name, cannot be told to have passed.
+        assert_eq!(judge(1, &named), ["b", "c"]);
+        // No failure named although the program failed: every item failed.
+        let passing: HashMap<String, ItemRun> = [("a".to_string(), run(false))].into();
+        assert_eq!(judge(1, &passing), ["a", "b", "c"]);
+        assert_eq!(judge(1, &HashMap::new()), ["a", "b", "c"]);
+        assert!(judge(0, &HashMap::new()).is_empty());
+        // A rerun that passes makes its items flaky; the rest keep their first results.
+        let mut first = report(1);
+        first.judge(&named, &[10, 10, 10], "w1", 1);
+        let mut rerun = ExecReport {
+            items: vec!["b".into(), "c".into()],
+            ..report(0)
+        };
+        rerun.judge(&HashMap::new(), &[5, 5], "w2", 2);
+        let after = first.followed_by(rerun);
+        let statuses: Vec<(&str, ItemStatus, &str, u32)> = after
+            .results
+            .iter()
+            .map(|r| (r.item.as_str(), r.status, r.worker.as_str(), r.attempts))
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                ("a", ItemStatus::Passed, "w1", 1),
+                ("b", ItemStatus::Flaky, "w2", 2),
+                ("c", ItemStatus::Flaky, "w2", 2)
+            ]
+        );
+        assert!(after.passed() && after.flaky);
+        assert_eq!((after.failed_runs, after.duration_ms), (1, 60));
     }
 
     #[test]

@@ -1,75 +1,196 @@
-//! Merging the JUnit XML reports of an `exec` job's batches into one document: every
-//! `<testcase>` of every batch once, as the batch wrote it, under one `<testsuite>`, with the
-//! counts recomputed. Reports are read with a real XML parser; one that is not well-formed is an
-//! error naming its batch.
+//! JUnit XML reports of `exec` batches: which items failed and how long they took, a batch's
+//! reruns folded into its report (Maven Surefire's `<flakyFailure>`/`<rerunFailure>`), and the
+//! batches' reports merged into one document: every `<testcase>` once, under one
+//! `<testsuite>`, with the counts recomputed. Reports are read with a real XML parser; one that
+//! is not well-formed is an error naming its batch.
 
-use quick_xml::events::Event;
+use std::collections::HashMap;
+use std::ops::Range;
+
+use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
+/// Children of a `<testcase>` that record a failed run, as Maven Surefire names them.
+const RUN_FAILURES: [&str; 6] = [
+    "failure",
+    "error",
+    "rerunFailure",
+    "rerunError",
+    "flakyFailure",
+    "flakyError",
+];
+
 /// One `<testcase>` element as written, and how it ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Case {
+    /// The element's text, as written.
     text: String,
+    /// Its qualified name (`testcase`, or with a prefix).
+    tag: String,
+    classname: Option<String>,
+    name: Option<String>,
+    file: Option<String>,
+    /// Its `time`, in milliseconds.
+    ms: Option<u64>,
     failed: bool,
     errored: bool,
     skipped: bool,
+    /// Its direct children that record a failed run: local name and span in `text`.
+    runs: Vec<(String, Range<usize>)>,
+}
+
+impl Case {
+    fn new(e: &BytesStart) -> Self {
+        let attr = |name: &str| -> Option<String> {
+            e.try_get_attribute(name).ok().flatten().and_then(|a| {
+                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+                    .ok()
+                    .map(|v| v.into_owned())
+            })
+        };
+        Self {
+            tag: e.name().as_ref().to_owned(),
+            classname: attr("classname"),
+            name: attr("name"),
+            file: attr("file"),
+            ms: attr("time")
+                .and_then(|t| t.parse::<f64>().ok())
+                .map(|s| (s.max(0.0) * 1000.0).round() as u64),
+            ..Self::default()
+        }
+    }
+
+    /// The test's identity across runs.
+    fn id(&self) -> (&str, &str) {
+        (
+            self.classname.as_deref().unwrap_or(""),
+            self.name.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// True when its last run failed or errored.
+    fn bad(&self) -> bool {
+        self.failed || self.errored
+    }
+
+    /// Notes a child element `name` that starts directly inside it.
+    fn mark(&mut self, name: &str) {
+        match name {
+            "failure" => self.failed = true,
+            "error" => self.errored = true,
+            "skipped" => self.skipped = true,
+            _ => {}
+        }
+    }
+
+    /// Its failed runs' elements, renamed by `rename` (`failure` → `flakyFailure`, say).
+    fn runs_as(&self, rename: impl Fn(&str) -> &'static str) -> Vec<String> {
+        self.runs
+            .iter()
+            .map(|(name, span)| {
+                let text = &self.text[span.clone()];
+                let to = rename(name);
+                // `<name` … and, unless it is empty, … `</name>`; a prefix stays where it is.
+                let qname_end = text[1..]
+                    .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+                    .map_or(text.len(), |i| i + 1);
+                let qname = &text[1..qname_end];
+                let prefix = &qname[..qname.len() - name.len()];
+                let mut out = format!("<{prefix}{to}{}", &text[qname_end..]);
+                let close = format!("</{qname}>");
+                if out.ends_with(&close) {
+                    out.truncate(out.len() - close.len());
+                    out.push_str(&format!("</{prefix}{to}>"));
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Its text with `children` added at its end.
+    fn with(&self, children: &[String]) -> String {
+        if children.is_empty() {
+            return self.text.clone();
+        }
+        let extra: String = children.concat();
+        match self.text.strip_suffix("/>") {
+            Some(open) => format!("{open}>{extra}</{}>", self.tag),
+            None => {
+                let at = self.text.rfind("</").unwrap_or(self.text.len());
+                format!("{}{extra}{}", &self.text[..at], &self.text[at..])
+            }
+        }
+    }
 }
 
 /// The `<testcase>` elements of `xml`, in order.
 fn testcases(xml: &str) -> Result<Vec<Case>, String> {
     let mut reader = Reader::from_str(xml);
     let mut cases = Vec::new();
-    // The open testcase: where it starts, its nesting depth, how it ended so far.
+    // The open testcase: where it starts, its nesting depth, the failed run open in it.
     let mut open: Option<(usize, usize, Case)> = None;
+    let mut run_open: Option<(String, usize)> = None;
     loop {
         let before = reader.buffer_position() as usize;
         let event = reader
             .read_event()
             .map_err(|e| format!("not well-formed XML at byte {before}: {e}"))?;
         let after = reader.buffer_position() as usize;
-        let mark = |case: &mut Case, name: &str| match name {
-            "failure" => case.failed = true,
-            "error" => case.errored = true,
-            "skipped" => case.skipped = true,
-            _ => {}
-        };
         match event {
+            Event::Eof if open.is_some() => {
+                return Err("the document ends inside a <testcase>".into())
+            }
             Event::Eof => break,
             Event::Start(e) => match open.as_mut() {
-                Some((_, depth, case)) => {
+                Some((start, depth, case)) => {
+                    let name = e.local_name();
+                    let name: &str = name.as_ref();
+                    if *depth == 0 {
+                        case.mark(name);
+                        if RUN_FAILURES.contains(&name) {
+                            run_open = Some((name.to_owned(), before - *start));
+                        }
+                    }
                     *depth += 1;
-                    mark(case, e.local_name().as_ref());
                 }
                 None if e.local_name().as_ref() == "testcase" => {
-                    let case = Case {
-                        text: String::new(),
-                        failed: false,
-                        errored: false,
-                        skipped: false,
-                    };
-                    open = Some((before, 0, case));
+                    open = Some((before, 0, Case::new(&e)));
                 }
                 None => {}
             },
             Event::Empty(e) => match open.as_mut() {
-                Some((_, _, case)) => mark(case, e.local_name().as_ref()),
-                None if e.local_name().as_ref() == "testcase" => cases.push(Case {
-                    text: xml[before..after].to_owned(),
-                    failed: false,
-                    errored: false,
-                    skipped: false,
-                }),
+                Some((start, depth, case)) => {
+                    let name = e.local_name();
+                    let name: &str = name.as_ref();
+                    if *depth == 0 {
+                        case.mark(name);
+                        if RUN_FAILURES.contains(&name) {
+                            case.runs
+                                .push((name.to_owned(), before - *start..after - *start));
+                        }
+                    }
+                }
+                None if e.local_name().as_ref() == "testcase" => {
+                    let mut case = Case::new(&e);
+                    case.text = xml[before..after].to_owned();
+                    cases.push(case);
+                }
                 None => {}
             },
             Event::End(_) => {
                 if let Some((start, depth, case)) = open.as_mut() {
                     if *depth == 0 {
-                        let mut case = case.clone();
+                        let mut case = std::mem::take(case);
                         case.text = xml[*start..after].to_owned();
                         cases.push(case);
                         open = None;
                     } else {
                         *depth -= 1;
+                        if *depth == 0 {
+                            if let Some((name, from)) = run_open.take() {
+                                case.runs.push((name, from..after - *start));
+                            }
+                        }
                     }
                 }
             }
@@ -79,13 +200,20 @@ fn testcases(xml: &str) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
-/// The time each of `items` took by the testcases of `xml` (a JUnit report), in milliseconds:
-/// a testcase belongs to the item its `file` attribute names, else to the item its `classname`
-/// names as a path (`tests.test_a` for `tests/test_a.py`, or the item itself), else to the item
-/// its `name` is; its `time` (seconds) counts for that item. Items no testcase names are left
-/// out; `None` when the report cannot be read.
-pub fn item_times(xml: &str, items: &[String]) -> Option<std::collections::HashMap<String, u64>> {
-    use std::collections::HashMap;
+/// How an item's testcases went in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ItemRun {
+    /// The sum of its testcases' times, in milliseconds.
+    pub ms: u64,
+    /// True when one of its testcases failed or errored.
+    pub failed: bool,
+}
+
+/// How each of `items` went by the testcases of `xml` (a JUnit report): a testcase belongs to
+/// the item its `file` attribute names, else to the item its `classname` names as a path
+/// (`tests.test_a` for `tests/test_a.py`, or the item itself), else to the item its `name` is.
+/// Items no testcase names are left out; `None` when the report cannot be read.
+pub fn item_runs(xml: &str, items: &[String]) -> Option<HashMap<String, ItemRun>> {
     let by_key: HashMap<String, &String> = items
         .iter()
         .flat_map(|item| {
@@ -93,36 +221,56 @@ pub fn item_times(xml: &str, items: &[String]) -> Option<std::collections::HashM
             [(item.clone(), item), (path, item)]
         })
         .collect();
-    let mut times: HashMap<String, u64> = HashMap::new();
-    let mut reader = Reader::from_str(xml);
-    loop {
-        let event = reader.read_event().ok()?;
-        let (Event::Start(e) | Event::Empty(e)) = event else {
-            if matches!(event, Event::Eof) {
-                break;
-            }
+    let mut runs: HashMap<String, ItemRun> = HashMap::new();
+    for case in testcases(xml).ok()? {
+        let item = [&case.file, &case.classname, &case.name]
+            .into_iter()
+            .flatten()
+            .find_map(|key| by_key.get(key).copied());
+        let Some(item) = item else {
             continue;
         };
-        if e.local_name().as_ref() != "testcase" {
-            continue;
-        }
-        let attr = |name: &str| -> Option<String> {
-            e.try_get_attribute(name)
-                .ok()
-                .flatten()
-                .map(|a| a.value.into_owned())
-        };
-        let item = ["file", "classname", "name"]
-            .iter()
-            .filter_map(|a| attr(a))
-            .find_map(|key| by_key.get(&key).copied());
-        let (Some(item), Some(seconds)) = (item, attr("time").and_then(|t| t.parse::<f64>().ok()))
-        else {
-            continue;
-        };
-        *times.entry(item.clone()).or_default() += (seconds.max(0.0) * 1000.0).round() as u64;
+        let run = runs.entry(item.clone()).or_default();
+        run.ms += case.ms.unwrap_or(0);
+        run.failed |= case.bad();
     }
-    Some(times)
+    Some(runs)
+}
+
+/// A batch's report after a rerun of some of its tests: `later`'s testcases replace those of
+/// `earlier` with the same class and name. A test that failed before and passed in the rerun
+/// keeps its earlier failures as `<flakyFailure>`/`<flakyError>`; one that failed again keeps
+/// its first failure and gets the rerun's as `<rerunFailure>`/`<rerunError>`, as Maven
+/// Surefire writes them.
+pub fn after_rerun(earlier: &str, later: &str) -> Result<String, String> {
+    let earlier = testcases(earlier).map_err(|e| format!("the first run's report: {e}"))?;
+    let later = testcases(later).map_err(|e| format!("the rerun's report: {e}"))?;
+    let mut rerun: HashMap<(&str, &str), &Case> = later.iter().map(|c| (c.id(), c)).collect();
+    let mut out = String::from("<testsuite>\n");
+    for before in &earlier {
+        let text = match rerun.remove(&before.id()) {
+            None => before.text.clone(),
+            Some(after) if !before.bad() => after.text.clone(),
+            Some(after) if after.bad() => before.with(&after.runs_as(|name| match name {
+                "failure" | "rerunFailure" => "rerunFailure",
+                "error" | "rerunError" => "rerunError",
+                "flakyFailure" => "flakyFailure",
+                _ => "flakyError",
+            })),
+            Some(after) => after.with(&before.runs_as(|name| match name {
+                "failure" | "rerunFailure" | "flakyFailure" => "flakyFailure",
+                _ => "flakyError",
+            })),
+        };
+        out.push_str(&text);
+        out.push('\n');
+    }
+    for case in later.iter().filter(|c| rerun.contains_key(&c.id())) {
+        out.push_str(&case.text);
+        out.push('\n');
+    }
+    out.push_str("</testsuite>\n");
+    Ok(out)
 }
 
 /// One document holding every testcase of `reports` (each a batch's JUnit XML, `None` for a
@@ -160,7 +308,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn testcase_times_are_summed_per_item_by_file_classname_or_name() {
+    fn testcases_are_summed_per_item_by_file_classname_or_name() {
         let items: Vec<String> = ["tests/test_a.py", "tests/test_b.py", "solo", "unseen"]
             .iter()
             .map(|s| s.to_string())
@@ -172,15 +320,49 @@ mod tests {
             <testcase classname="other" name="solo" time="0.002"/>
             <testcase classname="nobody" name="nothing" time="9"/>
             </testsuite>"#;
-        let times = item_times(xml, &items).unwrap();
-        assert_eq!(times.get("tests/test_a.py"), Some(&750));
-        assert_eq!(times.get("tests/test_b.py"), Some(&1000));
-        assert_eq!(times.get("solo"), Some(&2));
-        assert_eq!(times.get("unseen"), None);
+        let runs = item_runs(xml, &items).unwrap();
+        let run = |ms, failed| Some(ItemRun { ms, failed });
+        assert_eq!(runs.get("tests/test_a.py").copied(), run(750, false));
+        assert_eq!(runs.get("tests/test_b.py").copied(), run(1000, true));
+        assert_eq!(runs.get("solo").copied(), run(2, false));
+        assert_eq!(runs.get("unseen"), None);
+        assert_eq!(item_runs("<testsuite><testcase></testsuite>", &items), None);
+    }
+
+    #[test]
+    fn a_rerun_marks_flaky_tests_and_repeated_failures_as_surefire_does() {
+        let first = r#"<testsuite>
+            <testcase classname="t" name="steady" time="1"/>
+            <testcase classname="t" name="flaky"><failure message="once">trace 1</failure><system-out>x</system-out></testcase>
+            <testcase classname="t" name="broken"><error message="boom"/></testcase>
+            </testsuite>"#;
+        let rerun = r#"<testsuite>
+            <testcase classname="t" name="flaky" time="2"/>
+            <testcase classname="t" name="broken"><error message="boom again">trace 2</error></testcase>
+            </testsuite>"#;
+        let merged = after_rerun(first, rerun).unwrap();
+        let cases = testcases(&merged).unwrap();
+        assert_eq!(cases.len(), 3, "{merged}");
+        assert!(!cases[0].bad() && cases[0].runs.is_empty());
         assert_eq!(
-            item_times("<testsuite><testcase></testsuite>", &items),
-            None
+            cases[1].text,
+            r#"<testcase classname="t" name="flaky" time="2"><flakyFailure message="once">trace 1</flakyFailure></testcase>"#
         );
+        assert!(!cases[1].bad());
+        assert_eq!(
+            cases[2].text,
+            r#"<testcase classname="t" name="broken"><error message="boom"/><rerunError message="boom again">trace 2</rerunError></testcase>"#
+        );
+        assert!(cases[2].errored);
+        // A third run that passes turns every earlier failure into a flaky one.
+        let third = r#"<testsuite><testcase classname="t" name="broken"/></testsuite>"#;
+        let merged = after_rerun(&merged, third).unwrap();
+        let broken = &testcases(&merged).unwrap()[2];
+        assert_eq!(
+            broken.text,
+            r#"<testcase classname="t" name="broken"><flakyError message="boom"/><flakyError message="boom again">trace 2</flakyError></testcase>"#
+        );
+        assert!(after_rerun(first, "<testsuite><testcase>").is_err());
     }
 
     #[test]

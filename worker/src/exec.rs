@@ -288,6 +288,7 @@ fn run(
         failed_runs: 0,
         flaky: false,
         junit,
+        results: Vec::new(),
     })
 }
 

@@ -3,7 +3,9 @@
 
 use super::*;
 use crate::records::Timing;
-use muster_shared::exec::ExecReport;
+use muster_shared::exec::{ExecBatch, ExecReport};
+use muster_shared::junit::{item_runs, ItemRun};
+use std::collections::HashMap;
 
 impl ClusterState {
     /// Adds a connected worker.
@@ -127,9 +129,10 @@ impl ClusterState {
         }
     }
 
-    /// A result that fits its job. An `exec` batch's report (read once) may ask for a rerun of
-    /// its batch, is marked flaky when it passed after failing, and teaches its items' durations;
-    /// then the chunk succeeds.
+    /// A result that fits its job. An `exec` batch's report (read once) teaches its items'
+    /// durations and judges each item; with `retry_failed`, the items that failed run again
+    /// (only they, on another worker where there is one) while the batch has reruns left, and
+    /// the runs fold into one report, flaky items marked. Then the chunk succeeds.
     fn accept_result(&mut self, chunk: ChunkRef, result: Bytes) {
         let exec = self
             .jobs
@@ -139,59 +142,65 @@ impl ClusterState {
         let Some((key, mut report)) = exec else {
             return self.succeed_attempt(chunk, result);
         };
-        let result = match self.rerun_failed_program(chunk, &mut report) {
-            Err(why) => return self.fail_attempt(chunk, FailReason::ProgramFailed(why)),
-            Ok(false) => result,
-            Ok(true) => serde_json::to_vec(&report).map_or(result, Bytes::from),
+        let runs = report
+            .junit
+            .as_deref()
+            .and_then(|xml| item_runs(xml, &report.items))
+            .unwrap_or_default();
+        let durations = self.learn_timings(key, &report, &runs);
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
         };
-        self.learn_timings(key, &report);
+        let (retry_failed, task) = (job.meta.retry_failed, job.meta.task.clone());
+        let Some(batch) = job.chunks.get_mut(chunk.chunk.get()) else {
+            return;
+        };
+        let worker = batch
+            .attempts
+            .last()
+            .map(|a| a.worker_name.to_string())
+            .unwrap_or_default();
+        let failing = report.judge(&runs, &durations, &worker, chunk.attempt.0);
+        let ran = report.items.len();
+        if let Some(earlier) = batch.earlier.take() {
+            report = earlier.followed_by(report);
+        }
+        if !failing.is_empty() && batch.program_failures() < retry_failed {
+            let rerun = serde_json::from_slice::<ExecBatch>(&batch.input).map(|mut b| {
+                b.items = failing.clone();
+                b.payload()
+            });
+            if let Ok(input) = rerun {
+                let named: Vec<&str> = failing.iter().take(3).map(String::as_str).collect();
+                let why = format!(
+                    "`{task}` failed for {} of its {ran} item(s): {}{}",
+                    failing.len(),
+                    named.join(", "),
+                    if failing.len() > named.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                );
+                batch.input = input;
+                batch.earlier = Some(Box::new(report));
+                return self.fail_attempt(chunk, FailReason::ProgramFailed(why));
+            }
+        }
+        let result = serde_json::to_vec(&report).map_or(result, Bytes::from);
         self.succeed_attempt(chunk, result);
     }
 
-    /// For an `exec` job that reruns failed batches (`retry_failed`): `Err` with why when this
-    /// report's program failed and the batch has reruns left; else whether the report was
-    /// marked (flaky when it passed after failing, with its failed runs).
-    fn rerun_failed_program(
-        &self,
-        chunk: ChunkRef,
-        report: &mut ExecReport,
-    ) -> Result<bool, String> {
-        let Some(job) = self
-            .jobs
-            .get(&chunk.job)
-            .filter(|j| j.meta.retry_failed > 0)
-        else {
-            return Ok(false);
-        };
-        let runs = job.chunk(chunk.chunk).map_or(0, |c| c.program_failures());
-        if !report.passed() && runs < job.meta.retry_failed {
-            let status = match (report.exit_code, report.signal) {
-                (Some(code), _) => format!("exit code {code}"),
-                (None, Some(signal)) => format!("signal {signal}"),
-                (None, None) => "no exit status".to_owned(),
-            };
-            return Err(format!("`{}` ended with {status}", job.meta.task));
-        }
-        if runs == 0 {
-            return Ok(false);
-        }
-        report.failed_runs = runs;
-        report.flaky = report.passed();
-        Ok(true)
-    }
-
-    /// Learns the durations of a batch's items from its run: an item its JUnit report times
-    /// takes that time; the rest of the batch's time is split among the other items in
-    /// proportion to their estimates (items never seen at the median estimate); each estimate
-    /// moves halfway to its share.
-    fn learn_timings(&mut self, key: String, report: &ExecReport) {
-        // Times the program's own JUnit report gives its items come first; the rest of the
-        // batch's time is shared among the other items.
-        let measured = report
-            .junit
-            .as_deref()
-            .and_then(|xml| muster_shared::junit::item_times(xml, &report.items))
-            .unwrap_or_default();
+    /// Learns the durations of a batch's items from its run and returns this run's, in item
+    /// order: an item its JUnit report times (`measured`) took that time; the rest of the
+    /// batch's time is split among the other items in proportion to their estimates (items
+    /// never seen at the median estimate); each estimate moves halfway to this run's time.
+    fn learn_timings(
+        &mut self,
+        key: String,
+        report: &ExecReport,
+        measured: &HashMap<String, ItemRun>,
+    ) -> Vec<u64> {
         let known = self.timings.entry(key.clone()).or_default();
         let median = {
             let mut all: Vec<u64> = known.values().copied().collect();
@@ -209,11 +218,12 @@ impl ClusterState {
         let total: u64 = weights.iter().sum();
         let rest = report
             .duration_ms
-            .saturating_sub(measured.values().sum::<u64>());
+            .saturating_sub(measured.values().map(|r| r.ms).sum::<u64>());
         let mut learned = Vec::with_capacity(weights.len());
+        let mut durations = Vec::with_capacity(weights.len());
         for (item, weight) in report.items.iter().zip(weights) {
             let share = match measured.get(item) {
-                Some(ms) => *ms,
+                Some(run) => run.ms,
                 None => rest * weight / total.max(1),
             };
             let ms = match known.get(item) {
@@ -221,6 +231,7 @@ impl ClusterState {
                 None => share,
             };
             known.insert(item.clone(), ms);
+            durations.push(share);
             learned.push(Timing {
                 key: key.clone(),
                 item: item.clone(),
@@ -228,6 +239,7 @@ impl ClusterState {
             });
         }
         self.writes.push(Write::Timings(learned));
+        durations
     }
 
     pub(super) fn record_attempt(&mut self, chunk: ChunkRef) {

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use muster_shared::exec::ExecReport;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::protocol::ChunkRef;
 use serde::Serialize;
@@ -83,6 +84,9 @@ pub struct Chunk {
     pub state: ChunkState,
     /// Every attempt so far.
     pub attempts: Vec<AttemptRecord>,
+    /// An `exec` batch's report so far while its failed items rerun (`retry_failed`); kept in
+    /// memory only: after a restart the whole batch runs again.
+    pub earlier: Option<Box<ExecReport>>,
 }
 
 impl Chunk {
@@ -94,6 +98,7 @@ impl Chunk {
                 ready_at: Instant::now(),
             },
             attempts: Vec::new(),
+            earlier: None,
         }
     }
 
@@ -289,6 +294,7 @@ impl Job {
                     input: c.input,
                     state,
                     attempts: records,
+                    earlier: None,
                 }
             })
             .collect();
