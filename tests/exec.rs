@@ -145,13 +145,28 @@ fn endless_output_is_capped_and_a_job_that_cannot_run_exits_2() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("bytes of output cut"),
+        stdout.contains("[batch 0] [muster: live output stops here"),
         "{}",
-        &stdout[..stdout.len().min(500)]
+        &stdout[stdout.len().saturating_sub(500)..]
     );
     assert!(stdout.len() < 2 << 20, "{} bytes printed", stdout.len());
     let peak = muster_suite::peak_rss_mib(worker.pid());
     assert!(peak < 150, "the worker peaked at {peak} MiB");
+    // The batch's log keeps the head and the tail, and counts what was cut between.
+    let api = c.api();
+    let jobs = api.get("/v1/jobs?limit=1").body;
+    let id = jobs["jobs"][0]["id"].as_str().unwrap();
+    let logs = api.get(&format!("/v1/jobs/{id}/logs")).body;
+    let batch = &logs["batches"][0];
+    assert_eq!(batch["status"], json!("passed"), "{batch:.300}");
+    let output = batch["output"].as_str().unwrap_or("");
+    assert!(output.contains("bytes of output cut"), "{:.300}", output);
+    assert!(
+        output.len() <= (1 << 20) + 100,
+        "{} bytes kept",
+        output.len()
+    );
+    assert!(batch["output_cut"].as_u64().unwrap_or(0) > 900_000_000);
 
     // A batch that cannot finish in its chunk timeout, every attempt: the job fails, exit 2.
     let (code, _, stderr) = submit_exec(
@@ -167,6 +182,54 @@ fn endless_output_is_capped_and_a_job_that_cannot_run_exits_2() {
         &["sh", "-c", "sleep 30", "{items}"],
     );
     assert_eq!(code, Some(2), "{stderr}");
+}
+
+#[test]
+fn a_line_reaches_the_waiting_cli_while_its_batch_still_runs() {
+    use std::io::BufRead;
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "runner", 1, &["--allow-exec", "sh"]);
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // Prints a line, then waits until the test has seen it (giving up, and failing, after 30 s).
+    let script = format!(
+        "echo started; i=0; while [ ! -e {g} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; [ -e {g} ] && echo finished",
+        g = go.display()
+    );
+    let mut cli = Command::new(bin("muster"))
+        .args([
+            "submit",
+            "exec",
+            "--wait",
+            "--scheduler",
+            &c.url,
+            "--items",
+            "x",
+        ])
+        .args(["--", "sh", "-c", &script, "{items}"])
+        .env("MUSTER_TOKEN", CLIENT_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("muster submit exec");
+    let stdout = cli.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let first = lines
+        .recv_timeout(muster_suite::WAIT)
+        .expect("a line while the batch runs");
+    assert_eq!(first, "[batch 0] started");
+    std::fs::write(&go, b"").unwrap();
+    let status = cli.wait().unwrap();
+    reader.join().unwrap();
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(status.success(), "{rest:?}");
+    assert_eq!(rest[0], "[batch 0] finished", "{rest:?}");
+    assert!(rest[1].starts_with("1 passed in "), "{rest:?}");
 }
 
 /// The parent of process `pid`.

@@ -20,7 +20,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// HTTP header in the upgrade request that names the worker's protocol version.
 pub const PROTOCOL_HEADER: &str = "muster-protocol";
@@ -219,6 +219,14 @@ pub enum WorkerMessage {
         /// New prefetch.
         prefetch: u32,
     },
+    /// Output a running attempt printed (an `exec` batch's program), whole lines as a rule,
+    /// sent as it comes; the attempt's outcome follows it.
+    Output {
+        /// The attempt.
+        chunk: ChunkRef,
+        /// The text.
+        text: String,
+    },
 }
 
 /// Messages from the coordinator to a worker.
@@ -320,6 +328,7 @@ impl PayloadLen for WorkerMessage {
                 result: Outcome::Succeeded(partial),
                 ..
             }) => partial.len(),
+            Self::Output { text, .. } => text.len(),
             _ => 0,
         }
     }

@@ -15,12 +15,14 @@
 //!   dies, even by SIGKILL. A program ended by a signal reports exit code 128 + its number.
 //! - **Output.** Standard output and error are read as they come; the first and the last half of
 //!   the cap are kept and the middle is counted, so a program that prints without end costs the
-//!   worker at most the cap.
+//!   worker at most the cap. Whole lines also go to the coordinator as they come (for clients
+//!   that follow the job), up to the cap per attempt.
 
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -28,7 +30,7 @@ use muster_shared::exec::{task_name, ExecBatch, ExecReport, MAX_JUNIT_BYTES};
 use muster_shared::task::TaskError;
 use rustix::process::{kill_process_group, Pid, Signal};
 
-use crate::tasks::{TaskContext, Tasks};
+use crate::tasks::{OutputSink, TaskContext, Tasks};
 
 /// Environment variables every program gets, as the worker has them.
 const BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
@@ -112,17 +114,77 @@ impl Capture {
     }
 }
 
-/// Reads `source` to its end into `capture`.
-fn drain(mut source: impl Read, capture: Arc<Mutex<Capture>>, cap: usize) {
+/// Longest piece of a line forwarded live without its end.
+const LIVE_PIECE: usize = 64 * 1024;
+
+/// Output forwarded to the coordinator as it comes, whole lines at a time, until the attempt's
+/// streams have used up a budget they share (the output cap): past it, the batch's report
+/// still keeps the head and tail.
+struct Live {
+    sink: OutputSink,
+    budget: Arc<AtomicUsize>,
+    pending: Vec<u8>,
+}
+
+impl Live {
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let end = match self.pending.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if self.pending.len() >= LIVE_PIECE => self.pending.len(),
+            None => return,
+        };
+        let piece: Vec<u8> = self.pending.drain(..end).collect();
+        self.forward(&piece);
+    }
+
+    fn forward(&mut self, piece: &[u8]) {
+        let before = self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left.saturating_sub(piece.len()))
+            })
+            .unwrap_or(0);
+        let granted = before.min(piece.len());
+        if granted == 0 {
+            return;
+        }
+        let mut text = String::from_utf8_lossy(&piece[..granted]).into_owned();
+        if granted < piece.len() {
+            text.push_str(
+                "\n[muster: live output stops here, over the output cap; the batch's report keeps the head and tail]\n",
+            );
+        }
+        self.sink.send(text);
+    }
+
+    fn finish(mut self) {
+        let rest = std::mem::take(&mut self.pending);
+        if !rest.is_empty() {
+            self.forward(&rest);
+        }
+    }
+}
+
+/// Reads `source` to its end into `capture`, forwarding it to `live` as it comes.
+fn drain(mut source: impl Read, capture: Arc<Mutex<Capture>>, cap: usize, mut live: Option<Live>) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match source.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => capture
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(&buf[..n], cap),
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                capture
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(&buf[..n], cap);
+                if let Some(live) = live.as_mut() {
+                    live.push(&buf[..n]);
+                }
+            }
         }
+    }
+    if let Some(live) = live {
+        live.finish();
     }
 }
 
@@ -213,6 +275,7 @@ fn run(
     let _lifeline = child.stdin.take();
     let capture = Arc::new(Mutex::new(Capture::default()));
     let cap = settings.output_cap;
+    let budget = Arc::new(AtomicUsize::new(cap));
     let readers: Vec<_> = [
         child
             .stdout
@@ -227,7 +290,12 @@ fn run(
     .flatten()
     .map(|source| {
         let capture = capture.clone();
-        std::thread::spawn(move || drain(source, capture, cap))
+        let live = ctx.output().map(|sink| Live {
+            sink,
+            budget: budget.clone(),
+            pending: Vec::new(),
+        });
+        std::thread::spawn(move || drain(source, capture, cap, live))
     })
     .collect();
     let mut stopping: Option<Instant> = None;

@@ -38,4 +38,4 @@ pub use config::WorkerConfig;
 pub use daemon::{run, WorkerError};
 pub use exec::ExecSettings;
 pub use muster_shared::task::TaskError;
-pub use tasks::{TaskContext, Tasks};
+pub use tasks::{OutputSink, TaskContext, Tasks};

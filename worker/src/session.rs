@@ -99,6 +99,8 @@ pub(crate) struct Worker {
     queued: VecDeque<Assignment>,
     /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
     outbox: Vec<ChunkOutcome>,
+    /// Output of running attempts, sent before anything else they report.
+    live: Vec<WorkerMessage>,
     outcomes_tx: mpsc::UnboundedSender<Done>,
     outcomes_rx: mpsc::UnboundedReceiver<Done>,
     /// Blocking hand-offs in flight: each holds one slot while it runs its chunks.
@@ -122,6 +124,7 @@ impl Worker {
             running: HashMap::new(),
             queued: VecDeque::new(),
             outbox: Vec::new(),
+            live: Vec::new(),
             outcomes_tx,
             outcomes_rx,
             busy: 0,
@@ -325,6 +328,13 @@ impl Worker {
                     for refusal in self.start_queued() {
                         batch.push(refusal);
                     }
+                    // Output goes at once, and before the outcomes of its attempts.
+                    let live = std::mem::take(&mut self.live);
+                    if !live.is_empty() {
+                        if let Err(reason) = self.send(socket, live).await {
+                            return disconnected(reason, self.welcomed);
+                        }
+                    }
                     if let Some(prefetch) = self.grow_prefetch() {
                         if let Err(reason) = self.send(socket, vec![WorkerMessage::Capacity { prefetch }]).await {
                             return disconnected(reason, self.welcomed);
@@ -463,6 +473,12 @@ impl Worker {
                 return;
             }
             Done::Outcome(outcome, took) => (outcome, took),
+            Done::Output(chunk, text) => {
+                if self.running.contains_key(&chunk) {
+                    self.live.push(WorkerMessage::Output { chunk, text });
+                }
+                return;
+            }
         };
         self.note_run_time(took);
         if self.running.remove(&outcome.chunk).is_some() {
@@ -599,7 +615,12 @@ impl Worker {
             debug!(%chunk, %task, "running chunk");
             let flag = Arc::new(AtomicBool::new(false));
             self.running.insert(chunk, flag.clone());
-            work.push((TaskContext::new(chunk, flag), task, f, input));
+            work.push((
+                TaskContext::new(chunk, flag, Some(self.outcomes_tx.clone())),
+                task,
+                f,
+                input,
+            ));
         }
         if work.is_empty() {
             return refusals;
@@ -626,7 +647,7 @@ impl Worker {
     fn run_inline(&mut self, assignment: Assignment, f: TaskFn) -> ChunkOutcome {
         let Assignment { chunk, task, input } = assignment;
         debug!(%chunk, %task, "running small chunk inline");
-        let ctx = TaskContext::new(chunk, Arc::new(AtomicBool::new(false)));
+        let ctx = TaskContext::new(chunk, Arc::new(AtomicBool::new(false)), None);
         let started = std::time::Instant::now();
         let outcome = run_attempt(&ctx, &task, &f, &input);
         self.note_run_time(started.elapsed());
@@ -665,11 +686,13 @@ fn run_attempt(ctx: &TaskContext, task: &str, f: &TaskFn, input: &[u8]) -> Chunk
 }
 
 /// What a blocking thread reports to the session loop.
-pub(crate) enum Done {
+pub enum Done {
     /// One attempt ended, after running this long.
     Outcome(ChunkOutcome, Duration),
     /// The hand-off finished: its slot is free.
     SlotFree,
+    /// A running attempt printed this.
+    Output(ChunkRef, String),
 }
 
 /// Sends a close frame and waits (briefly) for the coordinator's: once it answers, it has handled

@@ -10,17 +10,50 @@ use muster_shared::packed::Packed;
 use muster_shared::protocol::ChunkRef;
 use muster_shared::task::{TaskError, BUILTIN_TASKS};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::session::Done;
 
 /// What a running task can see: which chunk it runs and whether it was cancelled.
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     chunk: ChunkRef,
     cancelled: Arc<AtomicBool>,
+    output: Option<OutputSink>,
+}
+
+/// Sends a running attempt's output to the coordinator as it comes (see
+/// [`TaskContext::output`]).
+#[derive(Debug, Clone)]
+pub struct OutputSink {
+    chunk: ChunkRef,
+    tx: UnboundedSender<Done>,
+}
+
+impl OutputSink {
+    /// Sends `text`; nothing happens once the session has gone.
+    pub fn send(&self, text: String) {
+        let _ = self.tx.send(Done::Output(self.chunk, text));
+    }
 }
 
 impl TaskContext {
-    pub(crate) fn new(chunk: ChunkRef, cancelled: Arc<AtomicBool>) -> Self {
-        Self { chunk, cancelled }
+    pub(crate) fn new(
+        chunk: ChunkRef,
+        cancelled: Arc<AtomicBool>,
+        output: Option<UnboundedSender<Done>>,
+    ) -> Self {
+        Self {
+            chunk,
+            cancelled,
+            output: output.map(|tx| OutputSink { chunk, tx }),
+        }
+    }
+
+    /// Where the attempt's output goes live, when the session takes it (an attempt run inline
+    /// has none).
+    pub fn output(&self) -> Option<OutputSink> {
+        self.output.clone()
     }
 
     /// The attempt being run.

@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 use super::{mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
-    CancelJob, Coordinator, Durable, GetJob, GetResult, JobResult, ListJobs, Submit,
+    CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetResult, JobResult, ListJobs,
+    Submit,
 };
 use crate::error::ApiError;
 use crate::state::views::JobView;
@@ -214,6 +215,83 @@ pub(super) struct ResultQuery {
     wait: Option<f64>,
 }
 
+/// `?wait=` as a duration, at most [`MAX_WAIT_SECONDS`].
+fn wait_for(wait: Option<f64>) -> Result<Option<Duration>, ApiError> {
+    match wait {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => {
+            Ok(Some(Duration::from_secs_f64(s.min(MAX_WAIT_SECONDS))))
+        }
+        Some(s) => Err(ApiError::Invalid(format!(
+            "`wait` must be a number of seconds, got {s}"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OutputQuery {
+    after: Option<u64>,
+    wait: Option<f64>,
+}
+
+/// `GET /v1/jobs/{id}/output?after=N&wait=S`: the lines an `exec` job's batches printed, from
+/// line `after` on (default 0), as they come: with `wait`, a follower with nothing to read
+/// waits up to that many seconds for the next line or the job's end. The answer's `next` is
+/// the `after` of the next call; `ended` says no line follows; `missed` counts lines asked for
+/// that are no longer kept.
+pub(super) async fn output(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let query = web::Query::<OutputQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?;
+    let after = query.after.unwrap_or(0);
+    let wait = wait_for(query.wait)?;
+    let ask = |watch| GetOutput { id, after, watch };
+    let mut answer = app
+        .coordinator(&req)?
+        .send(ask(wait.is_some()))
+        .await
+        .map_err(mailbox)??;
+    if let (Some(wait), Some(woken)) = (wait, answer.woken.take()) {
+        // Woken, timed out or the coordinator stopping: answer what there is now.
+        let _ = tokio::time::timeout(wait, woken).await;
+        answer = app
+            .coordinator(&req)?
+            .send(ask(false))
+            .await
+            .map_err(mailbox)??;
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": id,
+        "lines": answer.read.lines,
+        "next": answer.read.next,
+        "missed": answer.read.missed,
+        "ended": answer.ended,
+    })))
+}
+
+/// `GET /v1/jobs/{id}/logs`: each batch of an `exec` job with its items, status, worker and
+/// output: from its report once it ended, else the lines kept while it runs.
+pub(super) async fn logs(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let batches = app
+        .coordinator(&req)?
+        .send(GetLogs(id))
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "batches": batches })))
+}
+
 pub(super) async fn result(
     req: HttpRequest,
     path: web::Path<String>,
@@ -223,17 +301,7 @@ pub(super) async fn result(
     let id = job_id(&path)?;
     let query = web::Query::<ResultQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?;
-    let wait = match query.wait {
-        None => None,
-        Some(s) if s.is_finite() && s >= 0.0 => {
-            Some(Duration::from_secs_f64(s.min(MAX_WAIT_SECONDS)))
-        }
-        Some(s) => {
-            return Err(ApiError::Invalid(format!(
-                "`wait` must be a number of seconds, got {s}"
-            )))
-        }
-    };
+    let wait = wait_for(query.wait)?;
     let (answer, mut durable) = app
         .coordinator(&req)?
         .send(GetResult {

@@ -124,6 +124,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}", web::delete().to(jobs::cancel))
         .route("/v1/jobs/{id}/result", web::get().to(jobs::result))
         .route("/v1/jobs/{id}/junit", web::get().to(jobs::junit))
+        .route("/v1/jobs/{id}/logs", web::get().to(jobs::logs))
+        .route("/v1/jobs/{id}/output", web::get().to(jobs::output))
         .route("/v1/workers", web::get().to(workers::list))
         .route("/v1/workers/connect", web::get().to(workers::connect))
         .default_service(web::to(not_found));

@@ -282,8 +282,8 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
             }
             return Ok(());
         }
-        wait_with_progress(&client, &id).await?;
         if args.kind.as_deref() == Some("exec") && !args.client.json {
+            follow_output(&client, &id).await?;
             let verdict = exec_verdict(&client, &id).await;
             let ran = !matches!(verdict, Err(CliError::NotRun(_)));
             if let (Some(path), true) = (&args.junit_out, ran) {
@@ -294,13 +294,48 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
             }
             return verdict;
         }
+        wait_with_progress(&client, &id).await?;
         fetch_result(&client, &id, None, args.client.json).await
     })
 }
 
-/// Prints an exec job's batches (each output line prefixed by its batch) and a summary such
-/// as `41 passed, 1 failed, 2 flaky in 1m32s on 4 workers (ideal 1m28s)`; fails with exit 1
-/// when an item failed, and with exit 2 when the job could not run.
+/// Prints what an exec job's batches print as it comes, each line prefixed by its batch, until
+/// the job ends.
+async fn follow_output(client: &Client, id: &str) -> Result<(), CliError> {
+    let mut after = 0;
+    loop {
+        let reply = client
+            .call(
+                awc::http::Method::GET,
+                &format!("/v1/jobs/{id}/output?after={after}&wait={POLL_SECONDS}"),
+                None,
+            )
+            .await?;
+        if !reply.status.is_success() {
+            return Err(CliError::Failed(reply.problem()));
+        }
+        let missed = reply.body["missed"].as_u64().unwrap_or(0);
+        if missed > 0 {
+            eprintln!("muster: {missed} lines of output were not kept; `GET /v1/jobs/{id}/logs` has each batch's head and tail");
+        }
+        let lines = reply.body["lines"].as_array().cloned().unwrap_or_default();
+        for line in &lines {
+            say(&format!(
+                "[batch {}] {}",
+                line["batch"],
+                line["text"].as_str().unwrap_or_default()
+            ))?;
+        }
+        after = reply.body["next"].as_u64().unwrap_or(after);
+        if lines.is_empty() && reply.body["ended"] == Value::Bool(true) {
+            return Ok(());
+        }
+    }
+}
+
+/// Prints a summary of an exec job's items such as `41 passed, 1 failed, 2 flaky in 1m32s on
+/// 4 workers (ideal 1m28s)`; fails with exit 1 when an item failed, and with exit 2 when the
+/// job could not run.
 async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
     let reply = client
         .call(
@@ -318,11 +353,6 @@ async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
                 "the exec job's result is not a list of batch reports: {e}"
             ))
         })?;
-    for (i, report) in reports.iter().enumerate() {
-        for line in report.output.lines() {
-            say(&format!("[batch {i}] {line}"))?;
-        }
-    }
     let job = client.get_ok(&format!("/v1/jobs/{id}")).await?;
     let summary = exec_summary(&reports, &job);
     let failed: Vec<&str> = reports

@@ -25,7 +25,8 @@ pub use persistence::{Durable, Persistence};
 
 use crate::error::ApiError;
 use crate::state::job::{FailReason, JobState};
-use crate::state::views::JobView;
+use crate::state::live::LiveRead;
+use crate::state::views::{BatchLog, JobView};
 use crate::state::workers::WorkerView;
 use crate::state::{ClusterState, Counters, Effect, Gauges, Submitted};
 use crate::worker_session::{Deliver, Evict, WorkerSession};
@@ -39,6 +40,8 @@ pub struct Coordinator {
     sessions: HashMap<WorkerId, (u64, Addr<WorkerSession>)>,
     /// Long-pollers waiting for jobs to finish.
     waiters: HashMap<JobId, Vec<oneshot::Sender<(JobResult, Durable)>>>,
+    /// Followers waiting for jobs' next output lines (or their end).
+    output_waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -63,10 +66,18 @@ impl Coordinator {
             persistence,
             sessions: HashMap::new(),
             waiters: HashMap::new(),
+            output_waiters: HashMap::new(),
             heartbeat_interval,
             wake: None,
             shutting_down: false,
             to_log: Vec::new(),
+        }
+    }
+
+    /// Wakes the followers of `job`'s output.
+    fn wake_followers(&mut self, job: JobId) {
+        for follower in self.output_waiters.remove(&job).into_iter().flatten() {
+            let _ = follower.send(());
         }
     }
 
@@ -106,6 +117,7 @@ impl Coordinator {
         // writer above), so they need not ask again.
         for id in finished {
             self.log_later(ctx, id, true);
+            self.wake_followers(id);
             let Some(waiters) = self.waiters.remove(&id) else {
                 continue;
             };
@@ -401,6 +413,68 @@ impl Handler<GetResult> for Coordinator {
     }
 }
 
+/// What an `exec` job's batches printed from a line on; `watch` registers a follower woken by
+/// the next line or the job's end when there is nothing to read yet.
+#[derive(Message)]
+#[rtype(result = "Result<OutputAnswer, ApiError>")]
+pub struct GetOutput {
+    /// The job.
+    pub id: JobId,
+    /// The first line wanted.
+    pub after: u64,
+    /// Register a follower.
+    pub watch: bool,
+}
+
+/// The answer to [`GetOutput`].
+#[derive(Debug)]
+pub struct OutputAnswer {
+    /// The lines.
+    pub read: LiveRead,
+    /// True when the job has ended: no line follows.
+    pub ended: bool,
+    /// For a watched job with nothing to read: fires at its next line or its end.
+    pub woken: Option<oneshot::Receiver<()>>,
+}
+
+impl Handler<GetOutput> for Coordinator {
+    type Result = Result<OutputAnswer, ApiError>;
+
+    fn handle(&mut self, msg: GetOutput, _ctx: &mut Context<Self>) -> Self::Result {
+        let (read, ended) =
+            self.state
+                .live_output(msg.id, msg.after)
+                .ok_or_else(|| ApiError::JobNotFound {
+                    id: msg.id.to_string(),
+                })?;
+        let woken =
+            (msg.watch && read.lines.is_empty() && !ended && !self.shutting_down).then(|| {
+                let (tx, rx) = oneshot::channel();
+                self.output_waiters.entry(msg.id).or_default().push(tx);
+                rx
+            });
+        Ok(OutputAnswer { read, ended, woken })
+    }
+}
+
+/// Each batch's output of an `exec` job.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<BatchLog>, ApiError>")]
+pub struct GetLogs(pub JobId);
+
+impl Handler<GetLogs> for Coordinator {
+    type Result = Result<Vec<BatchLog>, ApiError>;
+
+    fn handle(&mut self, msg: GetLogs, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state
+            .batch_logs(msg.0)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.0.to_string(),
+            })?
+            .map_err(ApiError::Invalid)
+    }
+}
+
 /// Cancel a job.
 #[derive(Message)]
 #[rtype(result = "Result<(JobView, Durable), ApiError>")]
@@ -553,6 +627,11 @@ impl Handler<FromWorker> for Coordinator {
                 WorkerMessage::Capacity { prefetch } => {
                     self.state.worker_prefetch(msg.id, prefetch);
                     changed = true;
+                }
+                WorkerMessage::Output { chunk, text } => {
+                    if self.state.output(msg.id, chunk, &text) {
+                        self.wake_followers(chunk.job);
+                    }
                 }
                 WorkerMessage::Hello(_) => warn!(worker = %msg.id, "ignored a second hello"),
             }

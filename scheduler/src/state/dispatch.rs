@@ -129,6 +129,36 @@ impl ClusterState {
         }
     }
 
+    /// Output that a worker's running attempt printed, kept for followers while the attempt is
+    /// current; true when it was kept.
+    pub fn output(&mut self, worker: WorkerId, chunk: ChunkRef, text: &str) -> bool {
+        if !self.is_current(chunk, worker) {
+            return false;
+        }
+        self.live.append(chunk.job, chunk.chunk, text);
+        true
+    }
+
+    /// What `job`'s batches printed from line `after` on, and whether the job has ended; `None`
+    /// for a job not held.
+    pub fn live_output(&self, job: JobId, after: u64) -> Option<(live::LiveRead, bool)> {
+        let ended = self.jobs.get(&job)?.state.is_terminal();
+        Some((self.live.read(job, after), ended))
+    }
+
+    /// Each batch's output of the `exec` job `job`; `None` for a job not held, `Err` for a job
+    /// of another kind.
+    pub fn batch_logs(&self, job: JobId) -> Option<Result<Vec<views::BatchLog>, String>> {
+        let job = self.jobs.get(&job)?;
+        if job.meta.timings_key.is_none() {
+            return Some(Err(format!(
+                "job {} is a `{}` job: only exec jobs have logs",
+                job.id, job.meta.name
+            )));
+        }
+        Some(Ok(views::batch_logs(job, &self.live)))
+    }
+
     /// A result that fits its job. An `exec` batch's report (read once) teaches its items'
     /// durations and judges each item; with `retry_failed`, the items that failed run again
     /// (only they, on another worker where there is one) while the batch has reruns left, and

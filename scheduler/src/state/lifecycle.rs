@@ -239,6 +239,7 @@ impl ClusterState {
         self.ended
             .insert((job.finished_at.unwrap_or(job.created_at), id));
         self.queue.remove_job(&key);
+        self.live.end(id);
         self.effects.push(Effect::JobDone(id));
         // Past the count, the oldest go now (with some slack, so that pruning, which walks the
         // idempotency keys once, runs once per many ends, not at every one).
@@ -291,6 +292,7 @@ impl ClusterState {
         }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
         self.queue.remove_job(&job_key(job.meta.priority, id));
+        self.live.remove(id);
         self.idempotency.retain(|_, (job, _)| *job != id);
         self.effects.push(Effect::JobDone(id));
     }

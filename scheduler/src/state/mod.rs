@@ -17,6 +17,7 @@ mod dispatch;
 pub mod health;
 pub mod job;
 mod lifecycle;
+pub mod live;
 pub mod queue;
 pub mod views;
 pub mod workers;
@@ -162,6 +163,8 @@ pub struct ClusterState {
     ended: BTreeSet<(DateTime<Utc>, JobId)>,
     /// `exec` items' recent durations in milliseconds, by timings key.
     timings: HashMap<String, HashMap<String, u64>>,
+    /// What running `exec` batches print, for followers.
+    live: live::LiveLogs,
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
@@ -228,6 +231,7 @@ impl ClusterState {
             idempotency: HashMap::new(),
             ended: BTreeSet::new(),
             timings: HashMap::new(),
+            live: live::LiveLogs::default(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),

@@ -6,7 +6,10 @@ use chrono::{DateTime, Utc};
 use muster_shared::ids::{ChunkIndex, JobId};
 use serde::Serialize;
 
-use super::job::{AttemptRecord, ChunkCounts, Job, JobState};
+use muster_shared::exec::{ExecBatch, ExecReport};
+
+use super::job::{AttemptRecord, ChunkCounts, ChunkState, Job, JobState};
+use super::live::LiveLogs;
 
 /// Most chunks listed under `retries` in one status.
 pub const MAX_RETRIES_SHOWN: usize = 1000;
@@ -88,4 +91,88 @@ impl JobView {
             },
         }
     }
+}
+
+/// One batch of an `exec` job, as `GET /v1/jobs/{id}/logs` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchLog {
+    /// Its index.
+    pub batch: ChunkIndex,
+    /// `passed` or `failed` (its program's verdict, after reruns), else where the batch stands
+    /// (`pending`, `running`), or `unknown` for a batch of an ended job that did not succeed.
+    pub status: &'static str,
+    /// Its items, when known.
+    pub items: Vec<String>,
+    /// The worker that ran it last, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// Its program's exit code, when it ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// What it printed: from its report once it ended (head and tail past the worker's cap),
+    /// else the lines kept while it runs.
+    pub output: String,
+    /// Bytes of output cut out of its report.
+    pub output_cut: u64,
+}
+
+impl BatchLog {
+    fn of_report(batch: ChunkIndex, report: ExecReport) -> Self {
+        Self {
+            batch,
+            status: if report.passed() { "passed" } else { "failed" },
+            worker: report.results.last().map(|r| r.worker.clone()),
+            exit_code: report.exit_code,
+            items: report.items,
+            output: report.output,
+            output_cut: report.output_cut,
+        }
+    }
+}
+
+/// Every batch's output of an `exec` job: from the batch reports where the batches ended, else
+/// from `live`, the lines kept while they run.
+pub fn batch_logs(job: &Job, live: &LiveLogs) -> Vec<BatchLog> {
+    if let JobState::Succeeded { result } = &job.state {
+        let reports: Vec<ExecReport> = serde_json::from_slice(result).unwrap_or_default();
+        return reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| BatchLog::of_report(ChunkIndex(i as u32), r))
+            .collect();
+    }
+    let unknown = |batch| BatchLog {
+        batch,
+        status: "unknown",
+        items: Vec::new(),
+        worker: None,
+        exit_code: None,
+        output: live.batch_text(job.id, batch),
+        output_cut: 0,
+    };
+    if job.chunks.is_empty() {
+        // An ended job's chunk table is gone: what was kept of its output is all there is.
+        return live.batches(job.id).into_iter().map(unknown).collect();
+    }
+    job.chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let batch = ChunkIndex(i as u32);
+            if let ChunkState::Succeeded { result } = &chunk.state {
+                if let Some(report) = ExecReport::read(result) {
+                    return BatchLog::of_report(batch, report);
+                }
+            }
+            let items = serde_json::from_slice::<ExecBatch>(&chunk.input)
+                .map(|b| b.items)
+                .unwrap_or_default();
+            BatchLog {
+                status: chunk.state.name(),
+                items,
+                worker: chunk.attempts.last().map(|a| a.worker_name.to_string()),
+                ..unknown(batch)
+            }
+        })
+        .collect()
 }
