@@ -599,3 +599,154 @@ fn run_batches(c: &Coordinator, body: &serde_json::Value) -> Vec<Vec<String>> {
         .map(|r| serde_json::from_value(r["items"].clone()).expect("a batch's items"))
         .collect()
 }
+
+/// A Python environment with pytest, made once under the test target directory by this
+/// suite's own setup (`python3 -m venv`, then `pip install pytest`): its `pytest`.
+fn pytest() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("pytest-venv");
+    let pytest = venv.join("bin").join("pytest");
+    if pytest.is_file() {
+        return pytest;
+    }
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    run(
+        std::path::Path::new("python3"),
+        &["-m", "venv", &venv.to_string_lossy()],
+    );
+    run(
+        &venv.join("bin").join("pip"),
+        &[
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "pytest",
+        ],
+    );
+    pytest
+}
+
+#[test]
+fn a_pytest_suite_runs_across_workers_with_one_merged_report_and_learned_timings() {
+    let pytest = pytest();
+    let pytest = pytest.to_str().unwrap();
+    // A project: four test files, a class, a parametrized test, one slow test.
+    let project = tempfile::tempdir().unwrap();
+    let tests = project.path().join("tests");
+    std::fs::create_dir(&tests).unwrap();
+    let files = [
+        ("test_math.py", "def test_add():\n    assert 1 + 1 == 2\n\ndef test_mul():\n    assert 2 * 3 == 6\n"),
+        ("test_slow.py", "import time\n\ndef test_slow():\n    time.sleep(1.5)\n"),
+        ("test_class.py", "class TestText:\n    def test_upper(self):\n        assert 'a'.upper() == 'A'\n\n    def test_strip(self):\n        assert ' a '.strip() == 'a'\n"),
+        ("test_params.py", "import pytest\n\n@pytest.mark.parametrize('n', [1, 2, 3])\ndef test_square(n):\n    assert n * n >= n\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(tests.join(name), text).unwrap();
+    }
+    let c = Coordinator::start(&[]);
+    let dir = project.path().to_str().unwrap();
+    let _workers = [
+        c.worker_with(
+            bin("muster-worker"),
+            "w1",
+            1,
+            &["--allow-exec", pytest, "--exec-dir", dir],
+        ),
+        c.worker_with(
+            bin("muster-worker"),
+            "w2",
+            1,
+            &["--allow-exec", pytest, "--exec-dir", dir],
+        ),
+    ];
+    let report = project.path().join("report.xml");
+    let submit = || {
+        let out = Command::new(bin("muster"))
+            .current_dir(project.path())
+            .args(["submit", "exec", "--wait", "--scheduler", &c.url])
+            .args([
+                "--items-from",
+                &format!("{pytest} --collect-only -q -p no:cacheprovider | grep ::"),
+            ])
+            .args(["--junit-out", report.to_str().unwrap()])
+            .args([
+                "--",
+                pytest,
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--junitxml={junit}",
+                "{items}",
+            ])
+            .env("MUSTER_TOKEN", CLIENT_TOKEN)
+            .output()
+            .expect("muster submit exec");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let stdout = submit();
+    assert!(stdout.contains("8 passed in "), "{stdout}");
+    assert!(stdout.contains(" on 2 workers"), "{stdout}");
+    // The merged report, read with an XML parser: each of the 8 tests exactly once.
+    let xml = std::fs::read_to_string(&report).expect("the merged report");
+    let mut names: Vec<String> = testcases(&xml).into_iter().map(|(name, _)| name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "test_add",
+            "test_mul",
+            "test_slow",
+            "test_square[1]",
+            "test_square[2]",
+            "test_square[3]",
+            "test_strip",
+            "test_upper"
+        ],
+        "{xml}"
+    );
+    // Every item's time came from the report: the slow test's is its own, not a share.
+    let api = c.api();
+    let jobs = api.get("/v1/jobs?limit=1").body;
+    let result = api.result(jobs["jobs"][0]["id"].as_str().unwrap());
+    let results: Vec<&serde_json::Value> = result
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["results"].as_array().unwrap())
+        .collect();
+    assert_eq!(results.len(), 8, "{result}");
+    let slow = results
+        .iter()
+        .find(|r| r["item"] == json!("tests/test_slow.py::test_slow"))
+        .expect("the slow test's result");
+    let slow_ms = slow["duration_ms"].as_u64().unwrap();
+    assert!(slow_ms >= 1500, "{slow}");
+    // The next run knows it: the slow test is a batch of its own, and it goes first.
+    submit();
+    let jobs = api.get("/v1/jobs?limit=1").body;
+    let result = api.result(jobs["jobs"][0]["id"].as_str().unwrap());
+    assert_eq!(
+        result[0]["items"],
+        json!(["tests/test_slow.py::test_slow"]),
+        "{result}"
+    );
+}

@@ -209,21 +209,31 @@ pub struct ItemRun {
     pub failed: bool,
 }
 
-/// How each of `items` went by the testcases of `xml` (a JUnit report): a testcase belongs to
-/// the item its `file` attribute names, else to the item its `classname` names as a path
-/// (`tests.test_a` for `tests/test_a.py`, or the item itself), else to the item its `name` is.
-/// Items no testcase names are left out; `None` when the report cannot be read.
+/// How each of `items` went by the testcases of `xml` (a JUnit report). A testcase belongs to
+/// the item its `file` attribute names; else the item its `classname` names as a path
+/// (`tests.test_a` for `tests/test_a.py`, or the item itself); else the item its `name` is;
+/// else the item that is its test id (`tests/test_a.py::TestX::test_m` for the classname
+/// `tests.test_a.TestX` and the name `test_m`, as pytest writes them). Items no testcase names
+/// are left out; `None` when the report cannot be read.
 pub fn item_runs(xml: &str, items: &[String]) -> Option<HashMap<String, ItemRun>> {
     let by_key: HashMap<String, &String> = items
         .iter()
         .flat_map(|item| {
-            let path = item.trim_end_matches(".py").replace(['/', '\\'], ".");
-            [(item.clone(), item), (path, item)]
+            let dotted = item
+                .replace(".py::", "::")
+                .trim_end_matches(".py")
+                .replace(['/', '\\'], ".")
+                .replace("::", ".");
+            [(item.clone(), item), (dotted, item)]
         })
         .collect();
     let mut runs: HashMap<String, ItemRun> = HashMap::new();
     for case in testcases(xml).ok()? {
-        let item = [&case.file, &case.classname, &case.name]
+        let test_id = match (&case.classname, &case.name) {
+            (Some(class), Some(name)) => Some(format!("{class}.{name}")),
+            _ => None,
+        };
+        let item = [&case.file, &case.classname, &case.name, &test_id]
             .into_iter()
             .flatten()
             .find_map(|key| by_key.get(key).copied());
@@ -327,6 +337,21 @@ mod tests {
         assert_eq!(runs.get("solo").copied(), run(2, false));
         assert_eq!(runs.get("unseen"), None);
         assert_eq!(item_runs("<testsuite><testcase></testsuite>", &items), None);
+        // pytest's test ids as items.
+        let ids: Vec<String> = [
+            "tests/test_c.py::TestX::test_m[1]",
+            "tests/test_c.py::test_f",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let xml = r#"<testsuite>
+            <testcase classname="tests.test_c.TestX" name="test_m[1]" time="0.5"/>
+            <testcase classname="tests.test_c" name="test_f" time="0.25"><error/></testcase>
+            </testsuite>"#;
+        let runs = item_runs(xml, &ids).unwrap();
+        assert_eq!(runs.get(&ids[0]).copied(), run(500, false));
+        assert_eq!(runs.get(&ids[1]).copied(), run(250, true));
     }
 
     #[test]
