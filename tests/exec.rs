@@ -232,6 +232,45 @@ fn a_line_reaches_the_waiting_cli_while_its_batch_still_runs() {
     assert!(rest[1].starts_with("1 passed in "), "{rest:?}");
 }
 
+#[test]
+fn shards_cap_how_many_batches_run_at_once() {
+    let c = Coordinator::start(&[]);
+    let _workers = [
+        c.worker_with(bin("muster-worker"), "w1", 2, &["--allow-exec", "sh"]),
+        c.worker_with(bin("muster-worker"), "w2", 2, &["--allow-exec", "sh"]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let running = dir.path().join("running");
+    std::fs::create_dir(&running).unwrap();
+    // Each batch notes how many batches run beside it, over a while.
+    let script = format!(
+        "touch {r}/$$; for i in 1 2 3 4 5; do ls {r} | wc -l; sleep 0.05; done; rm {r}/$$",
+        r = running.display()
+    );
+    let counts = |flags: &[&str]| -> u64 {
+        let mut all = vec!["--items", "a", "b", "c", "d", "e", "f", "--chunks", "6"];
+        all.extend(flags);
+        let (code, stdout, stderr) = submit_exec(&c, &all, &["sh", "-c", &script, "{items}"]);
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("[batch ")?
+                    .split_once("] ")?
+                    .1
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .max()
+            .expect("the batches' counts")
+    };
+    assert_eq!(counts(&["--shards", "1"]), 1);
+    assert!(counts(&["--shards", "3"]) <= 3);
+    // Without a cap the four slots fill.
+    assert!(counts(&[]) > 1);
+}
+
 /// The parent of process `pid`.
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -156,6 +156,9 @@ pub struct JobMeta {
     /// `exec`: the key its items' durations are kept under (`None` for other jobs).
     #[serde(default)]
     pub timings_key: Option<String>,
+    /// Most chunks running at once (`None`: no limit but the free slots).
+    #[serde(default)]
+    pub max_running: Option<u32>,
 }
 
 /// A job as first written: enough to rebuild it from scratch.
@@ -248,6 +251,7 @@ impl JobMeta {
             priority: 0,
             retry_failed: 0,
             timings_key: None,
+            max_running: None,
         }
     }
 }

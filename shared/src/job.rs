@@ -89,6 +89,10 @@ pub struct RawJob {
     /// `exec` only: the key its items' durations are kept under (default: the program).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings_key: Option<String>,
+    /// Most chunks of the job running at once (default: as many as there are free slots); for
+    /// `exec`, the shards its batches are cut for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_running: Option<Value>,
 }
 
 /// A built-in job kind with its options.
@@ -209,7 +213,12 @@ pub struct JobSpec {
     pub timings_key: Option<String>,
     /// `exec`: the items before they were cut, for balancing by duration.
     pub exec: Option<crate::exec::ExecPlan>,
+    /// Most chunks running at once.
+    pub max_running: Option<u32>,
 }
+
+/// Largest `max_running`.
+pub const MAX_RUNNING: u64 = 1_000_000;
 
 /// Most reruns `retry_failed` may ask for.
 pub const MAX_RETRY_FAILED: u64 = 10;
@@ -306,6 +315,12 @@ impl RawJob {
                 }
             },
         };
+        let max_running = match &self.max_running {
+            None => None,
+            Some(v) => Some(positive_int("max_running", v, MAX_RUNNING)? as u32),
+        };
+        // The slots a job is cut for: no more than it may use at once.
+        let slots = max_running.map_or(slots, |m| slots.min(u64::from(m)));
         let mut exec = None;
         let work = match (&self.kind, &self.task) {
             (Some(_), Some(_)) => {
@@ -338,6 +353,7 @@ impl RawJob {
             retry_failed,
             timings_key,
             exec,
+            max_running,
         })
     }
 
@@ -720,6 +736,10 @@ mod tests {
             (
                 json!({"kind": "exec", "program": "p", "input": ["a"], "retry_failed": 11}),
                 "from 0 to 10",
+            ),
+            (
+                json!({"kind": "sum", "input": [1], "max_running": 0}),
+                "`max_running`",
             ),
         ] {
             let err = parse(body).unwrap_err();

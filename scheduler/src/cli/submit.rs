@@ -31,6 +31,10 @@ pub struct SubmitArgs {
     /// exec: the key the items' durations are kept under (default: the program).
     #[arg(long)]
     pub timings_key: Option<String>,
+    /// Most chunks (for exec, batches: processes) running at once; an exec job's batches are
+    /// cut for this many shards.
+    #[arg(long)]
+    pub shards: Option<u32>,
     /// exec, with --wait: write the batches' JUnit reports, merged, to this file (the program
     /// writes its report where `{junit}` says).
     #[arg(long, requires = "wait")]
@@ -242,6 +246,9 @@ impl SubmitArgs {
         }
         if let Some(p) = self.priority {
             body.insert("priority".into(), json!(p));
+        }
+        if let Some(n) = self.shards {
+            body.insert("max_running".into(), json!(n));
         }
         if !self.labels.is_empty() {
             let mut labels = Map::new();

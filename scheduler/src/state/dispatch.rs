@@ -405,8 +405,15 @@ impl ClusterState {
         }
     }
 
-    /// Places chunks of one job; returns how many were placed.
+    /// Places chunks of one job (no more than its `max_running` at once); returns how many
+    /// were placed.
     fn dispatch_job(&mut self, key: JobKey, free: u64) -> u64 {
+        let free = match self.jobs.get(&key.1) {
+            Some(job) => job.meta.max_running.map_or(free, |most| {
+                free.min(u64::from(most.saturating_sub(job.counts.running)))
+            }),
+            None => free,
+        };
         let mut placed = 0;
         // Retried chunks that must wait for a worker other than the ones they failed on.
         let mut waiting = Vec::new();

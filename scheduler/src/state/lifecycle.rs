@@ -116,6 +116,7 @@ impl ClusterState {
             priority: spec.priority,
             retry_failed: spec.retry_failed,
             timings_key: spec.timings_key,
+            max_running: spec.max_running,
         };
         let mut inputs: Vec<Bytes> = match spec.work {
             Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
