@@ -627,6 +627,23 @@ fn only_failed_items_rerun_and_the_report_marks_flaky_and_repeated_failures() {
     assert!(xml.contains(r#"tests="3" failures="1""#), "{xml}");
 }
 
+#[test]
+fn a_program_that_starts_slowly_gets_fewer_larger_batches_next_time() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
+    // Half a second to start, then each item takes 10 ms by its report.
+    let runner = r#"sleep 0.5; out=$1; shift
+        { echo '<testsuite>'
+          for t in "$@"; do echo "<testcase classname=\"suite\" name=\"$t\" time=\"0.01\"/>"; done
+          echo '</testsuite>'; } > "$out""#;
+    let items: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+    let body = json!({"kind": "exec", "program": "sh", "args": ["-c", runner, "sh", "{junit}", "{items}"],
+        "input": items});
+    // Four batches a slot at first; then the start-up cost outweighs the tail: one batch.
+    assert_eq!(run_batches(&c, &body).len(), 4);
+    assert_eq!(run_batches(&c, &body), [items]);
+}
+
 /// Runs the exec job `body` on `c` to its end; the items of each of its batches, in batch order.
 fn run_batches(c: &Coordinator, body: &serde_json::Value) -> Vec<Vec<String>> {
     let api = c.api();

@@ -272,6 +272,19 @@ impl ExecPlan {
     }
 }
 
+/// The timings item under which a program's start-up cost is kept (no item is empty).
+pub const STARTUP_ITEM: &str = "";
+
+/// The number of batches for items expected to take `total_ms` in all on `slots` slots, when
+/// each batch costs `startup_ms` besides its items (the program starting, a test runner
+/// collecting): the count that makes least of `(total + n × startup) / slots + total / n`, the
+/// work's time with its start-ups plus a batch at the tail, which is `√(total × slots /
+/// startup)`; at least one batch per slot and at most one per item.
+pub fn batch_count(total_ms: u64, startup_ms: u64, slots: u64, items: usize) -> usize {
+    let best = ((total_ms as f64) * (slots.max(1) as f64) / (startup_ms.max(1) as f64)).sqrt();
+    (best.round() as usize).clamp(slots.max(1) as usize, items.max(1))
+}
+
 /// Cuts `items` into `n` batches of about equal expected duration, longest batch first: items
 /// are taken longest first, each into the batch with the least expected time so far (longest
 /// processing time first), and items never seen count at the median of those seen. `None`
@@ -327,6 +340,15 @@ mod tests {
         let batches = balanced_batches(&items, ms, 2).unwrap();
         assert_eq!(batches, [vec!["a", "d", "f"], vec!["b", "c", "e"]]);
         assert_eq!(balanced_batches(&items, |_| None, 2), None);
+    }
+
+    #[test]
+    fn a_costly_start_makes_fewer_larger_batches() {
+        // Pytest's seconds to start: few batches; a cheap start: many, for a short tail.
+        assert_eq!(batch_count(1_500_000, 2_000, 4, 5_000), 55);
+        assert_eq!(batch_count(1_500_000, 5, 4, 5_000), 1095);
+        assert_eq!(batch_count(100, 500, 2, 12), 2);
+        assert_eq!(batch_count(1_000_000, 1, 2, 12), 12);
     }
 
     #[test]

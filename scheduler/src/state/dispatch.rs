@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::records::Timing;
-use muster_shared::exec::{ExecBatch, ExecReport};
+use muster_shared::exec::{ExecBatch, ExecReport, STARTUP_ITEM};
 use muster_shared::junit::{item_runs, ItemRun};
 use std::collections::HashMap;
 
@@ -233,7 +233,11 @@ impl ClusterState {
     ) -> Vec<u64> {
         let known = self.timings.entry(key.clone()).or_default();
         let median = {
-            let mut all: Vec<u64> = known.values().copied().collect();
+            let mut all: Vec<u64> = known
+                .iter()
+                .filter(|(item, _)| *item != STARTUP_ITEM)
+                .map(|(_, ms)| *ms)
+                .collect();
             all.sort_unstable();
             all.get(all.len() / 2).copied().unwrap_or(1).max(1)
         };
@@ -265,6 +269,20 @@ impl ClusterState {
             learned.push(Timing {
                 key: key.clone(),
                 item: item.clone(),
+                ms,
+            });
+        }
+        // A batch whose report timed every item tells the program's start-up cost: the rest of
+        // its time.
+        if !measured.is_empty() && report.items.iter().all(|i| measured.contains_key(i)) {
+            let ms = match known.get(STARTUP_ITEM) {
+                Some(old) => (old + rest) / 2,
+                None => rest,
+            };
+            known.insert(STARTUP_ITEM.to_owned(), ms);
+            learned.push(Timing {
+                key: key.clone(),
+                item: STARTUP_ITEM.to_owned(),
                 ms,
             });
         }

@@ -2,7 +2,7 @@
 //! and ended, cancelled or forgotten, and pruned past its retention.
 
 use super::*;
-use muster_shared::exec::balanced_batches;
+use muster_shared::exec::{balanced_batches, batch_count, ExecPlan, STARTUP_ITEM};
 
 impl ClusterState {
     /// Takes back what the store held: finished jobs for status queries, unfinished jobs with
@@ -126,10 +126,8 @@ impl ClusterState {
         if let (Some(plan), Some(key)) =
             (spec.exec.as_ref().filter(|p| p.balance), &meta.timings_key)
         {
-            let known = self.timings.get(key);
-            let estimate = |item: &str| known.and_then(|k| k.get(item).copied());
-            if let Some(batches) = balanced_batches(&plan.items, estimate, inputs.len()) {
-                inputs = batches.into_iter().map(|b| plan.payload(b)).collect();
+            if let Some(batches) = self.balanced_exec(plan, key, &meta, inputs.len()) {
+                inputs = batches;
             }
         }
         let id = JobId::new();
@@ -208,6 +206,42 @@ impl ClusterState {
             },
         };
         self.finish(id, state);
+    }
+
+    /// An `exec` job's batches cut by its items' recorded durations, longest batch first: as
+    /// many as make the least of the program's start-up cost and the tail when that cost is
+    /// known (see [`batch_count`]) for the slots of the workers that suit the job, else
+    /// `asked`. `None` with no durations known.
+    fn balanced_exec(
+        &self,
+        plan: &ExecPlan,
+        key: &str,
+        meta: &JobMeta,
+        asked: usize,
+    ) -> Option<Vec<Bytes>> {
+        let known = self.timings.get(key)?;
+        let estimate = |item: &str| known.get(item).copied();
+        let mut n = asked;
+        if let Some(startup) = known.get(STARTUP_ITEM) {
+            let slots: u64 = self
+                .workers
+                .iter()
+                .filter(|w| w.suits(meta))
+                .map(|w| u64::from(w.slots))
+                .sum();
+            let slots = meta.max_running.map_or(slots, |m| slots.min(u64::from(m)));
+            let mut seen: Vec<u64> = plan.items.iter().filter_map(|i| estimate(i)).collect();
+            seen.sort_unstable();
+            let median = seen.get(seen.len() / 2).copied().unwrap_or(0);
+            let total: u64 = plan
+                .items
+                .iter()
+                .map(|i| estimate(i).unwrap_or(median))
+                .sum();
+            n = batch_count(total, *startup, slots, plan.items.len());
+        }
+        let batches = balanced_batches(&plan.items, estimate, n)?;
+        Some(batches.into_iter().map(|b| plan.payload(b)).collect())
     }
 
     /// Moves a job to a terminal state: cancels its running attempts, drops its queued chunks and
