@@ -271,6 +271,64 @@ fn shards_cap_how_many_batches_run_at_once() {
     assert!(counts(&[]) > 1);
 }
 
+#[test]
+fn ci_nodes_running_the_shard_script_share_one_job_and_its_verdict() {
+    let c = Coordinator::start(&[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ci/shard.sh");
+    let bins = bin("muster");
+    let bins = bins.parent().unwrap();
+    // Every node runs the same command in its own checkout; the run id makes them one job.
+    let run = |run_id: &str, program: &str| {
+        let nodes: Vec<_> = (0..2)
+            .map(|_| {
+                let checkout = tempfile::tempdir().unwrap();
+                let child = Command::new("bash")
+                    .arg(&script)
+                    .args([
+                        "printf 'a\\nb\\nc\\nd\\n'",
+                        "--",
+                        "sh",
+                        "-c",
+                        program,
+                        "sh",
+                        "{items}",
+                    ])
+                    .current_dir(checkout.path())
+                    .env("MUSTER_SCHEDULER", &c.url)
+                    .env("MUSTER_TOKEN", CLIENT_TOKEN)
+                    .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
+                    .env("MUSTER_RUN_ID", run_id)
+                    .env("MUSTER_BIN", bins)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("shard.sh");
+                (checkout, child)
+            })
+            .collect();
+        nodes
+            .into_iter()
+            .map(|(_checkout, child)| {
+                let out = child.wait_with_output().unwrap();
+                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+                let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                (out.status.code(), format!("{stdout}\n{stderr}"))
+            })
+            .collect::<Vec<_>>()
+    };
+    for (code, out) in run("run-1", "echo ran $*") {
+        assert_eq!(code, Some(0), "{out}");
+        assert!(out.contains("4 passed in "), "{out}");
+    }
+    for (code, out) in run("run-2", "echo ran $*; [ \"$1\" != c ]") {
+        assert_eq!(code, Some(1), "{out}");
+        assert!(out.contains("failed: c"), "{out}");
+    }
+    // One job a run, whatever the number of nodes.
+    let jobs = c.api().get("/v1/jobs").body;
+    assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
+}
+
 /// The parent of process `pid`.
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
