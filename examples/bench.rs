@@ -21,8 +21,12 @@ use serde_json::{json, Value};
 #[derive(Debug, Parser)]
 #[command(about = "Muster benchmark")]
 struct Args {
-    /// Workloads, comma-separated: W0, W1, W2, W3, W4, W5, W6, S1.
-    #[arg(long, value_delimiter = ',', default_value = "W0,W1,W2,W3,W4,W5,W6,S1")]
+    /// Workloads, comma-separated: W0, W1, W2, W3, W4, W5, W6, W7, S1.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "W0,W1,W2,W3,W4,W5,W6,W7,S1"
+    )]
     workload: Vec<String>,
     /// Stores, comma-separated: sqlite (the default store), memory, postgres.
     #[arg(long, value_delimiter = ',', default_value = "sqlite")]
@@ -70,12 +74,12 @@ impl Cluster {
 
     fn add_worker(&mut self) {
         let name = format!("bench-{}", self.workers.len() + 1);
-        // `sleep` for W6's exec batches.
+        // `sleep` for W6's exec batches, `sh` for W7's.
         let w = self.coordinator.worker_with(
             bin("muster-worker"),
             &name,
             1,
-            &["--allow-exec", "sleep"],
+            &["--allow-exec", "sleep,sh"],
         );
         self.workers.push(w);
     }
@@ -375,6 +379,78 @@ fn w6(cluster: &Cluster, seed: u64) -> Run {
     }
 }
 
+/// W7: balance on four workers of one slot. 40 seeded items of uneven durations (most 50-400
+/// ms, one in eight 0.8-1.6 s), each `NAME:SECONDS` slept by a shell loop that writes a JUnit
+/// report timing each, under a timings key of the run's own. Makespan over ideal (max(total / 4, longest item)) for the first run (no
+/// timings: equal counts), the second (timings known), and, after one middling item became ten
+/// times longer than its record, the balanced run against an equal-count static split of the
+/// same items (one batch per worker, as a CI matrix cuts them).
+fn w7(cluster: &Cluster, seed: u64) -> Run {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut ms: Vec<u64> = (0..40)
+        .map(|_| match rng.gen_range(0..8) {
+            0 => rng.gen_range(800..=1600),
+            _ => rng.gen_range(50..=400),
+        })
+        .collect();
+    let key = format!("w7-{seed}-{}", std::process::id());
+    let api = cluster.api();
+    let run = |ms: &[u64], chunks: Option<u64>| -> (f64, f64, bool) {
+        let items: Vec<String> = ms
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("item{i:02}:{}.{:03}", m / 1000, m % 1000))
+            .collect();
+        // Each item sleeps its seconds; the JUnit report times it, as a test runner's would.
+        let script = r#"out=$1; shift; echo '<testsuite>' > "$out"
+            for t; do sleep "${t#*:}"; echo "<testcase name=\"$t\" time=\"${t#*:}\"/>" >> "$out"; done
+            echo '</testsuite>' >> "$out""#;
+        let mut body = json!({"kind": "exec", "program": "sh", "timings_key": key,
+            "args": ["-c", script, "sh", "{junit}", "{items}"], "input": items});
+        if let Some(n) = chunks {
+            body["chunks"] = json!(n);
+        }
+        let total: u64 = ms.iter().sum();
+        let ideal = (total as f64 / 4.0).max(ms.iter().copied().max().unwrap_or(0) as f64) / 1000.0;
+        wait_for_idle();
+        let start = Instant::now();
+        let result = api.result(&api.submit(&body));
+        let makespan = start.elapsed().as_secs_f64();
+        if profiling() {
+            // Each batch: its time, its worker and its items, in queue order.
+            println!("  makespan {makespan:.3} s, ideal {ideal:.3} s");
+            for r in result.as_array().into_iter().flatten() {
+                println!(
+                    "  {} {} {}",
+                    r["duration_ms"], r["results"][0]["worker"], r["items"]
+                );
+            }
+        }
+        let ok = result
+            .as_array()
+            .is_some_and(|r| r.iter().all(|b| b["exit_code"] == json!(0)));
+        (makespan / ideal, ideal, ok)
+    };
+    let (first, _, ok1) = run(&ms, None);
+    let (second, _, ok2) = run(&ms, None);
+    // A middling item now takes ten times what its record says.
+    let mut sorted = ms.clone();
+    sorted.sort_unstable();
+    let middling = ms.iter().position(|m| *m == sorted[20]).unwrap_or(0);
+    ms[middling] *= 10;
+    let (wrong, _, ok3) = run(&ms, None);
+    let (static_split, _, ok4) = run(&ms, Some(4));
+    Run {
+        figures: vec![
+            ("timed_over_ideal", second, "x"),
+            ("first_over_ideal", first, "x"),
+            ("wrong_estimate_over_ideal", wrong, "x"),
+            ("static_split_over_ideal", static_split, "x"),
+        ],
+        correct: ok1 && ok2 && ok3 && ok4,
+    }
+}
+
 /// Whether `MUSTER_CHILD_LOG` is set: a profiling run, which also shows client-side timings.
 fn profiling() -> bool {
     std::env::var_os("MUSTER_CHILD_LOG").is_some()
@@ -513,6 +589,11 @@ fn main() {
             let mut runs = Vec::new();
             let log = (workload == "W4").then_some(W4_LOG);
             let mut cluster = (workload != "W0").then(|| Cluster::start(store, &mut pg, log));
+            if let (Some(c), "W7") = (cluster.as_mut(), workload.as_str()) {
+                // Four workers of one slot.
+                c.add_worker();
+                c.add_worker();
+            }
             for i in 0..args.runs {
                 let seed = i as u64;
                 let run = match (workload.as_str(), cluster.as_mut()) {
@@ -523,6 +604,7 @@ fn main() {
                     ("W4", Some(c)) => w4(c, seed),
                     ("W5", Some(c)) => w5(c),
                     ("W6", Some(c)) => w6(c, seed),
+                    ("W7", Some(c)) => w7(c, seed),
                     ("S1", Some(c)) => s1(c, args.s1_workers, args.s1_chunks),
                     (other, _) => panic!("unknown workload {other}"),
                 };

@@ -236,6 +236,13 @@ pub struct Timing {
     pub ms: u64,
 }
 
+impl JobMeta {
+    /// True for an `exec` job (a program run over batches of items).
+    pub fn is_exec(&self) -> bool {
+        self.timings_key.is_some()
+    }
+}
+
 #[cfg(test)]
 impl JobMeta {
     /// A built-in `sum` job's description, for tests.

@@ -285,18 +285,24 @@ pub fn batch_count(total_ms: u64, startup_ms: u64, slots: u64, items: usize) -> 
     (best.round() as usize).clamp(slots.max(1) as usize, items.max(1))
 }
 
-/// Cuts `items` into `n` batches of about equal expected duration, longest batch first: items
-/// are taken longest first, each into the batch with the least expected time so far (longest
-/// processing time first), and items never seen count at the median of those seen. `None`
-/// when no item has an estimate (the caller keeps its equal counts).
+/// Cuts `items` into batches for a queue that `slots` slots take from, by their estimated
+/// durations (items never seen count at the median of those seen): items longest first, each
+/// batch about a quarter of what is left shared among the slots, so that batches shrink toward
+/// the end, down to about half of an `n`th of the total, and never below twice the program's
+/// start-up cost `startup_ms` (a batch shorter than that spends a third of its time starting). The longest items start first, and what
+/// runs last is short: no late item, even one whose estimate was wrong, becomes a long tail
+/// while the other slots idle. `None` when no item has an estimate (the caller keeps its equal
+/// counts).
 pub fn balanced_batches(
     items: &[String],
     estimate: impl Fn(&str) -> Option<u64>,
+    slots: usize,
     n: usize,
+    startup_ms: u64,
 ) -> Option<Vec<Vec<String>>> {
     let known: Vec<Option<u64>> = items.iter().map(|i| estimate(i)).collect();
     let mut seen: Vec<u64> = known.iter().flatten().copied().collect();
-    if seen.is_empty() || n == 0 {
+    if seen.is_empty() || items.is_empty() {
         return None;
     }
     seen.sort_unstable();
@@ -308,15 +314,23 @@ pub fn balanced_batches(
         .collect();
     // Longest first; equal estimates keep the given order.
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    let n = n.min(items.len());
-    let mut batches: Vec<(u64, Vec<String>)> = vec![(0, Vec::new()); n];
+    let mut left: u64 = order.iter().map(|(ms, _)| ms).sum();
+    let smallest = (left / (2 * n.max(1) as u64)).max(2 * startup_ms).max(1);
+    let share = 4 * slots.max(1) as u64;
+    let mut batches = Vec::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_ms = 0;
     for (ms, i) in order {
-        let lightest = (0..n).min_by_key(|&b| (batches[b].0, b)).unwrap_or(0);
-        batches[lightest].0 += ms;
-        batches[lightest].1.push(items[i].clone());
+        if !batch.is_empty() && batch_ms + ms > (left / share).max(smallest) {
+            batches.push(std::mem::take(&mut batch));
+            left -= batch_ms;
+            batch_ms = 0;
+        }
+        batch.push(items[i].clone());
+        batch_ms += ms;
     }
-    batches.sort_by_key(|b| std::cmp::Reverse(b.0));
-    Some(batches.into_iter().map(|(_, items)| items).collect())
+    batches.push(batch);
+    Some(batches)
 }
 
 #[cfg(test)]
@@ -324,7 +338,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_balanced_by_estimate_longest_first() {
+    fn batches_hold_the_longest_items_first_and_shrink_toward_the_end() {
         let items: Vec<String> = ["a", "b", "c", "d", "e", "f"]
             .iter()
             .map(|s| s.to_string())
@@ -337,9 +351,32 @@ mod tests {
             "e" => None,
             _ => Some(10),
         };
-        let batches = balanced_batches(&items, ms, 2).unwrap();
-        assert_eq!(batches, [vec!["a", "d", "f"], vec!["b", "c", "e"]]);
-        assert_eq!(balanced_batches(&items, |_| None, 2), None);
+        // 250 ms in all (`e` at the median, 30) on one slot: half of what is left a batch, down
+        // to a quarter of the total (n = 2); the longest go first.
+        let batches = balanced_batches(&items, ms, 1, 2, 0).unwrap();
+        assert_eq!(
+            batches,
+            [vec!["a"], vec!["b"], vec!["c", "d"], vec!["e", "f"]]
+        );
+        assert_eq!(balanced_batches(&items, |_| None, 1, 2, 0), None);
+        // Many equal items on two slots: batches shrink toward the end.
+        let many: Vec<String> = (0..64).map(|i| i.to_string()).collect();
+        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, 0)
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 64);
+        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        assert_eq!(sizes[0], 8, "{sizes:?}");
+        assert!(sizes.iter().rev().take(4).all(|&n| n <= 2), "{sizes:?}");
+        // A costly start keeps every batch at least twice as long as it.
+        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, 40)
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert!(sizes.iter().all(|&n| n >= 8), "{sizes:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use super::*;
 use muster_shared::exec::{balanced_batches, batch_count, ExecPlan, STARTUP_ITEM};
+use muster_shared::split::AUTO_CHUNKS_PER_SLOT;
 
 impl ClusterState {
     /// Takes back what the store held: finished jobs for status queries, unfinished jobs with
@@ -208,10 +209,10 @@ impl ClusterState {
         self.finish(id, state);
     }
 
-    /// An `exec` job's batches cut by its items' recorded durations, longest batch first: as
-    /// many as make the least of the program's start-up cost and the tail when that cost is
-    /// known (see [`batch_count`]) for the slots of the workers that suit the job, else
-    /// `asked`. `None` with no durations known.
+    /// An `exec` job's batches cut by its items' recorded durations for the slots of the
+    /// workers that suit it (see [`balanced_batches`]), about as many as make the least of the
+    /// program's start-up cost and the tail when that cost is known (see [`batch_count`]), else
+    /// about `asked`. `None` with no durations known.
     fn balanced_exec(
         &self,
         plan: &ExecPlan,
@@ -221,15 +222,21 @@ impl ClusterState {
     ) -> Option<Vec<Bytes>> {
         let known = self.timings.get(key)?;
         let estimate = |item: &str| known.get(item).copied();
+        let slots: u64 = self
+            .workers
+            .iter()
+            .filter(|w| w.suits(meta))
+            .map(|w| u64::from(w.slots))
+            .sum();
+        // With no worker connected yet, the slots the asked count was made for.
+        let slots = match slots {
+            0 => (asked as u64 / AUTO_CHUNKS_PER_SLOT).max(1),
+            n => n,
+        };
+        let slots = meta.max_running.map_or(slots, |m| slots.min(u64::from(m)));
         let mut n = asked;
-        if let Some(startup) = known.get(STARTUP_ITEM) {
-            let slots: u64 = self
-                .workers
-                .iter()
-                .filter(|w| w.suits(meta))
-                .map(|w| u64::from(w.slots))
-                .sum();
-            let slots = meta.max_running.map_or(slots, |m| slots.min(u64::from(m)));
+        let startup = known.get(STARTUP_ITEM).copied();
+        if let Some(startup) = startup {
             let mut seen: Vec<u64> = plan.items.iter().filter_map(|i| estimate(i)).collect();
             seen.sort_unstable();
             let median = seen.get(seen.len() / 2).copied().unwrap_or(0);
@@ -238,9 +245,15 @@ impl ClusterState {
                 .iter()
                 .map(|i| estimate(i).unwrap_or(median))
                 .sum();
-            n = batch_count(total, *startup, slots, plan.items.len());
+            n = batch_count(total, startup, slots, plan.items.len());
         }
-        let batches = balanced_batches(&plan.items, estimate, n)?;
+        let batches = balanced_batches(
+            &plan.items,
+            estimate,
+            slots as usize,
+            n,
+            startup.unwrap_or(0),
+        )?;
         Some(batches.into_iter().map(|b| plan.payload(b)).collect())
     }
 

@@ -349,13 +349,16 @@ impl Workers {
     /// attempts at this chunk failed) whenever any other suitable worker is connected, even a busy
     /// one: the chunk then waits for it rather than return to a worker that failed it. Walks the
     /// ready index from the least loaded, so the usual cost is one step, not one per worker.
+    /// An `exec` batch goes only to a free slot, never to a prefetch queue: a batch queued
+    /// behind a long one would wait there while other slots idle.
     pub fn place(&self, meta: &JobMeta, avoid: &[Arc<str>]) -> Option<WorkerId> {
         let avoided = |w: &WorkerEntry| avoid.contains(&w.name);
         let avoid_any = !avoid.is_empty() && self.iter().any(|w| w.suits(meta) && !avoided(w));
+        let slot_free = |w: &WorkerEntry| !meta.is_exec() || w.running.len() < w.slots as usize;
         self.ready
             .iter()
             .filter_map(|(_, id)| self.by_id.get(id))
-            .find(|w| w.suits(meta) && !(avoid_any && avoided(w)))
+            .find(|w| w.suits(meta) && !(avoid_any && avoided(w)) && slot_free(w))
             .map(|w| w.id)
     }
 }
@@ -385,6 +388,21 @@ mod tests {
             chunk: ChunkIndex(i),
             attempt: Attempt(1),
         }
+    }
+
+    #[test]
+    fn exec_batches_wait_for_a_free_slot_instead_of_a_prefetch_queue() {
+        let mut workers = Workers::default();
+        let mut w = worker(1, 4);
+        w.tasks.insert("exec:sh".into());
+        let id = w.id;
+        workers.add(w).unwrap();
+        let mut meta = JobMeta::sum_for_tests(3);
+        workers.occupy(id, chunk(JobId::new(), 0), 10);
+        assert_eq!(workers.place(&meta, &[]), Some(id), "a sum chunk may queue");
+        meta.task = "exec:sh".into();
+        meta.timings_key = Some("sh".into());
+        assert_eq!(workers.place(&meta, &[]), None, "an exec batch may not");
     }
 
     #[test]
