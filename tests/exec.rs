@@ -329,6 +329,41 @@ fn ci_nodes_running_the_shard_script_share_one_job_and_its_verdict() {
     assert_eq!(jobs["jobs"].as_array().map(Vec::len), Some(2), "{jobs}");
 }
 
+#[test]
+fn a_workers_config_file_allows_programs_and_refuses_unknown_keys() {
+    let c = Coordinator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "allow-exec = [\"echo\"]\nlabels = { pool = \"ci\" }\nexec-env = [\"CI\"]\n",
+    )
+    .unwrap();
+    let _worker = c.worker_with(
+        bin("muster-worker"),
+        "w1",
+        1,
+        &["--config", config.to_str().unwrap()],
+    );
+    let (code, stdout, stderr) = submit_exec(
+        &c,
+        &["--items", "x", "--label", "pool=ci"],
+        &["echo", "from the file", "{items}"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("[batch 0] from the file x"), "{stdout}");
+
+    std::fs::write(&config, "allow-exec = [\"echo\"]\nallow-exce = [\"sh\"]\n").unwrap();
+    let out = Command::new(bin("muster-worker"))
+        .args(["--scheduler", &c.url, "--config", config.to_str().unwrap()])
+        .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown field `allow-exce`"), "{stderr}");
+}
+
 /// The parent of process `pid`.
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -15,18 +15,19 @@ pub const PREFETCH_PER_SLOT: u32 = 4;
 /// Where `muster serve` keeps its data by default; a worker on the same machine finds its token there.
 pub const DEFAULT_DATA_DIR: &str = "muster-data";
 
-/// `muster-worker` flags. Precedence: flags, then `MUSTER_*` environment variables, then defaults.
+/// `muster-worker` flags. Precedence: flags, then `MUSTER_*` environment variables, then the
+/// `--config` file, then defaults.
 #[derive(Debug, Parser)]
 #[command(version, about = "Muster worker daemon: runs chunks for a coordinator")]
 pub struct WorkerArgs {
     /// Coordinator URL; repeat the flag or separate with commas to give several coordinators.
-    #[arg(
-        long = "scheduler",
-        env = "MUSTER_SCHEDULER",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7070"
-    )]
+    /// (Default: http://127.0.0.1:7070.)
+    #[arg(long = "scheduler", env = "MUSTER_SCHEDULER", value_delimiter = ',')]
     pub schedulers: Vec<String>,
+    /// A TOML file of settings, with the flags' names as keys (`allow-exec = ["pytest"]`,
+    /// `labels = { gpu = "a100" }`); flags and environment variables win over it.
+    #[arg(long, env = "MUSTER_WORKER_CONFIG")]
+    pub config: Option<PathBuf>,
     /// File holding the worker token (else MUSTER_WORKER_TOKEN, else ./muster-data/worker.token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -48,12 +49,12 @@ pub struct WorkerArgs {
     /// A label jobs can require, as key=value; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// Seconds running chunks get to finish on SIGTERM before they are handed back.
-    #[arg(long, env = "MUSTER_DRAIN_TIMEOUT", default_value_t = 30.0)]
-    pub drain_timeout: f64,
-    /// Longest wait between reconnect attempts, in seconds.
-    #[arg(long, env = "MUSTER_RECONNECT_MAX", default_value_t = 5.0)]
-    pub reconnect_max: f64,
+    /// Seconds running chunks get to finish on SIGTERM before they are handed back (default 30).
+    #[arg(long, env = "MUSTER_DRAIN_TIMEOUT")]
+    pub drain_timeout: Option<f64>,
+    /// Longest wait between reconnect attempts, in seconds (default 5).
+    #[arg(long, env = "MUSTER_RECONNECT_MAX")]
+    pub reconnect_max: Option<f64>,
     /// A program `exec` jobs may run here (a name looked up in PATH, or a path); repeatable, or
     /// comma-separated. None by default: the worker runs no program.
     #[arg(long = "allow-exec", env = "MUSTER_ALLOW_EXEC", value_delimiter = ',')]
@@ -66,6 +67,57 @@ pub struct WorkerArgs {
     /// repeatable.
     #[arg(long = "exec-env")]
     pub exec_env: Vec<String>,
+}
+
+/// The `--config` file: the flags' settings, by their names.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    scheduler: Option<Vec<String>>,
+    token_file: Option<PathBuf>,
+    ca_cert: Option<PathBuf>,
+    slots: Option<u32>,
+    prefetch: Option<u32>,
+    name: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    drain_timeout: Option<f64>,
+    reconnect_max: Option<f64>,
+    allow_exec: Option<Vec<String>>,
+    exec_dir: Option<PathBuf>,
+    exec_env: Option<Vec<String>>,
+}
+
+impl WorkerArgs {
+    /// These flags over the settings of the `--config` file, if one is given.
+    fn over_config_file(mut self) -> anyhow::Result<Self> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let file: ConfigFile = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message()))?;
+        fn list(flags: &mut Vec<String>, file: Option<Vec<String>>) {
+            if flags.is_empty() {
+                *flags = file.unwrap_or_default();
+            }
+        }
+        list(&mut self.schedulers, file.scheduler);
+        list(&mut self.allow_exec, file.allow_exec);
+        list(&mut self.exec_env, file.exec_env);
+        if self.labels.is_empty() {
+            self.labels = file.labels.unwrap_or_default().into_iter().collect();
+        }
+        self.token_file = self.token_file.or(file.token_file);
+        self.ca_cert = self.ca_cert.or(file.ca_cert);
+        self.slots = self.slots.or(file.slots);
+        self.prefetch = self.prefetch.or(file.prefetch);
+        self.name = self.name.or(file.name);
+        self.drain_timeout = self.drain_timeout.or(file.drain_timeout);
+        self.reconnect_max = self.reconnect_max.or(file.reconnect_max);
+        self.exec_dir = self.exec_dir.or(file.exec_dir);
+        Ok(self)
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -159,15 +211,19 @@ pub fn plain_http_warning(url: &str) -> String {
 impl WorkerArgs {
     /// Validates the flags into a [`WorkerConfig`].
     pub fn into_config(self) -> anyhow::Result<WorkerConfig> {
-        let schedulers = coordinator_urls(&self.schedulers)?;
+        let mut this = self.over_config_file()?;
+        if this.schedulers.is_empty() {
+            this.schedulers = vec!["http://127.0.0.1:7070".to_owned()];
+        }
+        let schedulers = coordinator_urls(&this.schedulers)?;
         for url in plain_http_remote(&schedulers) {
             tracing::warn!("{}", plain_http_warning(url));
         }
         let mut config = WorkerConfig::new(schedulers);
         // A bad CA file is an error at start, not at each connection attempt.
-        crate::tls::client_config(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
-        config.ca_cert = self.ca_cert;
-        config.token = match (&self.token_file, std::env::var("MUSTER_WORKER_TOKEN")) {
+        crate::tls::client_config(this.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+        config.ca_cert = this.ca_cert;
+        config.token = match (&this.token_file, std::env::var("MUSTER_WORKER_TOKEN")) {
             (Some(path), _) => Some(read_token(path)?),
             (None, Ok(token)) if !token.trim().is_empty() => Some(token.trim().to_owned()),
             _ => {
@@ -175,40 +231,40 @@ impl WorkerArgs {
                 default.exists().then(|| read_token(&default)).transpose()?
             }
         };
-        if let Some(slots) = self.slots {
+        if let Some(slots) = this.slots {
             if slots == 0 || slots > 4096 {
                 anyhow::bail!("--slots must be from 1 to 4096, got {slots}");
             }
             config.slots = slots;
         }
-        config.adaptive_prefetch = self.prefetch.is_none();
-        config.prefetch = match self.prefetch {
+        config.adaptive_prefetch = this.prefetch.is_none();
+        config.prefetch = match this.prefetch {
             Some(p) if p > 65_536 => anyhow::bail!("--prefetch must be at most 65536, got {p}"),
             Some(p) => p,
             None => config.slots.saturating_mul(PREFETCH_PER_SLOT),
         };
-        if let Some(name) = self.name {
+        if let Some(name) = this.name {
             config.name = name;
         }
-        config.labels = self.labels.into_iter().collect::<BTreeMap<_, _>>();
-        if let Some(bad) = self
+        config.labels = this.labels.into_iter().collect::<BTreeMap<_, _>>();
+        if let Some(bad) = this
             .allow_exec
             .iter()
             .find(|p| p.is_empty() || p.len() > 120 || p.contains(','))
         {
             anyhow::bail!("--allow-exec `{bad}` must be a program name or path of 1 to 120 bytes");
         }
-        if let Some(dir) = &self.exec_dir {
+        if let Some(dir) = &this.exec_dir {
             if !dir.is_dir() {
                 anyhow::bail!("--exec-dir {} is not a directory", dir.display());
             }
         }
-        config.exec.allow = self.allow_exec;
-        config.exec.dir = self.exec_dir;
-        config.exec.env = self.exec_env;
-        config.drain_timeout = seconds("drain-timeout", self.drain_timeout)?;
+        config.exec.allow = this.allow_exec;
+        config.exec.dir = this.exec_dir;
+        config.exec.env = this.exec_env;
+        config.drain_timeout = seconds("drain-timeout", this.drain_timeout.unwrap_or(30.0))?;
         config.reconnect_max =
-            seconds("reconnect-max", self.reconnect_max)?.max(config.reconnect_min);
+            seconds("reconnect-max", this.reconnect_max.unwrap_or(5.0))?.max(config.reconnect_min);
         Ok(config)
     }
 }

@@ -45,8 +45,9 @@ pub struct SubmitArgs {
     /// Items given inline (numbers or strings; for wordcount, words of the text).
     #[arg(long, num_args = 1.., conflicts_with = "input_file")]
     pub items: Vec<String>,
-    /// Input file: a JSON array, or whitespace-separated items; for wordcount, the text itself.
-    #[arg(long)]
+    /// Input file: a JSON array, or whitespace-separated items; for wordcount, the text itself;
+    /// for exec (also as --items-file), one item per line.
+    #[arg(long, visible_alias = "items-file")]
     pub input_file: Option<PathBuf>,
     /// Custom task name (with --chunks-file).
     #[arg(long, conflicts_with = "kind")]
