@@ -136,47 +136,13 @@ fn testcases(xml: &str) -> Result<Vec<Case>, String> {
             .read_event()
             .map_err(|e| format!("not well-formed XML at byte {before}: {e}"))?;
         let after = reader.buffer_position() as usize;
-        match event {
+        let (e, empty) = match event {
             Event::Eof if open.is_some() => {
                 return Err("the document ends inside a <testcase>".into())
             }
             Event::Eof => break,
-            Event::Start(e) => match open.as_mut() {
-                Some((start, depth, case)) => {
-                    let name = e.local_name();
-                    let name: &str = name.as_ref();
-                    if *depth == 0 {
-                        case.mark(name);
-                        if RUN_FAILURES.contains(&name) {
-                            run_open = Some((name.to_owned(), before - *start));
-                        }
-                    }
-                    *depth += 1;
-                }
-                None if e.local_name().as_ref() == "testcase" => {
-                    open = Some((before, 0, Case::new(&e)));
-                }
-                None => {}
-            },
-            Event::Empty(e) => match open.as_mut() {
-                Some((start, depth, case)) => {
-                    let name = e.local_name();
-                    let name: &str = name.as_ref();
-                    if *depth == 0 {
-                        case.mark(name);
-                        if RUN_FAILURES.contains(&name) {
-                            case.runs
-                                .push((name.to_owned(), before - *start..after - *start));
-                        }
-                    }
-                }
-                None if e.local_name().as_ref() == "testcase" => {
-                    let mut case = Case::new(&e);
-                    case.text = xml[before..after].to_owned();
-                    cases.push(case);
-                }
-                None => {}
-            },
+            Event::Start(e) => (e, false),
+            Event::Empty(e) => (e, true),
             Event::End(_) => {
                 if let Some((start, depth, case)) = open.as_mut() {
                     if *depth == 0 {
@@ -193,8 +159,39 @@ fn testcases(xml: &str) -> Result<Vec<Case>, String> {
                         }
                     }
                 }
+                continue;
             }
-            _ => {}
+            _ => continue,
+        };
+        let name = e.local_name();
+        let name: &str = name.as_ref();
+        match open.as_mut() {
+            // A child of the open testcase: a direct one may record how a run ended.
+            Some((start, depth, case)) => {
+                if *depth == 0 {
+                    case.mark(name);
+                    if RUN_FAILURES.contains(&name) {
+                        let from = before - *start;
+                        match empty {
+                            true => case.runs.push((name.to_owned(), from..after - *start)),
+                            false => run_open = Some((name.to_owned(), from)),
+                        }
+                    }
+                }
+                if !empty {
+                    *depth += 1;
+                }
+            }
+            None if name == "testcase" => {
+                let mut case = Case::new(&e);
+                if empty {
+                    case.text = xml[before..after].to_owned();
+                    cases.push(case);
+                } else {
+                    open = Some((before, 0, case));
+                }
+            }
+            None => {}
         }
     }
     Ok(cases)

@@ -215,6 +215,13 @@ pub(super) struct ResultQuery {
     wait: Option<f64>,
 }
 
+/// The query string of `req` as a `T`; a 422 saying what is wrong with it.
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))
+}
+
 /// `?wait=` as a duration, at most [`MAX_WAIT_SECONDS`].
 fn wait_for(wait: Option<f64>) -> Result<Option<Duration>, ApiError> {
     match wait {
@@ -247,8 +254,7 @@ pub(super) async fn output(
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
     let id = job_id(&path)?;
-    let query = web::Query::<OutputQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?;
+    let query = query::<OutputQuery>(&req)?;
     let after = query.after.unwrap_or(0);
     let wait = wait_for(query.wait)?;
     let ask = |watch| GetOutput { id, after, watch };
@@ -299,8 +305,7 @@ pub(super) async fn result(
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
     let id = job_id(&path)?;
-    let query = web::Query::<ResultQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?;
+    let query = query::<ResultQuery>(&req)?;
     let wait = wait_for(query.wait)?;
     let (answer, mut durable) = app
         .coordinator(&req)?
@@ -410,9 +415,7 @@ pub(super) async fn list(
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
-    let query = web::Query::<ListQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))?
-        .into_inner();
+    let query = query::<ListQuery>(&req)?;
     if let Some(s) = &query.status {
         if !STATUSES.contains(&s.as_str()) {
             return Err(ApiError::Invalid(format!(
