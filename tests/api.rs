@@ -194,6 +194,8 @@ fn metrics_show_jobs_chunks_and_workers_in_prometheus_text_for_a_client_token() 
         ("muster_workers", 1.0),
         ("muster_worker_slots", 2.0),
         ("muster_worker_slots_busy", 0.0),
+        ("muster_chunk_run_seconds_count{task=\"sum\"}", 3.0),
+        ("muster_chunk_queue_seconds_count", 3.0),
     ] {
         assert_eq!(value(series), Some(expected), "{series} in:\n{text}");
     }

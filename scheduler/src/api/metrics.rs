@@ -148,6 +148,15 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
     if let Some(histogram) = observed.and_then(|o| o.commit_seconds.clone()) {
         registry.register(Box::new(histogram))?;
     }
+    if let Some(o) = observed {
+        let times = &o.counters.times;
+        if let Some(run) = &times.run {
+            registry.register(Box::new(run.clone()))?;
+        }
+        if let Some(queue) = &times.queue {
+            registry.register(Box::new(queue.clone()))?;
+        }
+    }
     let mut text = String::new();
     TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
     Ok(text)
@@ -237,6 +246,10 @@ mod tests {
         };
         counters.jobs_finished.insert("failed", 2);
         counters.attempts_failed.insert("heartbeat_timeout", 3);
+        counters
+            .times
+            .ran("sum", std::time::Duration::from_millis(3));
+        counters.times.waited(std::time::Duration::from_micros(200));
         let mut gauges = Gauges {
             chunks_pending: 7,
             ..Gauges::default()
@@ -261,6 +274,11 @@ mod tests {
             "muster_chunk_attempts_failed_total{reason=\"heartbeat_timeout\"} 3",
             "muster_chunk_attempts_failed_total{reason=\"coordinator_restarted\"} 0",
             "muster_chunks_pending 7",
+            "muster_chunk_run_seconds_bucket{task=\"sum\",le=\"0.0025\"} 0",
+            "muster_chunk_run_seconds_bucket{task=\"sum\",le=\"0.005\"} 1",
+            "muster_chunk_run_seconds_count{task=\"sum\"} 1",
+            "muster_chunk_queue_seconds_bucket{le=\"0.0005\"} 1",
+            "muster_chunk_queue_seconds_count 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -97,6 +97,15 @@ impl ClusterState {
             info!(%worker, %chunk, "ignored late or duplicate outcome");
             return;
         }
+        if let Some(job) = self.jobs.get(&chunk.job) {
+            let started = job
+                .chunk(chunk.chunk)
+                .and_then(|c| c.attempts.last())
+                .map(|a| a.started_at);
+            if let Some(took) = started.and_then(|at| (Utc::now() - at).to_std().ok()) {
+                self.counters.times.ran(&job.meta.task, took);
+            }
+        }
         match outcome.result {
             Outcome::Succeeded(result) => {
                 let refused = self
@@ -474,6 +483,9 @@ impl ClusterState {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        if let Some(ChunkState::Pending { ready_at }) = job.chunk(index).map(|c| &c.state) {
+            self.counters.times.waited(ready_at.elapsed());
+        }
         let Some(attempt) = job.start_chunk(index, worker, &entry.name) else {
             return;
         };

@@ -134,6 +134,88 @@ pub struct Counters {
     pub attempts_failed: BTreeMap<&'static str, u64>,
     /// Outcomes ignored because they were late or duplicates.
     pub outcomes_ignored: u64,
+    /// How long attempts waited and ran.
+    pub times: ChunkTimes,
+}
+
+/// Upper bounds of the chunk time histograms' buckets, in seconds.
+pub const TIME_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0,
+];
+
+/// Most task names the run time histogram tells apart; later ones count as `other`.
+const MAX_TIMED_TASKS: usize = 256;
+
+/// Histograms of chunk attempts' times, shared with `/metrics` (a clone reads what the state
+/// observes): how long each ran by task (`muster_chunk_run_seconds`), and how long chunks
+/// waited from ready to assigned (`muster_chunk_queue_seconds`).
+#[derive(Clone)]
+pub struct ChunkTimes {
+    /// Run times, by task.
+    pub run: Option<prometheus::HistogramVec>,
+    /// Queue times.
+    pub queue: Option<prometheus::Histogram>,
+    /// The run time histogram of each task seen, at hand.
+    tasks: HashMap<String, prometheus::Histogram>,
+}
+
+impl Default for ChunkTimes {
+    fn default() -> Self {
+        let opts = |name: &str, help: &str| {
+            prometheus::HistogramOpts::new(name, help).buckets(TIME_BUCKETS.to_vec())
+        };
+        Self {
+            run: prometheus::HistogramVec::new(
+                opts(
+                    "muster_chunk_run_seconds",
+                    "How long chunk attempts ran, from assigned to their outcome, by task",
+                ),
+                &["task"],
+            )
+            .ok(),
+            queue: prometheus::Histogram::with_opts(opts(
+                "muster_chunk_queue_seconds",
+                "How long chunks waited, from ready (queued or due for a retry) to assigned",
+            ))
+            .ok(),
+            tasks: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ChunkTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChunkTimes").finish_non_exhaustive()
+    }
+}
+
+impl ChunkTimes {
+    /// An attempt of `task` ran this long.
+    pub fn ran(&mut self, task: &str, took: Duration) {
+        if let Some(histogram) = self.tasks.get(task) {
+            return histogram.observe(took.as_secs_f64());
+        }
+        let label = match self.tasks.len() < MAX_TIMED_TASKS {
+            true => task,
+            false => "other",
+        };
+        let Some(histogram) = self
+            .run
+            .as_ref()
+            .and_then(|run| run.get_metric_with_label_values(&[label]).ok())
+        else {
+            return;
+        };
+        histogram.observe(took.as_secs_f64());
+        self.tasks.insert(label.to_owned(), histogram);
+    }
+
+    /// A chunk waited this long for a worker.
+    pub fn waited(&self, took: Duration) {
+        if let Some(queue) = &self.queue {
+            queue.observe(took.as_secs_f64());
+        }
+    }
 }
 
 /// What `/metrics` shows of the coordinator's state now.
