@@ -12,6 +12,8 @@ use crate::auth::{require, Role};
 use crate::coordinator::{Observe, Observed};
 use crate::error::ApiError;
 use crate::state::job::FailReason;
+use crate::state::{TimeHistogram, TIME_BUCKETS};
+use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType};
 
 pub(super) async fn metrics(
     req: HttpRequest,
@@ -148,18 +150,71 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
     if let Some(histogram) = observed.and_then(|o| o.commit_seconds.clone()) {
         registry.register(Box::new(histogram))?;
     }
+    let mut families = registry.gather();
     if let Some(o) = observed {
         let times = &o.counters.times;
-        if let Some(run) = &times.run {
-            registry.register(Box::new(run.clone()))?;
-        }
-        if let Some(queue) = &times.queue {
-            registry.register(Box::new(queue.clone()))?;
-        }
+        let mut tasks: Vec<(&String, &TimeHistogram)> = times.run.iter().collect();
+        tasks.sort_by_key(|(task, _)| task.as_str());
+        families.push(histogram_family(
+            "muster_chunk_run_seconds",
+            "How long chunk attempts ran, from assigned to their outcome, by task",
+            tasks
+                .into_iter()
+                .map(|(task, h)| (Some(("task", task.as_str())), h)),
+        ));
+        families.push(histogram_family(
+            "muster_chunk_queue_seconds",
+            "How long chunks waited, from ready (queued or due for a retry) to assigned",
+            [(None, &times.queue)],
+        ));
     }
     let mut text = String::new();
-    TextEncoder::new().encode_utf8(&registry.gather(), &mut text)?;
+    TextEncoder::new().encode_utf8(&families, &mut text)?;
     Ok(text)
+}
+
+/// A histogram family of [`TIME_BUCKETS`]: one series for each (label, histogram).
+fn histogram_family<'h>(
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Option<(&'h str, &'h str)>, &'h TimeHistogram)>,
+) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_owned());
+    family.set_help(help.to_owned());
+    family.set_field_type(MetricType::HISTOGRAM);
+    let metrics = series
+        .into_iter()
+        .map(|(label, h)| {
+            let mut cumulative = 0;
+            let buckets = TIME_BUCKETS
+                .iter()
+                .zip(h.counts)
+                .map(|(&bound, count)| {
+                    cumulative += count;
+                    let mut bucket = Bucket::default();
+                    bucket.set_upper_bound(bound);
+                    bucket.set_cumulative_count(cumulative);
+                    bucket
+                })
+                .collect();
+            let mut histogram = proto::Histogram::default();
+            histogram.set_bucket(buckets);
+            histogram.set_sample_count(h.counts.iter().sum());
+            histogram.set_sample_sum(h.sum);
+            let mut metric = Metric::default();
+            if let Some((key, value)) = label {
+                let mut pair = LabelPair::default();
+                pair.set_name(key.to_owned());
+                pair.set_value(value.to_owned());
+                metric.set_label(vec![pair]);
+            }
+            metric.set_histogram(histogram);
+            metric
+        })
+        .collect();
+    family.set_metric(metrics);
+    family
 }
 
 /// Registers metrics with their values in one registry.

@@ -428,13 +428,13 @@ impl ClusterState {
                 self.queue.remove_job(&key);
                 continue;
             }
-            free -= self.dispatch_job(key, free);
+            free -= self.dispatch_job(key, free, now);
         }
     }
 
     /// Places chunks of one job (no more than its `max_running` at once); returns how many
     /// were placed.
-    fn dispatch_job(&mut self, key: JobKey, free: u64) -> u64 {
+    fn dispatch_job(&mut self, key: JobKey, free: u64, now: Instant) -> u64 {
         let free = match self.jobs.get(&key.1) {
             Some(job) => job.meta.max_running.map_or(free, |most| {
                 free.min(u64::from(most.saturating_sub(job.counts.running)))
@@ -460,7 +460,7 @@ impl ClusterState {
             let avoid: Vec<std::sync::Arc<str>> = chunk.failed_on().collect();
             match self.workers.place(&job.meta, &avoid) {
                 Some(worker) => {
-                    self.assign(key.1, index, worker);
+                    self.assign(key.1, index, worker, now);
                     placed += 1;
                 }
                 None if !avoid.is_empty() => waiting.push(index),
@@ -476,7 +476,7 @@ impl ClusterState {
         placed
     }
 
-    fn assign(&mut self, id: JobId, index: ChunkIndex, worker: WorkerId) {
+    fn assign(&mut self, id: JobId, index: ChunkIndex, worker: WorkerId, now: Instant) {
         let Some(entry) = self.workers.get(worker) else {
             return;
         };
@@ -484,7 +484,9 @@ impl ClusterState {
             return;
         };
         if let Some(ChunkState::Pending { ready_at }) = job.chunk(index).map(|c| &c.state) {
-            self.counters.times.waited(ready_at.elapsed());
+            self.counters
+                .times
+                .waited(now.saturating_duration_since(*ready_at));
         }
         let Some(attempt) = job.start_chunk(index, worker, &entry.name) else {
             return;

@@ -146,75 +146,50 @@ pub const TIME_BUCKETS: [f64; 14] = [
 /// Most task names the run time histogram tells apart; later ones count as `other`.
 const MAX_TIMED_TASKS: usize = 256;
 
-/// Histograms of chunk attempts' times, shared with `/metrics` (a clone reads what the state
-/// observes): how long each ran by task (`muster_chunk_run_seconds`), and how long chunks
-/// waited from ready to assigned (`muster_chunk_queue_seconds`).
-#[derive(Clone)]
+/// Counts of observations by [`TIME_BUCKETS`] (not cumulative), with their sum.
+#[derive(Debug, Clone, Default)]
+pub struct TimeHistogram {
+    /// Observations at or under each bound (and over the last one, in the last place).
+    pub counts: [u64; TIME_BUCKETS.len() + 1],
+    /// Their sum, in seconds.
+    pub sum: f64,
+}
+
+impl TimeHistogram {
+    fn observe(&mut self, took: Duration) {
+        let secs = took.as_secs_f64();
+        self.counts[TIME_BUCKETS.partition_point(|&bound| bound < secs)] += 1;
+        self.sum += secs;
+    }
+}
+
+/// Histograms of chunk attempts' times for `/metrics`: how long each ran, by task
+/// (`muster_chunk_run_seconds`), and how long chunks waited from ready to assigned
+/// (`muster_chunk_queue_seconds`). Plain counts: the state is the only one counting.
+#[derive(Debug, Clone, Default)]
 pub struct ChunkTimes {
     /// Run times, by task.
-    pub run: Option<prometheus::HistogramVec>,
+    pub run: HashMap<String, TimeHistogram>,
     /// Queue times.
-    pub queue: Option<prometheus::Histogram>,
-    /// The run time histogram of each task seen, at hand.
-    tasks: HashMap<String, prometheus::Histogram>,
-}
-
-impl Default for ChunkTimes {
-    fn default() -> Self {
-        let opts = |name: &str, help: &str| {
-            prometheus::HistogramOpts::new(name, help).buckets(TIME_BUCKETS.to_vec())
-        };
-        Self {
-            run: prometheus::HistogramVec::new(
-                opts(
-                    "muster_chunk_run_seconds",
-                    "How long chunk attempts ran, from assigned to their outcome, by task",
-                ),
-                &["task"],
-            )
-            .ok(),
-            queue: prometheus::Histogram::with_opts(opts(
-                "muster_chunk_queue_seconds",
-                "How long chunks waited, from ready (queued or due for a retry) to assigned",
-            ))
-            .ok(),
-            tasks: Default::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for ChunkTimes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChunkTimes").finish_non_exhaustive()
-    }
+    pub queue: TimeHistogram,
 }
 
 impl ChunkTimes {
     /// An attempt of `task` ran this long.
     pub fn ran(&mut self, task: &str, took: Duration) {
-        if let Some(histogram) = self.tasks.get(task) {
-            return histogram.observe(took.as_secs_f64());
+        if let Some(histogram) = self.run.get_mut(task) {
+            return histogram.observe(took);
         }
-        let label = match self.tasks.len() < MAX_TIMED_TASKS {
+        let label = match self.run.len() < MAX_TIMED_TASKS {
             true => task,
             false => "other",
         };
-        let Some(histogram) = self
-            .run
-            .as_ref()
-            .and_then(|run| run.get_metric_with_label_values(&[label]).ok())
-        else {
-            return;
-        };
-        histogram.observe(took.as_secs_f64());
-        self.tasks.insert(label.to_owned(), histogram);
+        self.run.entry(label.to_owned()).or_default().observe(took);
     }
 
     /// A chunk waited this long for a worker.
-    pub fn waited(&self, took: Duration) {
-        if let Some(queue) = &self.queue {
-            queue.observe(took.as_secs_f64());
-        }
+    pub fn waited(&mut self, took: Duration) {
+        self.queue.observe(took);
     }
 }
 
