@@ -291,8 +291,8 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
             return Ok(());
         }
         if args.kind.as_deref() == Some("exec") && !args.client.json {
-            follow_output(&client, &id).await?;
-            let verdict = exec_verdict(&client, &id).await;
+            let followed = follow_output(&client, &id).await?;
+            let verdict = exec_verdict(&client, &id, !followed).await;
             let ran = !matches!(verdict, Err(CliError::NotRun(_)));
             if let (Some(path), true) = (&args.junit_out, ran) {
                 let report = client.get_ok(&format!("/v1/jobs/{id}/junit")).await?;
@@ -308,8 +308,9 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
 }
 
 /// Prints what an exec job's batches print as it comes, each line prefixed by its batch, until
-/// the job ends.
-async fn follow_output(client: &Client, id: &str) -> Result<(), CliError> {
+/// the job ends; false when no line was there to follow (the job's lines are no longer kept,
+/// say, or it printed nothing).
+async fn follow_output(client: &Client, id: &str) -> Result<bool, CliError> {
     let mut after = 0;
     loop {
         let reply = client
@@ -336,15 +337,16 @@ async fn follow_output(client: &Client, id: &str) -> Result<(), CliError> {
         }
         after = reply.body["next"].as_u64().unwrap_or(after);
         if lines.is_empty() && reply.body["ended"] == Value::Bool(true) {
-            return Ok(());
+            return Ok(after > 0);
         }
     }
 }
 
 /// Prints a summary of an exec job's items such as `41 passed, 1 failed, 2 flaky in 1m32s on
-/// 4 workers (ideal 1m28s)`; fails with exit 1 when an item failed, and with exit 2 when the
-/// job could not run.
-async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
+/// 4 workers (ideal 1m28s)`, after each batch's output from its report when `outputs` (none was
+/// followed live); fails with exit 1 when an item failed, and with exit 2 when the job could
+/// not run.
+async fn exec_verdict(client: &Client, id: &str, outputs: bool) -> Result<(), CliError> {
     let reply = client
         .call(
             awc::http::Method::GET,
@@ -361,6 +363,13 @@ async fn exec_verdict(client: &Client, id: &str) -> Result<(), CliError> {
                 "the exec job's result is not a list of batch reports: {e}"
             ))
         })?;
+    if outputs {
+        for (i, report) in reports.iter().enumerate() {
+            for line in report.output.lines() {
+                say(&format!("[batch {i}] {line}"))?;
+            }
+        }
+    }
     let job = client.get_ok(&format!("/v1/jobs/{id}")).await?;
     let summary = exec_summary(&reports, &job);
     let failed: Vec<&str> = reports
