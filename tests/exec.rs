@@ -898,3 +898,89 @@ fn a_pytest_suite_runs_across_workers_with_one_merged_report_and_learned_timings
         "{result}"
     );
 }
+
+/// The events of `GET /v1/jobs/{id}/events` from `c`, read to the stream's end, resuming after
+/// line `last_id` when given: (name, id, data) each.
+fn events(
+    c: &Coordinator,
+    id: &str,
+    last_id: Option<u64>,
+) -> Vec<(String, u64, serde_json::Value)> {
+    use std::io::BufRead;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(muster_suite::WAIT)
+        .build();
+    let mut request = agent
+        .get(&format!("{}/v1/jobs/{id}/events", c.url))
+        .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"));
+    if let Some(n) = last_id {
+        request = request.set("Last-Event-ID", &n.to_string());
+    }
+    let response = request.call().expect("the event stream");
+    assert_eq!(response.content_type(), "text/event-stream");
+    let mut events = Vec::new();
+    let (mut name, mut event_id) = (String::new(), 0);
+    for line in std::io::BufReader::new(response.into_reader()).lines() {
+        let line = line.expect("a line of the stream");
+        if let Some(n) = line.strip_prefix("event: ") {
+            name = n.to_owned();
+        } else if let Some(n) = line.strip_prefix("id: ") {
+            event_id = n.parse().expect("a numeric id");
+        } else if let Some(data) = line.strip_prefix("data: ") {
+            let data = serde_json::from_str(data).expect("json data");
+            events.push((name.clone(), event_id, data));
+        }
+    }
+    events
+}
+
+#[test]
+fn a_jobs_event_stream_sends_progress_and_lines_and_ends_and_resumes_after_a_line() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
+    let api = c.api();
+    let items: Vec<String> = (0..20).map(|i| format!("item{i:02}")).collect();
+    let id = api.submit(&json!({"kind": "exec", "program": "sh", "chunks": 20,
+        "args": ["-c", "echo ran $1; sleep 0.05", "sh", "{items}"], "input": items}));
+    let all = events(&c, &id, None);
+    let (last, _, end) = all.last().expect("events");
+    assert_eq!(
+        (last.as_str(), &end["status"]),
+        ("end", &json!("succeeded"))
+    );
+    // Progress only moves forward, and ends complete.
+    let done: Vec<u64> = all
+        .iter()
+        .filter(|(name, _, _)| name == "progress")
+        .map(|(_, _, p)| p["chunks"]["succeeded"].as_u64().unwrap())
+        .collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "{done:?}");
+    assert_eq!(done.last(), Some(&20), "{all:?}");
+    // Every line once, in order within each batch.
+    let mut lines: Vec<String> = all
+        .iter()
+        .filter(|(name, _, _)| name == "log")
+        .map(|(_, _, l)| l["text"].as_str().unwrap().to_owned())
+        .collect();
+    lines.sort();
+    let expected: Vec<String> = (0..20).map(|i| format!("ran item{i:02}")).collect();
+    assert_eq!(lines, expected);
+    // A reconnect after the fifth line misses nothing and repeats nothing.
+    let fifth = all
+        .iter()
+        .filter(|(name, _, _)| name == "log")
+        .nth(4)
+        .map(|(_, id, _)| *id)
+        .unwrap();
+    let rest = events(&c, &id, Some(fifth));
+    let again: Vec<u64> = rest
+        .iter()
+        .filter(|(name, _, _)| name == "log")
+        .map(|(_, _, l)| l["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(again, (5..20).collect::<Vec<u64>>());
+    assert_eq!(rest.last().map(|(name, _, _)| name.as_str()), Some("end"));
+    // A job that is not there is a 404, not an empty stream.
+    let missing = api.get("/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833/events");
+    assert_eq!(missing.status, 404);
+}

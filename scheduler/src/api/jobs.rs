@@ -18,11 +18,12 @@ use sha2::{Digest, Sha256};
 use super::{mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
-    CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetResult, JobResult, ListJobs,
-    Submit,
+    CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetProgress, GetResult, JobResult,
+    ListJobs, Submit,
 };
 use crate::error::ApiError;
-use crate::state::views::JobView;
+use crate::state::job::ChunkCounts;
+use crate::state::views::{JobView, Progress};
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -279,6 +280,131 @@ pub(super) async fn output(
         "missed": answer.read.missed,
         "ended": answer.ended,
     })))
+}
+
+/// How often an event stream looks at its job.
+const EVENTS_EVERY: Duration = Duration::from_millis(250);
+
+/// Longest quiet on an event stream before a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /v1/jobs/{id}/events`: the job as Server-Sent Events, until its end. `progress` (status,
+/// chunk counts, retried chunks, an ETA from the pace so far) whenever it changes, looked at every
+/// 250 ms; `log` for each line an `exec` batch prints (`{"seq", "batch", "text"}`); `end` (status,
+/// and the error of a failed job) last. Each event's id counts the lines sent, so a reconnect
+/// with `Last-Event-ID` goes on after the last line it had. A comment every 15 s of quiet keeps
+/// the connection open. The stream makes its events only as the reader takes them: a slow
+/// reader holds nothing in the coordinator.
+pub(super) async fn events(
+    req: HttpRequest,
+    path: web::Path<String>,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let id = job_id(&path)?;
+    let coordinator = app.coordinator(&req)?;
+    // A job that is not there is a 404 now, not an empty stream.
+    let first = coordinator.send(GetProgress(id)).await.map_err(mailbox)??;
+    let after = req
+        .headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let stream = EventStream {
+        coordinator,
+        id,
+        after,
+        first: Some(first),
+        last: None,
+        ended: false,
+        quiet_since: std::time::Instant::now(),
+    };
+    let body = futures_util::stream::unfold(stream, |mut stream| async move {
+        let events = stream.next_events().await?;
+        Some((Ok::<Bytes, std::convert::Infallible>(events), stream))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .streaming(body))
+}
+
+/// One reader's event stream of one job.
+struct EventStream {
+    coordinator: actix::Addr<Coordinator>,
+    id: JobId,
+    /// Lines sent so far (the next line's number).
+    after: u64,
+    /// The progress read when the stream opened.
+    first: Option<Progress>,
+    /// The last progress sent: status, counts and retried chunks.
+    last: Option<(&'static str, ChunkCounts, usize)>,
+    ended: bool,
+    quiet_since: std::time::Instant,
+}
+
+impl EventStream {
+    /// The next events, waiting until there are some; `None` once the end was sent, or when
+    /// the coordinator is gone (the reader reconnects, to the leader).
+    async fn next_events(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let progress = match self.first.take() {
+                Some(progress) => progress,
+                None => self
+                    .coordinator
+                    .send(GetProgress(self.id))
+                    .await
+                    .ok()?
+                    .ok()?,
+            };
+            let output = self
+                .coordinator
+                .send(GetOutput {
+                    id: self.id,
+                    after: self.after,
+                    watch: false,
+                })
+                .await
+                .ok()?
+                .ok()?;
+            let mut out = String::new();
+            for line in &output.read.lines {
+                self.after = line.seq + 1;
+                out.push_str(&sse("log", self.after, line));
+            }
+            self.after = self.after.max(output.read.next);
+            let key = (progress.status, progress.chunks, progress.retried);
+            if self.last != Some(key) {
+                self.last = Some(key);
+                out.push_str(&sse("progress", self.after, &progress));
+            }
+            let ended = matches!(progress.status, "succeeded" | "failed" | "cancelled");
+            if ended && output.read.lines.is_empty() {
+                let end = serde_json::json!({"status": progress.status, "error": progress.error});
+                out.push_str(&sse("end", self.after, &end));
+                self.ended = true;
+            }
+            if !out.is_empty() {
+                self.quiet_since = std::time::Instant::now();
+                return Some(Bytes::from(out));
+            }
+            if self.quiet_since.elapsed() >= KEEP_ALIVE {
+                self.quiet_since = std::time::Instant::now();
+                return Some(Bytes::from_static(b": keep-alive\n\n"));
+            }
+            tokio::time::sleep(EVENTS_EVERY).await;
+        }
+    }
+}
+
+/// One Server-Sent Event.
+fn sse(name: &str, id: u64, data: &impl serde::Serialize) -> String {
+    let data = serde_json::to_string(data).unwrap_or_default();
+    format!("id: {id}\nevent: {name}\ndata: {data}\n\n")
 }
 
 /// `GET /v1/jobs/{id}/logs`: each batch of an `exec` job with its items, status, worker and

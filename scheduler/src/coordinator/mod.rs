@@ -26,7 +26,7 @@ pub use persistence::{Durable, Persistence};
 use crate::error::ApiError;
 use crate::state::job::{FailReason, JobState};
 use crate::state::live::LiveRead;
-use crate::state::views::{BatchLog, JobView};
+use crate::state::views::{BatchLog, JobView, Progress};
 use crate::state::workers::WorkerView;
 use crate::state::{ClusterState, Counters, Effect, Gauges, Submitted};
 use crate::worker_session::{Deliver, Evict, WorkerSession};
@@ -454,6 +454,24 @@ impl Handler<GetOutput> for Coordinator {
                 rx
             });
         Ok(OutputAnswer { read, ended, woken })
+    }
+}
+
+/// A job's progress now.
+#[derive(Message)]
+#[rtype(result = "Result<Progress, ApiError>")]
+pub struct GetProgress(pub JobId);
+
+impl Handler<GetProgress> for Coordinator {
+    type Result = Result<Progress, ApiError>;
+
+    fn handle(&mut self, msg: GetProgress, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state
+            .job(msg.0)
+            .map(Progress::of)
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.0.to_string(),
+            })
     }
 }
 

@@ -176,7 +176,7 @@ impl JobState {
 }
 
 /// Counts of chunks by state, kept up to date on every transition.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ChunkCounts {
     /// Chunks in the job.
     pub total: u32,
@@ -553,6 +553,15 @@ impl Job {
             .take(MAX_RETRIES_SHOWN)
             .filter_map(|&i| Some((i, self.chunk(i)?.attempts.as_slice())))
             .collect()
+    }
+
+    /// How many chunks needed more than one attempt, whether the chunk table is still held or
+    /// was dropped at the job's end.
+    pub fn retried_count(&self) -> usize {
+        match self.chunks.is_empty() {
+            true => self.kept_retries.len(),
+            false => self.retried.len(),
+        }
     }
 
     /// Partial results in chunk order (all chunks succeeded).

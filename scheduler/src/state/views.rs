@@ -93,6 +93,49 @@ impl JobView {
     }
 }
 
+/// A job's progress, as `GET /v1/jobs/{id}/events` sends it: small enough to read often.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Progress {
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: &'static str,
+    /// Chunk counts.
+    pub chunks: ChunkCounts,
+    /// Chunks that needed more than one attempt.
+    pub retried: usize,
+    /// Seconds until the job is likely done, from the pace of its chunks so far (while it runs
+    /// and some chunk is done).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+    /// The error, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Progress {
+    /// `job`'s progress now.
+    pub fn of(job: &Job) -> Self {
+        let c = job.counts;
+        let eta_seconds = match (&job.state, job.started_at) {
+            (JobState::Running, Some(started)) if c.succeeded > 0 => {
+                let spent = (Utc::now() - started).num_milliseconds().max(0) as f64 / 1000.0;
+                let left = c.total.saturating_sub(c.succeeded + c.failed);
+                Some((spent / f64::from(c.succeeded) * f64::from(left) * 10.0).round() / 10.0)
+            }
+            _ => None,
+        };
+        Self {
+            status: job.state.name(),
+            chunks: c,
+            retried: job.retried_count(),
+            eta_seconds,
+            error: match &job.state {
+                JobState::Failed { error } => Some(error.clone()),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// One batch of an `exec` job, as `GET /v1/jobs/{id}/logs` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchLog {
