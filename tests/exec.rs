@@ -984,3 +984,39 @@ fn a_jobs_event_stream_sends_progress_and_lines_and_ends_and_resumes_after_a_lin
     let missing = api.get("/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833/events");
     assert_eq!(missing.status, 404);
 }
+
+#[test]
+fn muster_watch_follows_a_job_to_its_end_and_exits_with_its_fate() {
+    let c = Coordinator::start(&[]);
+    let _worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
+    let api = c.api();
+    let watch = |id: &str| {
+        let out = Command::new(bin("muster"))
+            .args(["watch", id, "--scheduler", &c.url])
+            .env("MUSTER_TOKEN", CLIENT_TOKEN)
+            .output()
+            .expect("muster watch");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let items: Vec<String> = (0..6).map(|i| format!("item{i}")).collect();
+    let id = api.submit(&json!({"kind": "exec", "program": "sh", "chunks": 6,
+        "args": ["-c", "echo ran $1; sleep 0.1", "sh", "{items}"], "input": items}));
+    let (code, stdout, stderr) = watch(&id);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    for i in 0..6 {
+        assert!(stdout.contains(&format!("] ran item{i}\n")), "{stdout}");
+    }
+    assert!(stdout.contains(" chunks done, "), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("succeeded"), "{stdout}");
+
+    // A cancelled job: exit 1. A job that is not there: exit 1, said on stderr.
+    let id = api.submit(&json!({"kind": "exec", "program": "sh",
+        "args": ["-c", "sleep 30", "sh", "{items}"], "input": ["x"]}));
+    assert_eq!(api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[]).status, 200);
+    let (code, stdout, _) = watch(&id);
+    assert_eq!((code, stdout.lines().last()), (Some(1), Some("cancelled")));
+    let (code, _, stderr) = watch("01a24e4c-2a88-73f4-9e3d-e45585f8c833");
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("no job with id"), "{stderr}");
+}

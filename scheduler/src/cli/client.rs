@@ -261,6 +261,62 @@ impl Client {
         })
     }
 
+    /// Opens a server-sent event stream at `path` on the first coordinator that answers 200
+    /// (following a standby to a configured leader), resuming after event `after`.
+    pub async fn stream(
+        &self,
+        path: &str,
+        after: Option<u64>,
+    ) -> Result<
+        awc::ClientResponse<
+            impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>,
+        >,
+        CliError,
+    > {
+        let mut last_error = String::from("no coordinator configured");
+        for base in &self.bases {
+            let mut url = format!("{base}{path}");
+            for _ in 0..2 {
+                let mut req = self.http.get(&url).timeout(Duration::from_secs(24 * 3600));
+                if let Some(token) = &self.token {
+                    req = req.bearer_auth(token);
+                }
+                if let Some(n) = after {
+                    req = req.insert_header(("Last-Event-ID", n.to_string()));
+                }
+                let mut response = match req.send().await {
+                    Ok(response) => response,
+                    Err(e) => {
+                        last_error = format!("cannot reach {base}: {e}");
+                        break;
+                    }
+                };
+                let status = response.status();
+                if status.is_success() {
+                    return Ok(response);
+                }
+                let location = response
+                    .headers()
+                    .get("location")
+                    .and_then(|l| l.to_str().ok())
+                    .and_then(|l| leader_to_follow(&self.bases, l, path));
+                match (status == StatusCode::TEMPORARY_REDIRECT, location) {
+                    (true, Some(leader)) => url = format!("{leader}{path}"),
+                    _ => {
+                        let body = response.body().limit(1 << 20).await.unwrap_or_default();
+                        let reply = Reply {
+                            status,
+                            body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                            location: None,
+                        };
+                        return Err(CliError::Failed(reply.problem()));
+                    }
+                }
+            }
+        }
+        Err(CliError::NotRun(last_error))
+    }
+
     /// GET that must succeed.
     pub async fn get_ok(&self, path: &str) -> Result<Value, CliError> {
         let reply = self.call(awc::http::Method::GET, path, None).await?;

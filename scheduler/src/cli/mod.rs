@@ -7,6 +7,7 @@
 mod client;
 mod serve;
 mod submit;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ enum Command {
     Result(client::ResultArgs),
     /// Cancel a job.
     Cancel(client::IdArgs),
+    /// Follow a job as it runs: progress with an ETA, retries, an exec job's lines, its end.
+    Watch(client::IdArgs),
     /// List jobs, newest first.
     Jobs(client::JobsArgs),
     /// List connected workers.
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => client::status(args),
         Command::Result(args) => client::result(args),
         Command::Cancel(args) => client::cancel(args),
+        Command::Watch(args) => watch::watch(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Workers(args) => client::workers(args),
     };
