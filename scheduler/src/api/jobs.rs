@@ -34,6 +34,12 @@ pub const MAX_PAGE: usize = 1000;
 /// Job statuses, the terminal ones last.
 pub(super) const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
+/// The job a client's request names, once its token is a client's.
+fn client_job(req: &HttpRequest, path: &str, app: &AppState) -> Result<JobId, ApiError> {
+    require(app.tokens.as_ref(), req, Role::Client)?;
+    job_id(path)
+}
+
 fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::JobNotFound { id: raw.to_owned() })
@@ -253,8 +259,7 @@ pub(super) async fn output(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
+    let id = client_job(&req, &path, &app)?;
     let query = query::<OutputQuery>(&req)?;
     let after = query.after.unwrap_or(0);
     let wait = wait_for(query.wait)?;
@@ -300,8 +305,7 @@ pub(super) async fn events(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
+    let id = client_job(&req, &path, &app)?;
     let coordinator = app.coordinator(&req)?;
     // A job that is not there is a 404 now, not an empty stream.
     let first = coordinator.send(GetProgress(id)).await.map_err(mailbox)??;
@@ -414,8 +418,7 @@ pub(super) async fn logs(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
+    let id = client_job(&req, &path, &app)?;
     let batches = app
         .coordinator(&req)?
         .send(GetLogs(id))
@@ -429,8 +432,7 @@ pub(super) async fn result(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
+    let id = client_job(&req, &path, &app)?;
     let query = query::<ResultQuery>(&req)?;
     let wait = wait_for(query.wait)?;
     let (answer, mut durable) = app
@@ -494,8 +496,7 @@ pub(super) async fn junit(
     path: web::Path<String>,
     app: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let id = job_id(&path)?;
+    let id = client_job(&req, &path, &app)?;
     let (answer, durable) = app
         .coordinator(&req)?
         .send(GetResult { id, watch: false })
