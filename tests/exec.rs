@@ -1013,7 +1013,11 @@ fn muster_watch_follows_a_job_to_its_end_and_exits_with_its_fate() {
     // A cancelled job: exit 1. A job that is not there: exit 1, said on stderr.
     let id = api.submit(&json!({"kind": "exec", "program": "sh",
         "args": ["-c", "sleep 30", "sh", "{items}"], "input": ["x"]}));
-    assert_eq!(api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[]).status, 200);
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[])
+            .status,
+        200
+    );
     let (code, stdout, _) = watch(&id);
     assert_eq!((code, stdout.lines().last()), (Some(1), Some("cancelled")));
     let (code, _, stderr) = watch("01a24e4c-2a88-73f4-9e3d-e45585f8c833");
