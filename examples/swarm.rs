@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    muster_worker::cli::init_tracing();
+    muster_worker::cli::init_tracing(muster_worker::cli::LogFormat::Text);
     let args = Args::parse();
     let token = std::env::var("MUSTER_WORKER_TOKEN").ok();
     let system = actix_rt::System::new();

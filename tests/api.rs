@@ -249,3 +249,18 @@ fn a_body_that_trickles_in_past_the_body_timeout_gets_408() {
     assert!(answer.contains("application/problem+json"), "{answer}");
     assert!(answer.contains("--body-timeout"), "{answer}");
 }
+
+#[test]
+fn json_logs_are_one_object_a_line_with_the_job_id_as_a_field() {
+    let c = Coordinator::start(&["--log-format", "json"]);
+    let _worker = c.worker("w1", 1);
+    let api = c.api();
+    let id = api.submit(&json!({"kind": "sum", "input": [1, 2, 3]}));
+    assert_eq!(api.result(&id), json!(6));
+    let line = c.proc.wait_for("job finished");
+    let entry: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON log line");
+    assert_eq!(entry["level"], json!("INFO"), "{entry}");
+    assert_eq!(entry["fields"]["message"], json!("job finished"), "{entry}");
+    assert_eq!(entry["fields"]["job_id"], json!(id), "{entry}");
+    assert_eq!(entry["fields"]["status"], json!("succeeded"), "{entry}");
+}

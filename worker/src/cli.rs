@@ -67,6 +67,9 @@ pub struct WorkerArgs {
     /// repeatable.
     #[arg(long = "exec-env")]
     pub exec_env: Vec<String>,
+    /// Log lines as text, or as JSON objects for a log collector.
+    #[arg(long, env = "MUSTER_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
 }
 
 /// The `--config` file: the flags' settings, by their names.
@@ -269,15 +272,30 @@ impl WorkerArgs {
     }
 }
 
-/// Sets up logging from `RUST_LOG` (default `info`) on stderr.
-pub fn init_tracing() {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people: a line of text each.
+    #[default]
+    Text,
+    /// For log collectors: a JSON object each, its fields (`job_id`, `chunk`...) under
+    /// `fields`.
+    Json,
+}
+
+/// Sets up logging from `RUST_LOG` (default `info`) on stderr, in `format`.
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Resolves when the process gets SIGTERM or SIGINT.
@@ -299,7 +317,7 @@ pub async fn termination() {
 
 /// Runs a worker with `tasks` from parsed flags; the whole `main` of a worker binary.
 pub fn main_with(tasks: Tasks, args: WorkerArgs) -> ExitCode {
-    init_tracing();
+    init_tracing(args.log_format);
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {

@@ -532,11 +532,11 @@ impl Worker {
                 CoordinatorMessage::Cancel(chunk) => {
                     if let Some(flag) = self.running.remove(&chunk) {
                         flag.store(true, Ordering::Relaxed);
-                        info!(%chunk, "cancelled chunk");
+                        info!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, "cancelled chunk");
                         replies.extend(self.start_queued().into_iter().map(WorkerMessage::Outcome));
                     } else if let Some(at) = self.queued.iter().position(|a| a.chunk == chunk) {
                         self.queued.remove(at);
-                        info!(%chunk, "cancelled chunk before it started");
+                        info!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, "cancelled chunk before it started");
                     }
                 }
                 CoordinatorMessage::Heartbeat => {}
@@ -612,7 +612,7 @@ impl Worker {
                 ));
                 continue;
             };
-            debug!(%chunk, %task, "running chunk");
+            debug!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %task, "running chunk");
             let flag = Arc::new(AtomicBool::new(false));
             self.running.insert(chunk, flag.clone());
             work.push((
@@ -646,7 +646,7 @@ impl Worker {
     /// less than handing it to a blocking thread and hearing back.
     fn run_inline(&mut self, assignment: Assignment, f: TaskFn) -> ChunkOutcome {
         let Assignment { chunk, task, input } = assignment;
-        debug!(%chunk, %task, "running small chunk inline");
+        debug!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %task, "running small chunk inline");
         let ctx = TaskContext::new(chunk, Arc::new(AtomicBool::new(false)), None);
         let started = std::time::Instant::now();
         let outcome = run_attempt(&ctx, &task, &f, &input);
@@ -739,7 +739,7 @@ fn fit(message: WorkerMessage, limit: usize) -> WorkerMessage {
             chunk,
             result: Outcome::Succeeded(partial),
         }) if partial.len() + 2 * MESSAGE_OVERHEAD > limit => {
-            warn!(%chunk, bytes = partial.len(), limit, "result too large to send");
+            warn!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, bytes = partial.len(), limit, "result too large to send");
             WorkerMessage::Outcome(ChunkOutcome {
                 chunk,
                 result: Outcome::Failed(Failure {

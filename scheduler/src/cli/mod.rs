@@ -25,6 +25,15 @@ pub use client::{Client, ClientArgs};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as text, or as JSON objects for a log collector.
+    #[arg(
+        long,
+        global = true,
+        env = "MUSTER_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: muster_worker::cli::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,7 +103,7 @@ impl From<anyhow::Error> for CliError {
 /// The whole `main` of the `muster` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    muster_worker::cli::init_tracing();
+    muster_worker::cli::init_tracing(cli.log_format);
     let outcome = match cli.command {
         Command::Serve(args) => serve::serve(args),
         Command::Up(args) => serve::up(args),

@@ -94,7 +94,7 @@ impl ClusterState {
         self.workers.release(worker, &chunk);
         if !self.is_current(chunk, worker) {
             self.counters.outcomes_ignored += 1;
-            info!(%worker, %chunk, "ignored late or duplicate outcome");
+            info!(%worker, job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, "ignored late or duplicate outcome");
             return;
         }
         if let Some(job) = self.jobs.get(&chunk.job) {
@@ -117,7 +117,7 @@ impl ClusterState {
                     None => self.accept_result(chunk, result),
                     Some(why) => {
                         let name = self.workers.get(worker).map(|w| w.name.clone());
-                        warn!(%worker, %chunk, %why, "refused a result that does not fit the job's reducer");
+                        warn!(%worker, job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %why, "refused a result that does not fit the job's reducer");
                         self.fail_attempt(chunk, FailReason::BadResult(bounded_message(why)));
                         if let Some(name) = name {
                             self.strike(&name, "sent a result that does not fit its job");
@@ -322,7 +322,7 @@ impl ClusterState {
         let all_done = match job.chunk_succeeded(chunk.chunk, chunk.attempt, result.clone()) {
             Ok(all_done) => all_done,
             Err(refused) => {
-                error!(%chunk, error = %refused, "refused an illegal chunk transition");
+                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
                 return;
             }
         };
@@ -334,7 +334,7 @@ impl ClusterState {
         self.unfinished = self.unfinished.saturating_sub(1);
         self.counters.attempts_succeeded += 1;
         self.record_attempt(chunk);
-        debug!(%chunk, "chunk succeeded");
+        debug!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, "chunk succeeded");
         if all_done {
             self.reduce(chunk.job, true);
         }
@@ -346,11 +346,11 @@ impl ClusterState {
             return;
         };
         let class = reason.class();
-        info!(%chunk, %reason, "chunk attempt failed");
+        info!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %reason, "chunk attempt failed");
         let retry = match job.chunk_failed(chunk.chunk, chunk.attempt, reason, backoff) {
             Ok(retry) => retry,
             Err(refused) => {
-                error!(%chunk, error = %refused, "refused an illegal chunk transition");
+                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
                 return;
             }
         };
