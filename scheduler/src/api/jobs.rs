@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 use super::{mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
-    CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetProgress, GetResult, JobResult,
-    ListJobs, Submit,
+    CancelJob, Coordinator, Durable, GetClusterEvents, GetJob, GetLogs, GetOutput, GetProgress,
+    GetResult, JobResult, ListJobs, Submit,
 };
 use crate::error::ApiError;
 use crate::state::job::ChunkCounts;
@@ -309,12 +309,7 @@ pub(super) async fn events(
     let coordinator = app.coordinator(&req)?;
     // A job that is not there is a 404 now, not an empty stream.
     let first = coordinator.send(GetProgress(id)).await.map_err(mailbox)??;
-    let after = req
-        .headers()
-        .get("Last-Event-ID")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let after = last_event_id(&req);
     let stream = EventStream {
         coordinator,
         id,
@@ -328,10 +323,67 @@ pub(super) async fn events(
         let events = stream.next_events().await?;
         Some((Ok::<Bytes, std::convert::Infallible>(events), stream))
     });
-    Ok(HttpResponse::Ok()
+    Ok(event_stream(body))
+}
+
+/// The `Last-Event-ID` a reconnecting reader sends (0 without one).
+fn last_event_id(req: &HttpRequest) -> u64 {
+    req.headers()
+        .get("Last-Event-ID")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// An event stream's response around `body`.
+fn event_stream(
+    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + 'static,
+) -> HttpResponse {
+    HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
-        .streaming(body))
+        .streaming(body)
+}
+
+/// `GET /v1/events`: what happens in the cluster as Server-Sent Events, for as long as the
+/// reader stays: `job_submitted` (`job_id`, `name`, `chunks`), `job_ended` (`job_id`, `status`),
+/// `worker_joined` (`worker_id`, `name`, `slots`), `worker_draining` (`worker_id`, `name`) and
+/// `worker_left` (`worker_id`, `name`, `reason`, `chunks_lost`), looked at every 250 ms. Each
+/// event's id counts the events so far, so `Last-Event-ID` resumes after the last one had; the
+/// coordinator keeps the last 10,000, and a reader further behind first gets `missed`
+/// (`{"events": N}`). A comment every 15 s of quiet keeps the connection open.
+pub(super) async fn cluster_events(
+    req: HttpRequest,
+    app: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require(app.tokens.as_ref(), &req, Role::Client)?;
+    let coordinator = app.coordinator(&req)?;
+    let start = (coordinator, last_event_id(&req), std::time::Instant::now());
+    let body = futures_util::stream::unfold(start, |(coordinator, mut from, quiet)| async move {
+        loop {
+            let read = coordinator.send(GetClusterEvents { from }).await.ok()?;
+            let mut out = String::new();
+            if read.missed > 0 {
+                let missed = serde_json::json!({"events": read.missed});
+                out.push_str(&sse("missed", from + read.missed, &missed));
+            }
+            for (n, event) in &read.events {
+                out.push_str(&sse(event.name(), n + 1, event));
+            }
+            from = read.next;
+            let events = match out.is_empty() {
+                false => Bytes::from(out),
+                true if quiet.elapsed() >= KEEP_ALIVE => Bytes::from_static(b": keep-alive\n\n"),
+                true => {
+                    tokio::time::sleep(EVENTS_EVERY).await;
+                    continue;
+                }
+            };
+            let next = (coordinator, from, std::time::Instant::now());
+            return Some((Ok::<Bytes, std::convert::Infallible>(events), next));
+        }
+    });
+    Ok(event_stream(body))
 }
 
 /// One reader's event stream of one job.

@@ -127,6 +127,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/logs", web::get().to(jobs::logs))
         .route("/v1/jobs/{id}/output", web::get().to(jobs::output))
         .route("/v1/jobs/{id}/events", web::get().to(jobs::events))
+        .route("/v1/events", web::get().to(jobs::cluster_events))
         .route("/v1/workers", web::get().to(workers::list))
         .route("/v1/workers/connect", web::get().to(workers::connect))
         .default_service(web::to(not_found));

@@ -24,6 +24,7 @@ mod persistence;
 pub use persistence::{Durable, Persistence};
 
 use crate::error::ApiError;
+use crate::state::events::EventsRead;
 use crate::state::job::{FailReason, JobState};
 use crate::state::live::LiveRead;
 use crate::state::views::{BatchLog, JobView, Progress};
@@ -454,6 +455,22 @@ impl Handler<GetOutput> for Coordinator {
                 rx
             });
         Ok(OutputAnswer { read, ended, woken })
+    }
+}
+
+/// The cluster's events from a number on (at most 1000).
+#[derive(Message)]
+#[rtype(result = "EventsRead")]
+pub struct GetClusterEvents {
+    /// The first event wanted.
+    pub from: u64,
+}
+
+impl Handler<GetClusterEvents> for Coordinator {
+    type Result = MessageResult<GetClusterEvents>;
+
+    fn handle(&mut self, msg: GetClusterEvents, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.cluster_events(msg.from, 1000))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::records::Timing;
+use events::ClusterEvent;
 use muster_shared::exec::{ExecBatch, ExecReport, STARTUP_ITEM};
 use muster_shared::junit::{item_runs, ItemRun};
 use std::collections::HashMap;
@@ -27,7 +28,14 @@ impl ClusterState {
             ));
         }
         info!(worker = %id, name = %hello.name, slots = hello.slots, tasks = ?hello.tasks, "worker registered");
-        self.workers.add(WorkerEntry::new(id, hello, address))
+        let joined = ClusterEvent::WorkerJoined {
+            worker_id: id,
+            name: hello.name.clone(),
+            slots: hello.slots,
+        };
+        self.workers.add(WorkerEntry::new(id, hello, address))?;
+        self.events.push(joined);
+        Ok(())
     }
 
     /// Notes that a worker is alive.
@@ -44,6 +52,12 @@ impl ClusterState {
     pub fn worker_draining(&mut self, id: WorkerId) {
         if let Some(w) = self.workers.get(id) {
             info!(worker = %id, running = w.running.len(), "worker draining");
+            if !w.draining {
+                self.events.push(ClusterEvent::WorkerDraining {
+                    worker_id: id,
+                    name: w.name.to_string(),
+                });
+            }
         }
         self.workers.set_draining(id);
     }
@@ -61,12 +75,23 @@ impl ClusterState {
                 lost += 1;
             }
         }
+        self.events.push(ClusterEvent::WorkerLeft {
+            worker_id: id,
+            name: entry.name.to_string(),
+            reason: reason.to_string(),
+            chunks_lost: lost,
+        });
         if lost > 0 {
             self.strike(
                 &entry.name,
                 &format!("lost {lost} chunk(s) with its connection"),
             );
         }
+    }
+
+    /// The cluster's events numbered `from` and on, at most `most`.
+    pub fn cluster_events(&self, from: u64, most: usize) -> events::EventsRead {
+        self.events.read(from, most)
     }
 
     /// Counts a strike against a worker name; logs a quarantine it starts.

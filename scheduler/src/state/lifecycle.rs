@@ -141,6 +141,7 @@ impl ClusterState {
             created_at: job.created_at,
         }));
         let n = job.chunks.len() as u32;
+        let spec_name = job.meta.name.clone();
         self.unfinished += u64::from(n);
         let key = job_key(job.meta.priority, id);
         self.jobs.insert(id, job);
@@ -149,6 +150,11 @@ impl ClusterState {
             self.idempotency.insert(k, (id, digest));
         }
         self.counters.jobs_submitted += 1;
+        self.events.push(events::ClusterEvent::JobSubmitted {
+            job_id: id,
+            name: spec_name,
+            chunks: n,
+        });
         Ok(Submitted { id, created: true })
     }
 
@@ -282,6 +288,10 @@ impl ClusterState {
         job.counts.pending = 0;
         job.counts.running = 0;
         *self.counters.jobs_finished.entry(state.name()).or_default() += 1;
+        self.events.push(events::ClusterEvent::JobEnded {
+            job_id: id,
+            status: state.name(),
+        });
         job.finish(state);
         let key = job_key(job.meta.priority, id);
         self.ended

@@ -14,6 +14,7 @@
 //!   [`health`]: connected workers and their records; [`views`]: what the API shows.
 
 mod dispatch;
+pub mod events;
 pub mod health;
 pub mod job;
 mod lifecycle;
@@ -222,6 +223,8 @@ pub struct ClusterState {
     timings: HashMap<String, HashMap<String, u64>>,
     /// What running `exec` batches print, for followers.
     live: live::LiveLogs,
+    /// What happened in the cluster, for `GET /v1/events`.
+    events: events::EventLog,
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
@@ -289,6 +292,7 @@ impl ClusterState {
             ended: BTreeSet::new(),
             timings: HashMap::new(),
             live: live::LiveLogs::default(),
+            events: events::EventLog::default(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),
