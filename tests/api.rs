@@ -265,51 +265,10 @@ fn json_logs_are_one_object_a_line_with_the_job_id_as_a_field() {
     assert_eq!(entry["fields"]["status"], json!("succeeded"), "{entry}");
 }
 
-/// Reads the server-sent events of `path` on `c` in a thread, resuming after `last_id`:
-/// (name, id, data) each, as they come.
-fn event_feed(
-    c: &Coordinator,
-    path: &str,
-    last_id: Option<u64>,
-) -> std::sync::mpsc::Receiver<(String, u64, serde_json::Value)> {
-    use std::io::BufRead;
-    let mut request = ureq::AgentBuilder::new()
-        .timeout(muster_suite::WAIT)
-        .build()
-        .get(&format!("{}{path}", c.url))
-        .set(
-            "Authorization",
-            &format!("Bearer {}", muster_suite::CLIENT_TOKEN),
-        );
-    if let Some(n) = last_id {
-        request = request.set("Last-Event-ID", &n.to_string());
-    }
-    let response = request.call().expect("the event stream");
-    assert_eq!(response.content_type(), "text/event-stream");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let (mut name, mut id) = (String::new(), 0);
-        for line in std::io::BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { return };
-            if let Some(n) = line.strip_prefix("event: ") {
-                name = n.to_owned();
-            } else if let Some(n) = line.strip_prefix("id: ") {
-                id = n.parse().unwrap_or(0);
-            } else if let Some(data) = line.strip_prefix("data: ") {
-                let data = serde_json::from_str(data).unwrap_or_default();
-                if tx.send((name.clone(), id, data)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
-}
-
 #[test]
 fn the_cluster_event_stream_tells_of_jobs_and_workers_and_resumes_after_an_event() {
     let c = Coordinator::start(&[]);
-    let feed = event_feed(&c, "/v1/events", None);
+    let feed = c.event_feed("/v1/events", None);
     let next = |feed: &std::sync::mpsc::Receiver<(String, u64, serde_json::Value)>| {
         feed.recv_timeout(muster_suite::WAIT).expect("an event")
     };
@@ -344,7 +303,7 @@ fn the_cluster_event_stream_tells_of_jobs_and_workers_and_resumes_after_an_event
         ("worker_left", &json!(0))
     );
     // A reader that comes back after the first event gets the rest, from the second.
-    let again = event_feed(&c, "/v1/events", Some(first_id));
+    let again = c.event_feed("/v1/events", Some(first_id));
     let names: Vec<String> = (0..4).map(|_| next(&again).0).collect();
     assert_eq!(
         names,

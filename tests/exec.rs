@@ -900,38 +900,11 @@ fn a_pytest_suite_runs_across_workers_with_one_merged_report_and_learned_timings
 }
 
 /// The events of `GET /v1/jobs/{id}/events` from `c`, read to the stream's end, resuming after
-/// line `last_id` when given: (name, id, data) each.
-fn events(
-    c: &Coordinator,
-    id: &str,
-    last_id: Option<u64>,
-) -> Vec<(String, u64, serde_json::Value)> {
-    use std::io::BufRead;
-    let agent = ureq::AgentBuilder::new()
-        .timeout(muster_suite::WAIT)
-        .build();
-    let mut request = agent
-        .get(&format!("{}/v1/jobs/{id}/events", c.url))
-        .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"));
-    if let Some(n) = last_id {
-        request = request.set("Last-Event-ID", &n.to_string());
-    }
-    let response = request.call().expect("the event stream");
-    assert_eq!(response.content_type(), "text/event-stream");
-    let mut events = Vec::new();
-    let (mut name, mut event_id) = (String::new(), 0);
-    for line in std::io::BufReader::new(response.into_reader()).lines() {
-        let line = line.expect("a line of the stream");
-        if let Some(n) = line.strip_prefix("event: ") {
-            name = n.to_owned();
-        } else if let Some(n) = line.strip_prefix("id: ") {
-            event_id = n.parse().expect("a numeric id");
-        } else if let Some(data) = line.strip_prefix("data: ") {
-            let data = serde_json::from_str(data).expect("json data");
-            events.push((name.clone(), event_id, data));
-        }
-    }
-    events
+/// event `last_id` when given.
+fn events(c: &Coordinator, id: &str, last_id: Option<u64>) -> Vec<muster_suite::Event> {
+    c.event_feed(&format!("/v1/jobs/{id}/events"), last_id)
+        .iter()
+        .collect()
 }
 
 #[test]
