@@ -289,7 +289,8 @@ pub fn batch_count(total_ms: u64, startup_ms: u64, slots: u64, items: usize) -> 
 /// durations (items never seen count at the median of those seen): items longest first, each
 /// batch about a quarter of what is left shared among the slots, so that batches shrink toward
 /// the end, down to about half of an `n`th of the total, and never below twice the program's
-/// start-up cost `startup_ms` (a batch shorter than that spends a third of its time starting). The longest items start first, and what
+/// start-up cost `startup_ms` (a batch shorter than that spends a third of its time starting).
+/// A known start-up cost also sets `n`, by [`batch_count`]. The longest items start first, and what
 /// runs last is short: no late item, even one whose estimate was wrong, becomes a long tail
 /// while the other slots idle. `None` when no item has an estimate (the caller keeps its equal
 /// counts).
@@ -298,7 +299,7 @@ pub fn balanced_batches(
     estimate: impl Fn(&str) -> Option<u64>,
     slots: usize,
     n: usize,
-    startup_ms: u64,
+    startup_ms: Option<u64>,
 ) -> Option<Vec<Vec<String>>> {
     let known: Vec<Option<u64>> = items.iter().map(|i| estimate(i)).collect();
     let mut seen: Vec<u64> = known.iter().flatten().copied().collect();
@@ -315,7 +316,13 @@ pub fn balanced_batches(
     // Longest first; equal estimates keep the given order.
     order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let mut left: u64 = order.iter().map(|(ms, _)| ms).sum();
-    let smallest = (left / (2 * n.max(1) as u64)).max(2 * startup_ms).max(1);
+    // A known start-up cost decides the count (see [`batch_count`]).
+    let n = startup_ms.map_or(n, |startup| {
+        batch_count(left, startup, slots as u64, items.len())
+    });
+    let smallest = (left / (2 * n.max(1) as u64))
+        .max(2 * startup_ms.unwrap_or(0))
+        .max(1);
     let share = 4 * slots.max(1) as u64;
     let mut batches = Vec::new();
     let mut batch: Vec<String> = Vec::new();
@@ -353,15 +360,15 @@ mod tests {
         };
         // 250 ms in all (`e` at the median, 30) on one slot: half of what is left a batch, down
         // to a quarter of the total (n = 2); the longest go first.
-        let batches = balanced_batches(&items, ms, 1, 2, 0).unwrap();
+        let batches = balanced_batches(&items, ms, 1, 2, None).unwrap();
         assert_eq!(
             batches,
             [vec!["a"], vec!["b"], vec!["c", "d"], vec!["e", "f"]]
         );
-        assert_eq!(balanced_batches(&items, |_| None, 1, 2, 0), None);
+        assert_eq!(balanced_batches(&items, |_| None, 1, 2, None), None);
         // Many equal items on two slots: batches shrink toward the end.
         let many: Vec<String> = (0..64).map(|i| i.to_string()).collect();
-        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, 0)
+        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, None)
             .unwrap()
             .iter()
             .map(Vec::len)
@@ -371,7 +378,7 @@ mod tests {
         assert_eq!(sizes[0], 8, "{sizes:?}");
         assert!(sizes.iter().rev().take(4).all(|&n| n <= 2), "{sizes:?}");
         // A costly start keeps every batch at least twice as long as it.
-        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, 40)
+        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, Some(40))
             .unwrap()
             .iter()
             .map(Vec::len)

@@ -317,13 +317,11 @@ pub(super) async fn events(
         first: Some(first),
         last: None,
         ended: false,
-        quiet_since: std::time::Instant::now(),
     };
-    let body = futures_util::stream::unfold(stream, |mut stream| async move {
-        let events = stream.next_events().await?;
-        Some((Ok::<Bytes, std::convert::Infallible>(events), stream))
-    });
-    Ok(event_stream(body))
+    Ok(event_stream(stream, |mut stream| async move {
+        let events = stream.events().await?;
+        Some((events, stream))
+    }))
 }
 
 /// The `Last-Event-ID` a reconnecting reader sends (0 without one).
@@ -335,10 +333,33 @@ fn last_event_id(req: &HttpRequest) -> u64 {
         .unwrap_or(0)
 }
 
-/// An event stream's response around `body`.
-fn event_stream(
-    body: impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + 'static,
-) -> HttpResponse {
+/// An event stream's response. `poll` gives the events there are now from its state (empty
+/// when none, `None` when the stream is over); it is asked every [`EVENTS_EVERY`] until there
+/// are some, with a keep-alive comment after [`KEEP_ALIVE`] of quiet. The body is made only as
+/// the reader takes it.
+fn event_stream<S, F, Fut>(state: S, poll: F) -> HttpResponse
+where
+    S: 'static,
+    F: Fn(S) -> Fut + 'static,
+    Fut: std::future::Future<Output = Option<(String, S)>> + 'static,
+{
+    let start = (state, poll, std::time::Instant::now());
+    let body = futures_util::stream::unfold(start, |(mut state, poll, quiet)| async move {
+        loop {
+            let (events, next) = poll(state).await?;
+            state = next;
+            let events = match events.is_empty() {
+                false => Bytes::from(events),
+                true if quiet.elapsed() >= KEEP_ALIVE => Bytes::from_static(b": keep-alive\n\n"),
+                true => {
+                    tokio::time::sleep(EVENTS_EVERY).await;
+                    continue;
+                }
+            };
+            let next = (state, poll, std::time::Instant::now());
+            return Some((Ok::<Bytes, std::convert::Infallible>(events), next));
+        }
+    });
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
@@ -358,32 +379,19 @@ pub(super) async fn cluster_events(
 ) -> Result<HttpResponse, ApiError> {
     require(app.tokens.as_ref(), &req, Role::Client)?;
     let coordinator = app.coordinator(&req)?;
-    let start = (coordinator, last_event_id(&req), std::time::Instant::now());
-    let body = futures_util::stream::unfold(start, |(coordinator, mut from, quiet)| async move {
-        loop {
-            let read = coordinator.send(GetClusterEvents { from }).await.ok()?;
-            let mut out = String::new();
-            if read.missed > 0 {
-                let missed = serde_json::json!({"events": read.missed});
-                out.push_str(&sse("missed", from + read.missed, &missed));
-            }
-            for (n, event) in &read.events {
-                out.push_str(&sse(event.name(), n + 1, event));
-            }
-            from = read.next;
-            let events = match out.is_empty() {
-                false => Bytes::from(out),
-                true if quiet.elapsed() >= KEEP_ALIVE => Bytes::from_static(b": keep-alive\n\n"),
-                true => {
-                    tokio::time::sleep(EVENTS_EVERY).await;
-                    continue;
-                }
-            };
-            let next = (coordinator, from, std::time::Instant::now());
-            return Some((Ok::<Bytes, std::convert::Infallible>(events), next));
+    let start = (coordinator, last_event_id(&req));
+    Ok(event_stream(start, |(coordinator, from)| async move {
+        let read = coordinator.send(GetClusterEvents { from }).await.ok()?;
+        let mut out = String::new();
+        if read.missed > 0 {
+            let missed = serde_json::json!({"events": read.missed});
+            out.push_str(&sse("missed", from + read.missed, &missed));
         }
-    });
-    Ok(event_stream(body))
+        for (n, event) in &read.events {
+            out.push_str(&sse(event.name(), n + 1, event));
+        }
+        Some((out, (coordinator, read.next)))
+    }))
 }
 
 /// One reader's event stream of one job.
@@ -397,63 +405,52 @@ struct EventStream {
     /// The last progress sent: status, counts and retried chunks.
     last: Option<(&'static str, ChunkCounts, usize)>,
     ended: bool,
-    quiet_since: std::time::Instant,
 }
 
 impl EventStream {
-    /// The next events, waiting until there are some; `None` once the end was sent, or when
-    /// the coordinator is gone (the reader reconnects, to the leader).
-    async fn next_events(&mut self) -> Option<Bytes> {
+    /// The events there are now (none, often); `None` once the end was sent, or when the
+    /// coordinator is gone (the reader reconnects, to the leader).
+    async fn events(&mut self) -> Option<String> {
         if self.ended {
             return None;
         }
-        loop {
-            let progress = match self.first.take() {
-                Some(progress) => progress,
-                None => self
-                    .coordinator
-                    .send(GetProgress(self.id))
-                    .await
-                    .ok()?
-                    .ok()?,
-            };
-            let output = self
+        let progress = match self.first.take() {
+            Some(progress) => progress,
+            None => self
                 .coordinator
-                .send(GetOutput {
-                    id: self.id,
-                    after: self.after,
-                    watch: false,
-                })
+                .send(GetProgress(self.id))
                 .await
                 .ok()?
-                .ok()?;
-            let mut out = String::new();
-            for line in &output.read.lines {
-                self.after = line.seq + 1;
-                out.push_str(&sse("log", self.after, line));
-            }
-            self.after = self.after.max(output.read.next);
-            let key = (progress.status, progress.chunks, progress.retried);
-            if self.last != Some(key) {
-                self.last = Some(key);
-                out.push_str(&sse("progress", self.after, &progress));
-            }
-            let ended = matches!(progress.status, "succeeded" | "failed" | "cancelled");
-            if ended && output.read.lines.is_empty() {
-                let end = serde_json::json!({"status": progress.status, "error": progress.error});
-                out.push_str(&sse("end", self.after, &end));
-                self.ended = true;
-            }
-            if !out.is_empty() {
-                self.quiet_since = std::time::Instant::now();
-                return Some(Bytes::from(out));
-            }
-            if self.quiet_since.elapsed() >= KEEP_ALIVE {
-                self.quiet_since = std::time::Instant::now();
-                return Some(Bytes::from_static(b": keep-alive\n\n"));
-            }
-            tokio::time::sleep(EVENTS_EVERY).await;
+                .ok()?,
+        };
+        let output = self
+            .coordinator
+            .send(GetOutput {
+                id: self.id,
+                after: self.after,
+                watch: false,
+            })
+            .await
+            .ok()?
+            .ok()?;
+        let mut out = String::new();
+        for line in &output.read.lines {
+            self.after = line.seq + 1;
+            out.push_str(&sse("log", self.after, line));
         }
+        self.after = self.after.max(output.read.next);
+        let key = (progress.status, progress.chunks, progress.retried);
+        if self.last != Some(key) {
+            self.last = Some(key);
+            out.push_str(&sse("progress", self.after, &progress));
+        }
+        let ended = matches!(progress.status, "succeeded" | "failed" | "cancelled");
+        if ended && output.read.lines.is_empty() {
+            let end = serde_json::json!({"status": progress.status, "error": progress.error});
+            out.push_str(&sse("end", self.after, &end));
+            self.ended = true;
+        }
+        Some(out)
     }
 }
 

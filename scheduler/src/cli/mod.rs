@@ -94,6 +94,16 @@ pub fn say(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// A line an `exec` batch printed, as the CLI prints it: prefixed by its batch.
+pub fn batch_line(batch: impl std::fmt::Display, text: &str) -> String {
+    format!("[batch {batch}] {text}")
+}
+
+/// [`batch_line`] of a line as the coordinator sends it (`{"batch", "text", ...}`).
+pub fn live_line(line: &serde_json::Value) -> String {
+    batch_line(&line["batch"], line["text"].as_str().unwrap_or_default())
+}
+
 impl From<anyhow::Error> for CliError {
     fn from(e: anyhow::Error) -> Self {
         CliError::Usage(format!("{e:#}"))

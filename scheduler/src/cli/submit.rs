@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
 use super::client::{block_on, fetch_result, print_json, summary, Client, ClientArgs};
-use super::{say, CliError};
+use super::{batch_line, live_line, say, CliError};
 use muster_shared::exec::{ExecReport, ItemResult, ItemStatus};
 
 /// Seconds each long-poll waits before the progress bar is refreshed.
@@ -329,11 +329,7 @@ async fn follow_output(client: &Client, id: &str) -> Result<bool, CliError> {
         }
         let lines = reply.body["lines"].as_array().cloned().unwrap_or_default();
         for line in &lines {
-            say(&format!(
-                "[batch {}] {}",
-                line["batch"],
-                line["text"].as_str().unwrap_or_default()
-            ))?;
+            say(&live_line(line))?;
         }
         after = reply.body["next"].as_u64().unwrap_or(after);
         if lines.is_empty() && reply.body["ended"] == Value::Bool(true) {
@@ -366,7 +362,7 @@ async fn exec_verdict(client: &Client, id: &str, outputs: bool) -> Result<(), Cl
     if outputs {
         for (i, report) in reports.iter().enumerate() {
             for line in report.output.lines() {
-                say(&format!("[batch {i}] {line}"))?;
+                say(&batch_line(i, line))?;
             }
         }
     }

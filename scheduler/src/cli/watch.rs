@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 
 use super::client::{block_on, Client, IdArgs};
-use super::{say, CliError};
+use super::{live_line, say, CliError};
 
 /// How long a stream that broke off is retried (a new leader being chosen, say).
 const RECONNECT_FOR: Duration = Duration::from_secs(15);
@@ -57,11 +57,7 @@ impl View {
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         match event.name.as_str() {
             "log" => {
-                let line = format!(
-                    "[batch {}] {}",
-                    data["batch"],
-                    data["text"].as_str().unwrap_or_default()
-                );
+                let line = live_line(&data);
                 match &self.bar {
                     Some(bar) => bar.println(line),
                     None => say(&line)?,

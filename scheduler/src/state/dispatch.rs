@@ -184,7 +184,7 @@ impl ClusterState {
     /// of another kind.
     pub fn batch_logs(&self, job: JobId) -> Option<Result<Vec<views::BatchLog>, String>> {
         let job = self.jobs.get(&job)?;
-        if job.meta.timings_key.is_none() {
+        if !job.meta.is_exec() {
             return Some(Err(format!(
                 "job {} is a `{}` job: only exec jobs have logs",
                 job.id, job.meta.name
@@ -266,14 +266,23 @@ impl ClusterState {
         measured: &HashMap<String, ItemRun>,
     ) -> Vec<u64> {
         let known = self.timings.entry(key.clone()).or_default();
-        let median = {
-            let mut all: Vec<u64> = known
-                .iter()
-                .filter(|(item, _)| *item != STARTUP_ITEM)
-                .map(|(_, ms)| *ms)
-                .collect();
-            all.sort_unstable();
-            all.get(all.len() / 2).copied().unwrap_or(1).max(1)
+        // The median of every estimate, for items neither timed nor seen before: worked out
+        // only when the batch holds one (a sort of every item the key knows).
+        let unseen = report
+            .items
+            .iter()
+            .any(|i| !measured.contains_key(i) && !known.contains_key(i));
+        let median = match unseen {
+            false => 1,
+            true => {
+                let mut all: Vec<u64> = known
+                    .iter()
+                    .filter(|(item, _)| *item != STARTUP_ITEM)
+                    .map(|(_, ms)| *ms)
+                    .collect();
+                all.sort_unstable();
+                all.get(all.len() / 2).copied().unwrap_or(1).max(1)
+            }
         };
         let weights: Vec<u64> = report
             .items

@@ -2,7 +2,7 @@
 //! and ended, cancelled or forgotten, and pruned past its retention.
 
 use super::*;
-use muster_shared::exec::{balanced_batches, batch_count, ExecPlan, STARTUP_ITEM};
+use muster_shared::exec::{balanced_batches, ExecPlan, STARTUP_ITEM};
 use muster_shared::split::AUTO_CHUNKS_PER_SLOT;
 
 impl ClusterState {
@@ -216,9 +216,8 @@ impl ClusterState {
     }
 
     /// An `exec` job's batches cut by its items' recorded durations for the slots of the
-    /// workers that suit it (see [`balanced_batches`]), about as many as make the least of the
-    /// program's start-up cost and the tail when that cost is known (see [`batch_count`]), else
-    /// about `asked`. `None` with no durations known.
+    /// workers that suit it (see [`balanced_batches`]): as many as the program's start-up cost
+    /// makes best when it is known, else about `asked`. `None` with no durations known.
     fn balanced_exec(
         &self,
         plan: &ExecPlan,
@@ -240,26 +239,8 @@ impl ClusterState {
             n => n,
         };
         let slots = meta.max_running.map_or(slots, |m| slots.min(u64::from(m)));
-        let mut n = asked;
         let startup = known.get(STARTUP_ITEM).copied();
-        if let Some(startup) = startup {
-            let mut seen: Vec<u64> = plan.items.iter().filter_map(|i| estimate(i)).collect();
-            seen.sort_unstable();
-            let median = seen.get(seen.len() / 2).copied().unwrap_or(0);
-            let total: u64 = plan
-                .items
-                .iter()
-                .map(|i| estimate(i).unwrap_or(median))
-                .sum();
-            n = batch_count(total, startup, slots, plan.items.len());
-        }
-        let batches = balanced_batches(
-            &plan.items,
-            estimate,
-            slots as usize,
-            n,
-            startup.unwrap_or(0),
-        )?;
+        let batches = balanced_batches(&plan.items, estimate, slots as usize, asked, startup)?;
         Some(batches.into_iter().map(|b| plan.payload(b)).collect())
     }
 
