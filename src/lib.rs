@@ -24,7 +24,7 @@ pub const WORKER_TOKEN: &str = "worker-token-for-tests-0123456789";
 pub const WAIT: Duration = Duration::from_secs(60);
 
 /// A server-sent event: its name, id and data.
-pub type Event = (String, u64, Value);
+pub type Event = (String, String, Value);
 
 /// The directory holding the built binaries (`target/debug`), found from the test's own path.
 pub fn bin_dir() -> PathBuf {
@@ -323,29 +323,33 @@ impl Coordinator {
     /// Starts a stock worker with `slots` slots and a name.
     /// Reads the server-sent events of `path` in a thread, resuming after event `last_id`:
     /// (name, id, data) each, as they come, until the stream ends.
-    pub fn event_feed(&self, path: &str, last_id: Option<u64>) -> std::sync::mpsc::Receiver<Event> {
+    pub fn event_feed(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> std::sync::mpsc::Receiver<Event> {
         let mut request = ureq::AgentBuilder::new()
             .timeout(WAIT)
             .build()
             .get(&format!("{}{path}", self.url))
             .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"));
-        if let Some(n) = last_id {
-            request = request.set("Last-Event-ID", &n.to_string());
+        if let Some(id) = last_id {
+            request = request.set("Last-Event-ID", id);
         }
         let response = request.call().expect("the event stream");
         assert_eq!(response.content_type(), "text/event-stream");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let (mut name, mut id) = (String::new(), 0);
+            let (mut name, mut id) = (String::new(), String::new());
             for line in BufReader::new(response.into_reader()).lines() {
                 let Ok(line) = line else { return };
                 if let Some(n) = line.strip_prefix("event: ") {
                     name = n.to_owned();
                 } else if let Some(n) = line.strip_prefix("id: ") {
-                    id = n.parse().unwrap_or(0);
+                    id = n.to_owned();
                 } else if let Some(data) = line.strip_prefix("data: ") {
                     let data = serde_json::from_str(data).unwrap_or_default();
-                    if tx.send((name.clone(), id, data)).is_err() {
+                    if tx.send((name.clone(), id.clone(), data)).is_err() {
                         return;
                     }
                 }

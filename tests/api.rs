@@ -269,7 +269,7 @@ fn json_logs_are_one_object_a_line_with_the_job_id_as_a_field() {
 fn the_cluster_event_stream_tells_of_jobs_and_workers_and_resumes_after_an_event() {
     let c = Coordinator::start(&[]);
     let feed = c.event_feed("/v1/events", None);
-    let next = |feed: &std::sync::mpsc::Receiver<(String, u64, serde_json::Value)>| {
+    let next = |feed: &std::sync::mpsc::Receiver<muster_suite::Event>| {
         feed.recv_timeout(muster_suite::WAIT).expect("an event")
     };
     let worker = c.worker("w1", 1);
@@ -303,7 +303,7 @@ fn the_cluster_event_stream_tells_of_jobs_and_workers_and_resumes_after_an_event
         ("worker_left", &json!(0))
     );
     // A reader that comes back after the first event gets the rest, from the second.
-    let again = c.event_feed("/v1/events", Some(first_id));
+    let again = c.event_feed("/v1/events", Some(&first_id));
     let names: Vec<String> = (0..4).map(|_| next(&again).0).collect();
     assert_eq!(
         names,

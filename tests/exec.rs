@@ -901,7 +901,7 @@ fn a_pytest_suite_runs_across_workers_with_one_merged_report_and_learned_timings
 
 /// The events of `GET /v1/jobs/{id}/events` from `c`, read to the stream's end, resuming after
 /// event `last_id` when given.
-fn events(c: &Coordinator, id: &str, last_id: Option<u64>) -> Vec<muster_suite::Event> {
+fn events(c: &Coordinator, id: &str, last_id: Option<&str>) -> Vec<muster_suite::Event> {
     c.event_feed(&format!("/v1/jobs/{id}/events"), last_id)
         .iter()
         .collect()
@@ -943,9 +943,9 @@ fn a_jobs_event_stream_sends_progress_and_lines_and_ends_and_resumes_after_a_lin
         .iter()
         .filter(|(name, _, _)| name == "log")
         .nth(4)
-        .map(|(_, id, _)| *id)
+        .map(|(_, id, _)| id.clone())
         .unwrap();
-    let rest = events(&c, &id, Some(fifth));
+    let rest = events(&c, &id, Some(&fifth));
     let again: Vec<u64> = rest
         .iter()
         .filter(|(name, _, _)| name == "log")
@@ -953,6 +953,33 @@ fn a_jobs_event_stream_sends_progress_and_lines_and_ends_and_resumes_after_a_lin
         .collect();
     assert_eq!(again, (5..20).collect::<Vec<u64>>());
     assert_eq!(rest.last().map(|(name, _, _)| name.as_str()), Some("end"));
+    // Each batch's attempt started and succeeded on w1, and the reconnect got the attempt
+    // events after the fifth line's, none twice.
+    let attempts = |events: &[muster_suite::Event]| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .filter(|(name, _, _)| name == "attempt")
+            .inspect(|(_, _, a)| assert_eq!(a["worker"], json!("w1"), "{a}"))
+            .map(|(_, _, a)| (a["chunk"].as_u64().unwrap(), a["state"].to_string()))
+            .collect()
+    };
+    let mut seen = attempts(&all);
+    let mut expected: Vec<(u64, String)> = (0..20)
+        .flat_map(|c| {
+            [
+                (c, "\"started\"".to_owned()),
+                (c, "\"succeeded\"".to_owned()),
+            ]
+        })
+        .collect();
+    seen.sort();
+    expected.sort();
+    assert_eq!(seen, expected);
+    let cut = all.iter().position(|(_, id, _)| *id == fifth).unwrap();
+    let mut resumed = attempts(&all[..=cut]);
+    resumed.extend(attempts(&rest));
+    resumed.sort();
+    assert_eq!(resumed, expected);
     // A job that is not there is a 404, not an empty stream.
     let missing = api.get("/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833/events");
     assert_eq!(missing.status, 404);

@@ -18,12 +18,11 @@ use sha2::{Digest, Sha256};
 use super::{mailbox, AppState, BodyPool};
 use crate::auth::{require, Role};
 use crate::coordinator::{
-    CancelJob, Coordinator, Durable, GetClusterEvents, GetJob, GetLogs, GetOutput, GetProgress,
-    GetResult, JobResult, ListJobs, Submit,
+    CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetResult, JobResult, ListJobs,
+    Submit,
 };
 use crate::error::ApiError;
-use crate::state::job::ChunkCounts;
-use crate::state::views::{JobView, Progress};
+use crate::state::views::JobView;
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -35,7 +34,7 @@ pub const MAX_PAGE: usize = 1000;
 pub(super) const STATUSES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
 /// The job a client's request names, once its token is a client's.
-fn client_job(req: &HttpRequest, path: &str, app: &AppState) -> Result<JobId, ApiError> {
+pub(super) fn client_job(req: &HttpRequest, path: &str, app: &AppState) -> Result<JobId, ApiError> {
     require(app.tokens.as_ref(), req, Role::Client)?;
     job_id(path)
 }
@@ -223,7 +222,7 @@ pub(super) struct ResultQuery {
 }
 
 /// The query string of `req` as a `T`; a 422 saying what is wrong with it.
-fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
+pub(super) fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     web::Query::<T>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .map_err(|e| ApiError::Invalid(format!("bad query: {e}")))
@@ -285,179 +284,6 @@ pub(super) async fn output(
         "missed": answer.read.missed,
         "ended": answer.ended,
     })))
-}
-
-/// How often an event stream looks at its job.
-const EVENTS_EVERY: Duration = Duration::from_millis(250);
-
-/// Longest quiet on an event stream before a keep-alive comment.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// `GET /v1/jobs/{id}/events`: the job as Server-Sent Events, until its end. `progress` (status,
-/// chunk counts, retried chunks, an ETA from the pace so far) whenever it changes, looked at every
-/// 250 ms; `log` for each line an `exec` batch prints (`{"seq", "batch", "text"}`); `end` (status,
-/// and the error of a failed job) last. Each event's id counts the lines sent, so a reconnect
-/// with `Last-Event-ID` goes on after the last line it had. A comment every 15 s of quiet keeps
-/// the connection open. The stream makes its events only as the reader takes them: a slow
-/// reader holds nothing in the coordinator.
-pub(super) async fn events(
-    req: HttpRequest,
-    path: web::Path<String>,
-    app: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let id = client_job(&req, &path, &app)?;
-    let coordinator = app.coordinator(&req)?;
-    // A job that is not there is a 404 now, not an empty stream.
-    let first = coordinator.send(GetProgress(id)).await.map_err(mailbox)??;
-    let after = last_event_id(&req);
-    let stream = EventStream {
-        coordinator,
-        id,
-        after,
-        first: Some(first),
-        last: None,
-        ended: false,
-    };
-    Ok(event_stream(stream, |mut stream| async move {
-        let events = stream.events().await?;
-        Some((events, stream))
-    }))
-}
-
-/// The `Last-Event-ID` a reconnecting reader sends (0 without one).
-fn last_event_id(req: &HttpRequest) -> u64 {
-    req.headers()
-        .get("Last-Event-ID")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0)
-}
-
-/// An event stream's response. `poll` gives the events there are now from its state (empty
-/// when none, `None` when the stream is over); it is asked every [`EVENTS_EVERY`] until there
-/// are some, with a keep-alive comment after [`KEEP_ALIVE`] of quiet. The body is made only as
-/// the reader takes it.
-fn event_stream<S, F, Fut>(state: S, poll: F) -> HttpResponse
-where
-    S: 'static,
-    F: Fn(S) -> Fut + 'static,
-    Fut: std::future::Future<Output = Option<(String, S)>> + 'static,
-{
-    let start = (state, poll, std::time::Instant::now());
-    let body = futures_util::stream::unfold(start, |(mut state, poll, quiet)| async move {
-        loop {
-            let (events, next) = poll(state).await?;
-            state = next;
-            let events = match events.is_empty() {
-                false => Bytes::from(events),
-                true if quiet.elapsed() >= KEEP_ALIVE => Bytes::from_static(b": keep-alive\n\n"),
-                true => {
-                    tokio::time::sleep(EVENTS_EVERY).await;
-                    continue;
-                }
-            };
-            let next = (state, poll, std::time::Instant::now());
-            return Some((Ok::<Bytes, std::convert::Infallible>(events), next));
-        }
-    });
-    HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
-        .streaming(body)
-}
-
-/// `GET /v1/events`: what happens in the cluster as Server-Sent Events, for as long as the
-/// reader stays: `job_submitted` (`job_id`, `name`, `chunks`), `job_ended` (`job_id`, `status`),
-/// `worker_joined` (`worker_id`, `name`, `slots`), `worker_draining` (`worker_id`, `name`) and
-/// `worker_left` (`worker_id`, `name`, `reason`, `chunks_lost`), looked at every 250 ms. Each
-/// event's id counts the events so far, so `Last-Event-ID` resumes after the last one had; the
-/// coordinator keeps the last 10,000, and a reader further behind first gets `missed`
-/// (`{"events": N}`). A comment every 15 s of quiet keeps the connection open.
-pub(super) async fn cluster_events(
-    req: HttpRequest,
-    app: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    require(app.tokens.as_ref(), &req, Role::Client)?;
-    let coordinator = app.coordinator(&req)?;
-    let start = (coordinator, last_event_id(&req));
-    Ok(event_stream(start, |(coordinator, from)| async move {
-        let read = coordinator.send(GetClusterEvents { from }).await.ok()?;
-        let mut out = String::new();
-        if read.missed > 0 {
-            let missed = serde_json::json!({"events": read.missed});
-            out.push_str(&sse("missed", from + read.missed, &missed));
-        }
-        for (n, event) in &read.events {
-            out.push_str(&sse(event.name(), n + 1, event));
-        }
-        Some((out, (coordinator, read.next)))
-    }))
-}
-
-/// One reader's event stream of one job.
-struct EventStream {
-    coordinator: actix::Addr<Coordinator>,
-    id: JobId,
-    /// Lines sent so far (the next line's number).
-    after: u64,
-    /// The progress read when the stream opened.
-    first: Option<Progress>,
-    /// The last progress sent: status, counts and retried chunks.
-    last: Option<(&'static str, ChunkCounts, usize)>,
-    ended: bool,
-}
-
-impl EventStream {
-    /// The events there are now (none, often); `None` once the end was sent, or when the
-    /// coordinator is gone (the reader reconnects, to the leader).
-    async fn events(&mut self) -> Option<String> {
-        if self.ended {
-            return None;
-        }
-        let progress = match self.first.take() {
-            Some(progress) => progress,
-            None => self
-                .coordinator
-                .send(GetProgress(self.id))
-                .await
-                .ok()?
-                .ok()?,
-        };
-        let output = self
-            .coordinator
-            .send(GetOutput {
-                id: self.id,
-                after: self.after,
-                watch: false,
-            })
-            .await
-            .ok()?
-            .ok()?;
-        let mut out = String::new();
-        for line in &output.read.lines {
-            self.after = line.seq + 1;
-            out.push_str(&sse("log", self.after, line));
-        }
-        self.after = self.after.max(output.read.next);
-        let key = (progress.status, progress.chunks, progress.retried);
-        if self.last != Some(key) {
-            self.last = Some(key);
-            out.push_str(&sse("progress", self.after, &progress));
-        }
-        let ended = matches!(progress.status, "succeeded" | "failed" | "cancelled");
-        if ended && output.read.lines.is_empty() {
-            let end = serde_json::json!({"status": progress.status, "error": progress.error});
-            out.push_str(&sse("end", self.after, &end));
-            self.ended = true;
-        }
-        Some(out)
-    }
-}
-
-/// One Server-Sent Event.
-fn sse(name: &str, id: u64, data: &impl serde::Serialize) -> String {
-    let data = serde_json::to_string(data).unwrap_or_default();
-    format!("id: {id}\nevent: {name}\ndata: {data}\n\n")
 }
 
 /// `GET /v1/jobs/{id}/logs`: each batch of an `exec` job with its items, status, worker and

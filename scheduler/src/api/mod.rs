@@ -1,9 +1,12 @@
-//! The HTTP surface: the REST API under `/v1`, the worker WebSocket endpoint, `/healthz` and
-//! `/metrics`.
+//! The HTTP surface: the REST API under `/v1`, the worker WebSocket endpoint, `/healthz`,
+//! `/metrics`, and the dashboard at `/`.
 
+mod cluster;
+mod events;
 pub(crate) mod frame_limit;
 mod jobs;
 mod metrics;
+mod ui;
 mod workers;
 
 use std::sync::atomic::AtomicU64;
@@ -116,7 +119,9 @@ impl BodyPool {
 
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    cfg.route("/", web::get().to(ui::index))
+        .route("/ui/{file}", web::get().to(ui::asset))
+        .route("/healthz", web::get().to(healthz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/v1/jobs", web::post().to(jobs::submit))
         .route("/v1/jobs", web::get().to(jobs::list))
@@ -126,8 +131,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/jobs/{id}/junit", web::get().to(jobs::junit))
         .route("/v1/jobs/{id}/logs", web::get().to(jobs::logs))
         .route("/v1/jobs/{id}/output", web::get().to(jobs::output))
-        .route("/v1/jobs/{id}/events", web::get().to(jobs::events))
-        .route("/v1/events", web::get().to(jobs::cluster_events))
+        .route("/v1/jobs/{id}/events", web::get().to(events::job_events))
+        .route("/v1/jobs/{id}/chunks", web::get().to(cluster::chunks))
+        .route("/v1/events", web::get().to(events::cluster_events))
+        .route("/v1/attempts", web::get().to(cluster::attempts))
+        .route("/v1/overview", web::get().to(cluster::overview))
         .route("/v1/workers", web::get().to(workers::list))
         .route("/v1/workers/connect", web::get().to(workers::connect))
         .default_service(web::to(not_found));

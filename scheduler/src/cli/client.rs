@@ -266,7 +266,7 @@ impl Client {
     pub async fn stream(
         &self,
         path: &str,
-        after: Option<u64>,
+        after: Option<&str>,
     ) -> Result<
         awc::ClientResponse<
             impl futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>,
@@ -281,8 +281,8 @@ impl Client {
                 if let Some(token) = &self.token {
                     req = req.bearer_auth(token);
                 }
-                if let Some(n) = after {
-                    req = req.insert_header(("Last-Event-ID", n.to_string()));
+                if let Some(id) = after {
+                    req = req.insert_header(("Last-Event-ID", id));
                 }
                 let mut response = match req.send().await {
                     Ok(response) => response,

@@ -20,7 +20,7 @@ const RECONNECT_FOR: Duration = Duration::from_secs(15);
 #[derive(Debug, Default)]
 struct Event {
     name: String,
-    id: Option<u64>,
+    id: Option<String>,
     data: String,
 }
 
@@ -35,7 +35,7 @@ fn take_events(buf: &mut String) -> Vec<Event> {
             if let Some(v) = line.strip_prefix("event: ") {
                 event.name = v.to_owned();
             } else if let Some(v) = line.strip_prefix("id: ") {
-                event.id = v.trim().parse().ok();
+                event.id = Some(v.trim().to_owned());
             } else if let Some(v) = line.strip_prefix("data: ") {
                 event.data.push_str(v);
             }
@@ -53,15 +53,21 @@ struct View {
 }
 
 impl View {
+    /// A line above the bar, or on its own without one.
+    fn line(&self, line: String) -> Result<(), CliError> {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => say(&line)?,
+        }
+        Ok(())
+    }
+
     fn show(&self, event: &Event) -> Result<Option<bool>, CliError> {
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         match event.name.as_str() {
             "log" => {
                 let line = live_line(&data);
-                match &self.bar {
-                    Some(bar) => bar.println(line),
-                    None => say(&line)?,
-                }
+                self.line(line)?;
             }
             "progress" => {
                 let c = &data["chunks"];
@@ -86,6 +92,17 @@ impl View {
                     }
                     None => say(&text)?,
                 }
+            }
+            // A failed attempt is a retry about to happen (or the job's end): said as it comes.
+            "attempt" if data["state"] == "failed" => {
+                let line = format!(
+                    "chunk {} attempt {} on {} failed: {}",
+                    data["chunk"],
+                    data["attempt"],
+                    data["worker"].as_str().unwrap_or("?"),
+                    data["reason"].as_str().unwrap_or("?")
+                );
+                self.line(line)?;
             }
             "end" => {
                 if let Some(bar) = &self.bar {
@@ -120,10 +137,10 @@ pub fn watch(args: IdArgs) -> Result<(), CliError> {
         });
         let view = View { bar };
         let path = format!("/v1/jobs/{}/events", args.id);
-        let mut after: Option<u64> = None;
+        let mut after: Option<String> = None;
         let mut broke_off_at: Option<std::time::Instant> = None;
         loop {
-            let mut stream = match client.stream(&path, after).await {
+            let mut stream = match client.stream(&path, after.as_deref()).await {
                 Ok(stream) => stream,
                 // No coordinator answers after the stream broke off: one may be taking over.
                 Err(CliError::NotRun(_))
@@ -145,7 +162,7 @@ pub fn watch(args: IdArgs) -> Result<(), CliError> {
                 buf.push_str(&String::from_utf8_lossy(&chunk));
                 for event in take_events(&mut buf) {
                     if event.id.is_some() {
-                        after = event.id;
+                        after = event.id.clone();
                     }
                     match view.show(&event)? {
                         Some(true) => return Ok(()),
@@ -176,7 +193,10 @@ mod tests {
         );
         let events = take_events(&mut buf);
         assert_eq!(events.len(), 1);
-        assert_eq!((events[0].name.as_str(), events[0].id), ("log", Some(3)));
+        assert_eq!(
+            (events[0].name.as_str(), events[0].id.as_deref()),
+            ("log", Some("3"))
+        );
         assert_eq!(events[0].data, "{\"text\":\"a\"}");
         assert_eq!(buf, "id: 3\nevent: prog");
     }

@@ -24,10 +24,11 @@ mod persistence;
 pub use persistence::{Durable, Persistence};
 
 use crate::error::ApiError;
+use crate::state::attempts::AttemptsRead;
 use crate::state::events::EventsRead;
-use crate::state::job::{FailReason, JobState};
+use crate::state::job::{ChunkCounts, FailReason, JobState};
 use crate::state::live::LiveRead;
-use crate::state::views::{BatchLog, JobView, Progress};
+use crate::state::views::{chunk_states, BatchLog, JobView, Progress};
 use crate::state::workers::WorkerView;
 use crate::state::{ClusterState, Counters, Effect, Gauges, Submitted};
 use crate::worker_session::{Deliver, Evict, WorkerSession};
@@ -471,6 +472,59 @@ impl Handler<GetClusterEvents> for Coordinator {
 
     fn handle(&mut self, msg: GetClusterEvents, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.state.cluster_events(msg.from, 1000))
+    }
+}
+
+/// Attempt events from a number on (at most 1000), of one job or all.
+#[derive(Message)]
+#[rtype(result = "AttemptsRead")]
+pub struct GetAttempts {
+    /// The first event wanted.
+    pub from: u64,
+    /// Only this job's.
+    pub job: Option<JobId>,
+}
+
+impl Handler<GetAttempts> for Coordinator {
+    type Result = MessageResult<GetAttempts>;
+
+    fn handle(&mut self, msg: GetAttempts, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.state.attempt_events(msg.from, msg.job, 1000))
+    }
+}
+
+/// The cluster at a glance: jobs by status, the queue, slots, and chunks done per second over
+/// the last `seconds`.
+#[derive(Message)]
+#[rtype(result = "(Gauges, Vec<u32>)")]
+pub struct GetOverview {
+    /// Seconds of throughput wanted.
+    pub seconds: usize,
+}
+
+impl Handler<GetOverview> for Coordinator {
+    type Result = MessageResult<GetOverview>;
+
+    fn handle(&mut self, msg: GetOverview, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.state.gauges(), self.state.throughput(msg.seconds)))
+    }
+}
+
+/// A job's chunk counts, and each chunk's state as a letter ([`chunk_states`]).
+#[derive(Message)]
+#[rtype(result = "Result<(ChunkCounts, String), ApiError>")]
+pub struct GetChunkStates(pub JobId);
+
+impl Handler<GetChunkStates> for Coordinator {
+    type Result = Result<(ChunkCounts, String), ApiError>;
+
+    fn handle(&mut self, msg: GetChunkStates, _ctx: &mut Context<Self>) -> Self::Result {
+        self.state
+            .job(msg.0)
+            .map(|job| (job.counts, chunk_states(job)))
+            .ok_or_else(|| ApiError::JobNotFound {
+                id: msg.0.to_string(),
+            })
     }
 }
 

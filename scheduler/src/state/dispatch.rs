@@ -94,6 +94,21 @@ impl ClusterState {
         self.events.read(from, most)
     }
 
+    /// Attempt events numbered `from` and on, of `job` alone when one is named, at most `most`.
+    pub fn attempt_events(
+        &self,
+        from: u64,
+        job: Option<JobId>,
+        most: usize,
+    ) -> attempts::AttemptsRead {
+        self.attempts.read(from, job, most)
+    }
+
+    /// Chunks that succeeded in each of the last `seconds` seconds, oldest first.
+    pub fn throughput(&self, seconds: usize) -> Vec<u32> {
+        self.throughput.last(Utc::now(), seconds)
+    }
+
     /// Counts a strike against a worker name; logs a quarantine it starts.
     fn strike(&mut self, name: &std::sync::Arc<str>, why: &str) {
         let now = Instant::now();
@@ -342,11 +357,16 @@ impl ClusterState {
         else {
             return;
         };
+        let event = attempts::AttemptEvent::of(chunk.job, chunk.chunk.0, record);
+        if let (None, Some(at)) = (&record.error, record.finished_at) {
+            self.throughput.count(at);
+        }
         self.writes.push(Write::Attempt {
             job: chunk.job,
             chunk: chunk.chunk,
             record: record.clone(),
         });
+        self.attempts.push(event);
     }
 
     fn succeed_attempt(&mut self, chunk: ChunkRef, result: Bytes) {

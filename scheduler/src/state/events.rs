@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use chrono::{DateTime, Utc};
 use muster_shared::ids::{JobId, WorkerId};
 use serde::Serialize;
 
@@ -71,11 +72,21 @@ impl ClusterEvent {
     }
 }
 
+/// An event with when it happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Happened {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    #[serde(flatten)]
+    pub event: ClusterEvent,
+}
+
 /// Events after a given number.
 #[derive(Debug, Clone, Default)]
 pub struct EventsRead {
     /// The events with their numbers, in order.
-    pub events: Vec<(u64, ClusterEvent)>,
+    pub events: Vec<(u64, Happened)>,
     /// The number to read from next time.
     pub next: u64,
     /// Events asked for that are no longer kept.
@@ -85,14 +96,15 @@ pub struct EventsRead {
 /// The last events, numbered.
 #[derive(Debug, Default)]
 pub struct EventLog {
-    events: VecDeque<(u64, ClusterEvent)>,
+    events: VecDeque<(u64, Happened)>,
     next: u64,
 }
 
 impl EventLog {
     /// Records `event`.
     pub fn push(&mut self, event: ClusterEvent) {
-        self.events.push_back((self.next, event));
+        let at = Utc::now();
+        self.events.push_back((self.next, Happened { at, event }));
         self.next += 1;
         if self.events.len() > MAX_EVENTS {
             self.events.pop_front();
@@ -103,7 +115,7 @@ impl EventLog {
     pub fn read(&self, from: u64, most: usize) -> EventsRead {
         let first = self.events.front().map_or(self.next, |(n, _)| *n);
         let start = from.max(first).min(self.next);
-        let events: Vec<(u64, ClusterEvent)> = self
+        let events: Vec<(u64, Happened)> = self
             .events
             .iter()
             .skip((start - first) as usize)

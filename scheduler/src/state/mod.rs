@@ -13,6 +13,7 @@
 //! - [`job`]: one job's chunk state machine; [`queue`]: the chunk queue; [`workers`] and
 //!   [`health`]: connected workers and their records; [`views`]: what the API shows.
 
+pub mod attempts;
 mod dispatch;
 pub mod events;
 pub mod health;
@@ -194,8 +195,8 @@ impl ChunkTimes {
     }
 }
 
-/// What `/metrics` shows of the coordinator's state now.
-#[derive(Debug, Clone, Default)]
+/// What `/metrics` and `GET /v1/overview` show of the coordinator's state now.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Gauges {
     /// Jobs held, by status name.
     pub jobs: BTreeMap<&'static str, u64>,
@@ -225,6 +226,10 @@ pub struct ClusterState {
     live: live::LiveLogs,
     /// What happened in the cluster, for `GET /v1/events`.
     events: events::EventLog,
+    /// Attempts as they start and end, for the task stream and job streams.
+    attempts: attempts::AttemptLog,
+    /// Chunks that succeeded, second by second.
+    throughput: attempts::Throughput,
     queue: ChunkQueue,
     deadlines: BinaryHeap<Reverse<(Instant, JobId, ChunkIndex, Attempt)>>,
     workers: Workers,
@@ -293,6 +298,8 @@ impl ClusterState {
             timings: HashMap::new(),
             live: live::LiveLogs::default(),
             events: events::EventLog::default(),
+            attempts: attempts::AttemptLog::default(),
+            throughput: attempts::Throughput::default(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
             workers: Workers::default(),

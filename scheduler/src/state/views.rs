@@ -136,6 +136,34 @@ impl Progress {
     }
 }
 
+/// Each chunk's state as one letter, in chunk order, for the dashboard's grid
+/// (`GET /v1/jobs/{id}/chunks`): `p` waiting, `w` waiting for a retry, `r` running, `s`
+/// succeeded, `f` failed for good, `c` never ran (its job ended first). An ended job's chunk
+/// table is dropped: its letters come from its counts then.
+pub fn chunk_states(job: &Job) -> String {
+    if job.chunks.is_empty() {
+        let c = job.counts;
+        let rest = c.total.saturating_sub(c.succeeded + c.failed);
+        let mut out = String::with_capacity(c.total as usize);
+        for (letter, n) in [('s', c.succeeded), ('f', c.failed), ('c', rest)] {
+            out.extend(std::iter::repeat_n(letter, n as usize));
+        }
+        return out;
+    }
+    let ended = job.state.is_terminal();
+    job.chunks
+        .iter()
+        .map(|chunk| match chunk.state {
+            ChunkState::Pending { .. } if ended => 'c',
+            ChunkState::Pending { .. } if chunk.attempts.is_empty() => 'p',
+            ChunkState::Pending { .. } => 'w',
+            ChunkState::Running { .. } => 'r',
+            ChunkState::Succeeded { .. } => 's',
+            ChunkState::Failed => 'f',
+        })
+        .collect()
+}
+
 /// One batch of an `exec` job, as `GET /v1/jobs/{id}/logs` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchLog {
