@@ -1023,4 +1023,20 @@ fn muster_watch_follows_a_job_to_its_end_and_exits_with_its_fate() {
     let (code, _, stderr) = watch("01a24e4c-2a88-73f4-9e3d-e45585f8c833");
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no job with id"), "{stderr}");
+
+    // Retries are told as they happen: each failed attempt, its worker and its reason.
+    let _c1 = c.custom_worker("c1", 1);
+    let _c2 = c.custom_worker("c2", 1);
+    let id = api.submit(&json!({"task": "fail", "chunks": [1], "reduce": "none",
+        "max_attempts": 2}));
+    let (code, stdout, _) = watch(&id);
+    assert_eq!(code, Some(1), "{stdout}");
+    for attempt in [1, 2] {
+        let told = stdout.lines().any(|l| {
+            l.starts_with(&format!("chunk 0 attempt {attempt} on c"))
+                && l.contains("failed: task error: task `fail` fails on purpose")
+        });
+        assert!(told, "{stdout}");
+    }
+    assert!(stdout.lines().last().unwrap().starts_with("failed"), "{stdout}");
 }

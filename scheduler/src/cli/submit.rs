@@ -1,15 +1,13 @@
 //! `muster submit`: builds a job body from flags and files, submits it, and with `--wait` shows
 //! progress on a terminal and prints the result.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use super::client::{block_on, fetch_result, print_json, summary, Client, ClientArgs};
+use super::client::{block_on, fetch_result, print_json, Client, ClientArgs};
+use super::watch::{follow_job, View};
 use super::{batch_line, live_line, say, CliError};
 use muster_shared::exec::{ExecReport, ItemResult, ItemStatus};
 
@@ -302,7 +300,8 @@ pub fn submit(args: SubmitArgs) -> Result<(), CliError> {
             }
             return verdict;
         }
-        wait_with_progress(&client, &id).await?;
+        // The job's stream: a progress bar with ETA on a terminal, retries as they happen.
+        follow_job(&client, &id, View::waiting()).await?;
         fetch_result(&client, &id, None, args.client.json).await
     })
 }
@@ -429,46 +428,5 @@ fn human_ms(ms: u64) -> String {
         0..=999 => format!("{ms}ms"),
         1000..=59_999 => format!("{:.1}s", ms as f64 / 1000.0),
         _ => format!("{}m{:02}s", ms / 60_000, ms / 1000 % 60),
-    }
-}
-
-/// Long-polls until the job ends, drawing a progress bar when stderr is a terminal.
-async fn wait_with_progress(client: &Client, id: &str) -> Result<(), CliError> {
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(100));
-        bar
-    });
-    loop {
-        let reply = client
-            .call(
-                awc::http::Method::GET,
-                &format!("/v1/jobs/{id}/result?wait={POLL_SECONDS}"),
-                None,
-            )
-            .await?;
-        let job_status = reply.body.get("job_status").and_then(Value::as_str);
-        let done = reply.status.is_success() || matches!(job_status, Some("failed" | "cancelled"));
-        if let Some(bar) = &bar {
-            let job = client.get_ok(&format!("/v1/jobs/{id}")).await?;
-            bar.set_length(job["chunks"]["total"].as_u64().unwrap_or(0));
-            bar.set_position(job["chunks"]["succeeded"].as_u64().unwrap_or(0));
-            bar.set_message(job["status"].as_str().unwrap_or("").to_owned());
-            if done {
-                bar.finish_and_clear();
-                if !reply.status.is_success() {
-                    eprintln!("{}", summary(&job));
-                }
-            }
-        }
-        if done {
-            return Ok(());
-        }
     }
 }

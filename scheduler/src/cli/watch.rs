@@ -47,28 +47,48 @@ fn take_events(buf: &mut String) -> Vec<Event> {
     events
 }
 
-/// What a person sees of one event; `Some(succeeded)` for the job's end.
-struct View {
+/// What a person sees of one event.
+pub(super) struct View {
+    /// A progress bar on stderr, when it is a terminal.
     bar: Option<ProgressBar>,
+    /// Without a bar: a line on stdout for each progress, and the end (`muster watch`); or
+    /// nothing but retries, on stderr, so that stdout keeps the result (`muster submit --wait`).
+    lines_on_stdout: bool,
 }
 
 impl View {
+    /// `muster watch`'s: a bar on a terminal, else a line per change on stdout.
+    pub(super) fn watching() -> Self {
+        Self {
+            bar: terminal_bar(),
+            lines_on_stdout: true,
+        }
+    }
+
+    /// `muster submit --wait`'s: a bar on a terminal, retries on stderr, stdout left for the
+    /// result.
+    pub(super) fn waiting() -> Self {
+        Self {
+            bar: terminal_bar(),
+            lines_on_stdout: false,
+        }
+    }
+
     /// A line above the bar, or on its own without one.
     fn line(&self, line: String) -> Result<(), CliError> {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => say(&line)?,
+            None if self.lines_on_stdout => say(&line)?,
+            None => eprintln!("{line}"),
         }
         Ok(())
     }
 
-    fn show(&self, event: &Event) -> Result<Option<bool>, CliError> {
+    /// Shows `event`; the job's status once it is the end.
+    fn show(&self, event: &Event) -> Result<Option<String>, CliError> {
         let data: Value = serde_json::from_str(&event.data).unwrap_or(Value::Null);
         match event.name.as_str() {
-            "log" => {
-                let line = live_line(&data);
-                self.line(line)?;
-            }
+            "log" => self.line(live_line(&data))?,
             "progress" => {
                 let c = &data["chunks"];
                 let n = |k: &str| c[k].as_u64().unwrap_or(0);
@@ -90,7 +110,8 @@ impl View {
                         bar.set_position(n("succeeded"));
                         bar.set_message(text);
                     }
-                    None => say(&text)?,
+                    None if self.lines_on_stdout => say(&text)?,
+                    None => {}
                 }
             }
             // A failed attempt is a retry about to happen (or the job's end): said as it comes.
@@ -109,12 +130,14 @@ impl View {
                     bar.finish_and_clear();
                 }
                 let status = data["status"].as_str().unwrap_or("?").to_owned();
-                let line = match data["error"].as_str() {
-                    Some(error) => format!("{status}: {error}"),
-                    None => status.clone(),
-                };
-                say(&line)?;
-                return Ok(Some(status == "succeeded"));
+                if self.lines_on_stdout {
+                    let line = match data["error"].as_str() {
+                        Some(error) => format!("{status}: {error}"),
+                        None => status.clone(),
+                    };
+                    say(&line)?;
+                }
+                return Ok(Some(status));
             }
             _ => {}
         }
@@ -122,64 +145,72 @@ impl View {
     }
 }
 
+/// A progress bar on stderr when it is a terminal.
+fn terminal_bar() -> Option<ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    })
+}
+
 /// `muster watch`.
 pub fn watch(args: IdArgs) -> Result<(), CliError> {
     block_on(async move {
         let client = Client::new(&args.client)?;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} [{bar:30}] {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(100));
-            bar
-        });
-        let view = View { bar };
-        let path = format!("/v1/jobs/{}/events", args.id);
-        let mut after: Option<String> = None;
-        let mut broke_off_at: Option<std::time::Instant> = None;
-        loop {
-            let mut stream = match client.stream(&path, after.as_deref()).await {
-                Ok(stream) => stream,
-                // No coordinator answers after the stream broke off: one may be taking over.
-                Err(CliError::NotRun(_))
-                    if broke_off_at.is_some_and(|at| at.elapsed() <= RECONNECT_FOR) =>
-                {
-                    actix_rt::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-                Err(CliError::NotRun(e)) => return Err(CliError::Failed(e)),
-                // A job that is not there, a wrong token: said at once.
-                Err(e) => return Err(e),
-            };
-            broke_off_at = None;
-            let mut buf = String::new();
-            while let Some(chunk) = stream.next().await {
-                let Ok(chunk) = chunk else {
-                    break;
-                };
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                for event in take_events(&mut buf) {
-                    if event.id.is_some() {
-                        after = event.id.clone();
-                    }
-                    match view.show(&event)? {
-                        Some(true) => return Ok(()),
-                        Some(false) => {
-                            return Err(CliError::Failed(format!(
-                                "job {} did not succeed",
-                                args.id
-                            )))
-                        }
-                        None => {}
-                    }
-                }
-            }
-            // The stream broke off before the end: go on where it stopped.
-            broke_off_at.get_or_insert_with(std::time::Instant::now);
+        match follow_job(&client, &args.id, View::watching())
+            .await?
+            .as_str()
+        {
+            "succeeded" => Ok(()),
+            _ => Err(CliError::Failed(format!("job {} did not succeed", args.id))),
         }
     })
+}
+
+/// Follows job `id`'s event stream to its end, shown through `view`, resuming where it broke
+/// off (on the new leader, after a failover); the job's final status.
+pub(super) async fn follow_job(client: &Client, id: &str, view: View) -> Result<String, CliError> {
+    let path = format!("/v1/jobs/{id}/events");
+    let mut after: Option<String> = None;
+    let mut broke_off_at: Option<std::time::Instant> = None;
+    loop {
+        let mut stream = match client.stream(&path, after.as_deref()).await {
+            Ok(stream) => stream,
+            // No coordinator answers after the stream broke off: one may be taking over.
+            Err(CliError::NotRun(_))
+                if broke_off_at.is_some_and(|at| at.elapsed() <= RECONNECT_FOR) =>
+            {
+                actix_rt::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(CliError::NotRun(e)) => return Err(CliError::Failed(e)),
+            // A job that is not there, a wrong token: said at once.
+            Err(e) => return Err(e),
+        };
+        broke_off_at = None;
+        let mut buf = String::new();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                break;
+            };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            for event in take_events(&mut buf) {
+                if event.id.is_some() {
+                    after = event.id.clone();
+                }
+                if let Some(status) = view.show(&event)? {
+                    return Ok(status);
+                }
+            }
+        }
+        // The stream broke off before the end: go on where it stopped.
+        broke_off_at.get_or_insert_with(std::time::Instant::now);
+    }
 }
 
 #[cfg(test)]
