@@ -186,6 +186,9 @@ fn cuts(body: &[u8], counts: &[usize], len: usize, n: usize) -> Vec<Cut> {
     // 0), for k in 1..n; they increase with k.
     let mut ends = Vec::with_capacity(n);
     let (mut block, mut before) = (0, 0);
+    // Where the last search stopped and the commas before it: the next cut in the same block
+    // is searched from there, so many small cuts scan each block once, not once per cut.
+    let (mut pos, mut seen) = (0, 0);
     for &start in &starts[1..n] {
         let wanted = start - 1;
         while block < counts.len() && before + counts[block] <= wanted {
@@ -193,9 +196,20 @@ fn cuts(body: &[u8], counts: &[usize], len: usize, n: usize) -> Vec<Cut> {
             block += 1;
         }
         let from = block * COUNT_BLOCK;
-        let within = &body[from..body.len().min(from + COUNT_BLOCK)];
-        let at = memchr::memchr_iter(b',', within).nth(wanted - before);
-        ends.push(at.map_or(body.len(), |at| from + at));
+        if pos < from || seen < before {
+            (pos, seen) = (from, before);
+        }
+        let within = &body[pos.min(body.len())..body.len().min(from + COUNT_BLOCK)];
+        let at = wanted
+            .checked_sub(seen)
+            .and_then(|nth| memchr::memchr_iter(b',', within).nth(nth));
+        match at {
+            Some(at) => {
+                ends.push(pos + at);
+                (pos, seen) = (pos + at + 1, wanted + 1);
+            }
+            None => ends.push(body.len()),
+        }
     }
     ends.push(body.len());
     let mut from = 0;
@@ -586,6 +600,16 @@ mod tests {
             assert!(hi - lo <= 1, "n = {n}: {sizes:?}");
             assert_eq!(chunks.concat(), values, "n = {n}");
         }
+    }
+
+    #[test]
+    fn many_small_cuts_of_a_large_array_keep_every_element_in_order() {
+        let values: Vec<i64> = (0..300_000).map(|v| v * 13 - 7).collect();
+        let text = serde_json::to_string(&values).unwrap();
+        let chunks = pack_all(&text, 100_000).unwrap();
+        assert_eq!(chunks.len(), 100_000);
+        assert!(chunks.iter().all(|c| c.len() == 3));
+        assert_eq!(chunks.concat(), values);
     }
 
     #[test]
