@@ -315,3 +315,43 @@ fn the_cluster_event_stream_tells_of_jobs_and_workers_and_resumes_after_an_event
         ]
     );
 }
+
+/// The coordinator's peak memory over a 100,000-chunk job, with `readers` clients that open the
+/// job's event stream and never read it.
+fn peak_with_stalled_readers(readers: usize) -> u64 {
+    use std::io::Write;
+    let c = Coordinator::start(&[]);
+    let api = c.api();
+    let input: Vec<u64> = (0..100_000).collect();
+    let id = api.submit(&json!({"kind": "sum", "input": input, "chunks": 100_000}));
+    let address = c.url.trim_start_matches("http://").to_owned();
+    let stalled: Vec<std::net::TcpStream> = (0..readers)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&address).expect("a connection");
+            let request = format!(
+                "GET /v1/jobs/{id}/events HTTP/1.1\r\nHost: {address}\r\n\
+                 Authorization: Bearer {}\r\n\r\n",
+                muster_suite::CLIENT_TOKEN
+            );
+            stream.write_all(request.as_bytes()).expect("a request");
+            stream
+        })
+        .collect();
+    let _workers = [c.worker("w1", 4), c.worker("w2", 4)];
+    let sum: u64 = (0..100_000).sum();
+    assert_eq!(api.result(&id), json!(sum));
+    let peak = muster_suite::peak_rss_mib(c.proc.pid());
+    drop(stalled);
+    peak
+}
+
+#[test]
+fn readers_that_never_read_the_event_stream_do_not_grow_the_coordinator() {
+    let alone = peak_with_stalled_readers(0);
+    let stalled = peak_with_stalled_readers(10);
+    eprintln!("peak RSS: {alone} MiB without readers, {stalled} MiB with 10 stalled readers");
+    assert!(
+        stalled <= alone + 50,
+        "10 stalled readers took the coordinator from {alone} to {stalled} MiB"
+    );
+}

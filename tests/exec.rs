@@ -1038,5 +1038,8 @@ fn muster_watch_follows_a_job_to_its_end_and_exits_with_its_fate() {
         });
         assert!(told, "{stdout}");
     }
-    assert!(stdout.lines().last().unwrap().starts_with("failed"), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().starts_with("failed"),
+        "{stdout}"
+    );
 }
