@@ -318,6 +318,36 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
         )
         .await;
 
+    // A 100,000-chunk job: its grid is binned, and it follows the job to the end.
+    let input: Vec<u64> = (0..100_000).collect();
+    let big = api.submit(&json!({"kind": "sum", "input": input, "chunks": 100_000,
+        "labels": {"size": "big"}}));
+    browser
+        .client
+        .execute(&format!("location.hash = '#/jobs/{big}';"), vec![])
+        .await
+        .expect("the job page");
+    browser
+        .until(
+            "the big job's grid, binned",
+            "const g = document.querySelector('#grid');              return g?.dataset.total === '100000' && Number(g.dataset.perCell) > 1;",
+        )
+        .await;
+    browser.shot("7-big-job-waiting").await;
+    let _big_worker = c.worker_with(
+        muster_suite::bin("muster-worker"),
+        "big",
+        4,
+        &["--label", "size=big"],
+    );
+    browser
+        .until(
+            "the big job done",
+            "return document.querySelector('#grid')?.dataset.succeeded === '100000' &&              document.querySelector('#job-status')?.textContent === 'succeeded';",
+        )
+        .await;
+    browser.shot("8-big-job-done").await;
+
     // In a narrow window the overview still fits: nothing wider than the window.
     browser.click("nav a[data-view=overview]").await;
     browser
@@ -332,7 +362,7 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
              document.documentElement.scrollWidth <= window.innerWidth;",
         )
         .await;
-    browser.shot("7-narrow").await;
+    browser.shot("9-narrow").await;
     // From sign-in to here, the page never reloaded.
     assert_eq!(browser.loaded_at().await, loaded);
     browser.close().await;

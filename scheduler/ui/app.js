@@ -591,7 +591,8 @@ function jobView(signal, id) {
   };
   const refreshStatus = async () => {
     const job = await api(`/v1/jobs/${id}`, { signal });
-    meta.textContent = `${job.kind || job.task} · priority ${job.priority} · submitted ${ago(job.created_at)}`;
+    const submitted = new Date(Date.parse(job.created_at)).toLocaleString();
+    meta.textContent = `${job.kind || job.task} · priority ${job.priority} · submitted ${submitted}`;
     if (job.retries.length !== retriedShown) {
       retriedShown = job.retries.length;
       retries.replaceChildren(retryTable(job.retries));
@@ -709,7 +710,7 @@ function drawGrid(ctx, width, height, states, grid) {
       letter = CHUNK_RANK[best] || "s";
     }
     ctx.fillStyle = CHUNK_COLOURS[letter] || "#000";
-    const gap = cell > 5 ? 1 : 0;
+    const gap = 1;
     ctx.fillRect((i % perRow) * cell, Math.floor(i / perRow) * cell, cell - gap, cell - gap);
   }
   grid.box.dataset.perCell = String(per);
