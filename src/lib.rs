@@ -62,6 +62,41 @@ pub fn peak_rss_mib(pid: u32) -> u64 {
     kib / 1024
 }
 
+/// A command-line tool from PyPI: `package` installed into a Python environment of its own,
+/// made once under `target/tmp` by this suite's own setup (`python3 -m venv`,
+/// then `pip install`), and the path of its `tool`.
+pub fn python_tool(package: &str, tool: &str) -> PathBuf {
+    // `target/tmp`, beside the binaries' `target/debug`.
+    let tmp = bin_dir().parent().map_or_else(bin_dir, Path::to_path_buf);
+    let venv = tmp.join("tmp").join(format!("{package}-venv"));
+    let path = venv.join("bin").join(tool);
+    if path.is_file() {
+        return path;
+    }
+    let run = |program: &Path, args: &[&str]| {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}",
+            program.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let _ = std::fs::remove_dir_all(&venv);
+    run(
+        Path::new("python3"),
+        &["-m", "venv", &venv.to_string_lossy()],
+    );
+    run(
+        &venv.join("bin").join("pip"),
+        &["install", "--quiet", "--disable-pip-version-check", package],
+    );
+    path
+}
+
 /// The custom worker example (`examples/custom_worker.rs`), built by `cargo test`.
 pub fn custom_worker_bin() -> PathBuf {
     bin("examples/custom_worker")

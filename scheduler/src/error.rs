@@ -119,14 +119,22 @@ impl ApiError {
 /// Seconds an overloaded coordinator asks a client to wait before it submits again.
 pub const RETRY_OVERLOADED_SECS: u64 = 1;
 
-/// RFC 9457 problem details.
-#[derive(Debug, Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details: every refusal's body, as `application/problem+json`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem<'a> {
+    /// `about:blank`: the status says what kind of problem it is.
+    #[schema(value_type = String)]
     r#type: &'static str,
+    /// The status's reason phrase.
+    #[schema(value_type = String)]
     title: &'static str,
+    /// The HTTP status.
     status: u16,
+    /// What exactly is wrong, naming the field, value or limit at fault.
     detail: String,
+    /// For a result asked of a job that has none: where the job stands.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     job_status: Option<&'a str>,
 }
 

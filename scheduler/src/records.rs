@@ -14,7 +14,7 @@ use muster_shared::reduce::Reducer;
 use serde::{Deserialize, Serialize};
 
 /// Why an attempt ended without a result. Whether it is retried is decided by the coordinator alone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "class", content = "message", rename_all = "snake_case")]
 pub enum FailReason {
     /// The worker's connection dropped.
@@ -114,13 +114,14 @@ impl std::fmt::Display for FailReason {
 }
 
 /// One run of one chunk, as shown in job status.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptRecord {
     /// Attempt number, from 1.
     pub attempt: Attempt,
     /// The worker it ran on.
     pub worker: WorkerId,
     /// That worker's name.
+    #[schema(value_type = String)]
     pub worker_name: Arc<str>,
     /// When it was assigned.
     pub started_at: DateTime<Utc>,

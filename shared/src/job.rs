@@ -29,6 +29,7 @@ fn invalid(msg: impl Into<String>) -> InvalidJob {
 
 /// The job body as sent; every field optional so that validation can say precisely what is wrong.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = JobRequest))]
 #[serde(deny_unknown_fields)]
 pub struct RawJob {
     /// Built-in kind: `sum`, `sort` or `wordcount`.
@@ -40,41 +41,50 @@ pub struct RawJob {
     /// Input of a built-in kind, as JSON text: big integer arrays are checked and cut without
     /// ever becoming a value tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<serde_json::Value>))]
     pub input: Option<Box<RawValue>>,
     /// The text of an `input` that looked like an integer array, found without parsing it (see
     /// [`crate::body`]); used instead of `input` when set.
     #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub int_input: Option<crate::ints::IntArray>,
     /// The text of a `chunks` array, as a slice of the request body (see [`crate::body`]); used
     /// instead of `chunks` when set, so that chunk payloads share the body's buffer.
     #[serde(skip)]
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub chunks_text: Option<Bytes>,
     /// A chunk count (built-in kinds) or the explicit chunk list (custom tasks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<serde_json::Value>))]
     pub chunks: Option<Box<RawValue>>,
     /// Elements per chunk (built-in kinds; bytes of text for `wordcount`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub chunk_size: Option<Value>,
     /// `sort` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub descending: Option<bool>,
     /// `wordcount` only: keep the N most frequent words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>))]
     pub top: Option<Value>,
     /// Custom tasks only: how partial results are merged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reduce: Option<String>,
     /// Runs a chunk gets before the job fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub max_attempts: Option<Value>,
     /// Seconds one chunk attempt may run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>))]
     pub chunk_timeout: Option<Value>,
     /// Labels a worker must carry to run this job's chunks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// Higher runs first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<i64>))]
     pub priority: Option<Value>,
     /// `exec` only: the program to run, as the workers' allowlists name it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -85,6 +95,7 @@ pub struct RawJob {
     /// `exec` only: times a batch whose program failed runs again (on another worker where one
     /// exists); one that then passes is flaky.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub retry_failed: Option<Value>,
     /// `exec` only: the key its items' durations are kept under (default: the program).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,6 +103,7 @@ pub struct RawJob {
     /// Most chunks of the job running at once (default: as many as there are free slots); for
     /// `exec`, the shards its batches are cut for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub max_running: Option<Value>,
 }
 

@@ -3,24 +3,44 @@
 //! (`GET /v1/jobs/{id}/chunks`, its grid).
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
+use muster_shared::ids::JobId;
+use serde::{Deserialize, Serialize};
 
+use super::jobs::JobPath;
 use super::jobs::{client_job, query};
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
 use crate::coordinator::{GetAttempts, GetChunkStates, GetOverview};
-use crate::error::ApiError;
-use crate::state::attempts::THROUGHPUT_SECONDS;
+use crate::error::{ApiError, Problem};
+use crate::state::attempts::{AttemptEvent, THROUGHPUT_SECONDS};
+use crate::state::job::ChunkCounts;
+use crate::state::Gauges;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OverviewQuery {
+    /// Seconds of throughput wanted, 1 to 600 (default 300).
     seconds: Option<usize>,
+}
+
+/// `GET /v1/overview`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Overview {
+    #[serde(flatten)]
+    gauges: Gauges,
+    /// Chunks that succeeded in each of the last `seconds` seconds, oldest first.
+    chunks_per_second: Vec<u32>,
 }
 
 /// `GET /v1/overview?seconds=S`: jobs by status, chunks waiting and running, workers, slots and
 /// busy slots, and `chunks_per_second`: the chunks that succeeded in each of the last S seconds
 /// (default 300, at most 600), oldest first, the last one still filling.
+#[utoipa::path(get, path = "/v1/overview", tag = "cluster", params(OverviewQuery),
+    responses(
+        (status = 200, description = "The cluster now", body = Overview),
+        (status = 422, description = "A bad query", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn overview(
     req: HttpRequest,
     app: web::Data<AppState>,
@@ -37,21 +57,61 @@ pub(super) async fn overview(
         .send(GetOverview { seconds })
         .await
         .map_err(mailbox)?;
-    let mut body = serde_json::to_value(gauges).unwrap_or_default();
-    body["chunks_per_second"] = serde_json::json!(throughput);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(Overview {
+        gauges,
+        chunks_per_second: throughput,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AttemptsQuery {
+    /// The first event wanted (the `next` of the last answer).
     after: Option<u64>,
+}
+
+/// One attempt event with its number.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct NumberedAttempt {
+    /// Its number: `after` for a call that starts at it.
+    seq: u64,
+    #[serde(flatten)]
+    event: AttemptEvent,
+}
+
+/// `GET /v1/attempts`' answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AttemptsPage {
+    /// The events, in order.
+    attempts: Vec<NumberedAttempt>,
+    /// The `after` of the next call.
+    next: u64,
+    /// Events asked for that are no longer kept.
+    missed: u64,
+}
+
+/// `GET /v1/jobs/{id}/chunks`' answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ChunkStates {
+    /// The job.
+    id: JobId,
+    /// Its chunk counts.
+    chunks: ChunkCounts,
+    /// One letter per chunk, in chunk order: `p` waiting, `w` waiting for a retry, `r`
+    /// running, `s` succeeded, `f` failed, `c` never ran.
+    states: String,
 }
 
 /// `GET /v1/attempts?after=N`: chunk attempts of every job as they started and ended, from
 /// event N on (at most 1000 at a time; the coordinator keeps the last 20,000): `attempts` (each
 /// with its number `seq`), `next` (the `after` of the next call) and `missed` (events asked for
 /// that are no longer kept).
+#[utoipa::path(get, path = "/v1/attempts", tag = "cluster", params(AttemptsQuery),
+    responses(
+        (status = 200, description = "Attempt events from `after` on", body = AttemptsPage),
+        (status = 422, description = "A bad query", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn attempts(
     req: HttpRequest,
     app: web::Data<AppState>,
@@ -63,25 +123,26 @@ pub(super) async fn attempts(
         .send(GetAttempts { from, job: None })
         .await
         .map_err(mailbox)?;
-    let attempts: Vec<serde_json::Value> = read
+    let attempts = read
         .events
-        .iter()
-        .map(|(seq, event)| {
-            let mut value = serde_json::to_value(event).unwrap_or_default();
-            value["seq"] = serde_json::json!(seq);
-            value
-        })
+        .into_iter()
+        .map(|(seq, event)| NumberedAttempt { seq, event })
         .collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "attempts": attempts,
-        "next": read.next,
-        "missed": read.missed,
-    })))
+    Ok(HttpResponse::Ok().json(AttemptsPage {
+        attempts,
+        next: read.next,
+        missed: read.missed,
+    }))
 }
 
 /// `GET /v1/jobs/{id}/chunks`: the job's chunk counts, and `states`, one letter per chunk in
 /// chunk order: `p` waiting, `w` waiting for a retry, `r` running, `s` succeeded, `f` failed,
 /// `c` never ran (the job ended first).
+#[utoipa::path(get, path = "/v1/jobs/{id}/chunks", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "Each chunk's state", body = ChunkStates),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn chunks(
     req: HttpRequest,
     path: web::Path<String>,
@@ -93,9 +154,9 @@ pub(super) async fn chunks(
         .send(GetChunkStates(id))
         .await
         .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": id,
-        "chunks": counts,
-        "states": states,
-    })))
+    Ok(HttpResponse::Ok().json(ChunkStates {
+        id,
+        chunks: counts,
+        states,
+    }))
 }

@@ -9,11 +9,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use muster_shared::ids::JobId;
 
-use super::jobs::client_job;
+use super::jobs::{client_job, JobPath};
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
 use crate::coordinator::{Coordinator, GetAttempts, GetClusterEvents, GetOutput, GetProgress};
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 use crate::state::job::ChunkCounts;
 use crate::state::views::Progress;
 
@@ -33,6 +33,13 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// job) and goes on from the oldest kept, while `progress` stays exact. Each event's id is
 /// `LINES:ATTEMPTS`, the two cursors, so a reconnect with `Last-Event-ID` goes on after the last
 /// event it had. A comment every 15 s of quiet keeps the connection open.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
+    params(JobPath, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `progress`, `attempt`, `log`, `missed`, then `end`", body = String, content_type = "text/event-stream"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A Last-Event-ID of another stream", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn job_events(
     req: HttpRequest,
     path: web::Path<String>,
@@ -121,6 +128,12 @@ where
 /// event's id counts the events so far, so `Last-Event-ID` resumes after the last one had; the
 /// coordinator keeps the last 10,000, and a reader further behind first gets `missed`
 /// (`{"events": N}`). A comment every 15 s of quiet keeps the connection open.
+#[utoipa::path(get, path = "/v1/events", tag = "cluster",
+    params(("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `job_submitted`, `job_ended`, `worker_joined`, `worker_draining`, `worker_left`, `missed`; each event's data is a ClusterEvent", body = String, content_type = "text/event-stream"),
+        (status = 422, description = "A Last-Event-ID of another stream", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn cluster_events(
     req: HttpRequest,
     app: web::Data<AppState>,

@@ -12,7 +12,7 @@ use muster_shared::body::{parse_job, BodyError};
 use muster_shared::exec::{ExecReport, JUNIT};
 use muster_shared::ids::JobId;
 use muster_shared::junit::merge;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{mailbox, AppState, BodyPool};
@@ -21,8 +21,9 @@ use crate::coordinator::{
     CancelJob, Coordinator, Durable, GetJob, GetLogs, GetOutput, GetResult, JobResult, ListJobs,
     Submit,
 };
-use crate::error::ApiError;
-use crate::state::views::JobView;
+use crate::error::{ApiError, Problem};
+use crate::state::live::LiveLine;
+use crate::state::views::{BatchLog, JobView};
 
 /// Longest `?wait=` honoured, seconds.
 pub const MAX_WAIT_SECONDS: f64 = 300.0;
@@ -84,6 +85,22 @@ async fn read_body_within(
     Ok(body)
 }
 
+/// `POST /v1/jobs`: submits a job; 201 with its status once it is stored (200 with the
+/// earlier job when its `Idempotency-Key` was used before with the same body).
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content = muster_shared::job::RawJob, content_type = "application/json",
+        description = "A built-in kind with its input, a custom task with explicit chunks, or an exec job"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retried submission answer the job it made the first time (1 to 255 visible ascii characters)")),
+    responses(
+        (status = 201, description = "Accepted and stored", body = JobView),
+        (status = 200, description = "The job an earlier submission with this Idempotency-Key made", body = JobView),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body took longer than --body-timeout to arrive", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid job, unknown task, or an Idempotency-Key used with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many chunks waiting, submissions queued, or store writes behind: retry after Retry-After", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn submit(
     req: HttpRequest,
     payload: web::Payload,
@@ -199,6 +216,12 @@ where
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// `GET /v1/jobs/{id}`: the job's status.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn status(
     req: HttpRequest,
     path: web::Path<String>,
@@ -207,6 +230,12 @@ pub(super) async fn status(
     job_call(&req, &path, &app, GetJob).await
 }
 
+/// `DELETE /v1/jobs/{id}`: cancels the job (an ended job stays as it ended).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs", params(JobPath),
+    responses(
+        (status = 200, description = "The job, cancelled unless it had ended", body = JobView),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn cancel(
     req: HttpRequest,
     path: web::Path<String>,
@@ -215,9 +244,20 @@ pub(super) async fn cancel(
     job_call(&req, &path, &app, CancelJob).await
 }
 
-#[derive(Deserialize)]
+/// The job a path names.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)]
+pub(super) struct JobPath(
+    /// The job's id.
+    String,
+);
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResultQuery {
+    /// Seconds to wait for the job to end (at most 300) before answering.
     wait: Option<f64>,
 }
 
@@ -241,11 +281,58 @@ fn wait_for(wait: Option<f64>) -> Result<Option<Duration>, ApiError> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct OutputQuery {
+    /// The first line wanted (the `next` of the last answer).
     after: Option<u64>,
+    /// Seconds to wait for a line when there is none yet (at most 300).
     wait: Option<f64>,
+}
+
+/// `GET /v1/jobs/{id}/output`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct OutputPage {
+    /// The job.
+    id: JobId,
+    /// The lines, in order.
+    lines: Vec<LiveLine>,
+    /// The `after` of the next call.
+    next: u64,
+    /// Lines asked for that are no longer kept.
+    missed: u64,
+    /// True when the job has ended: no line follows.
+    ended: bool,
+}
+
+/// `GET /v1/jobs/{id}/logs`' answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct BatchLogs {
+    /// The job.
+    id: JobId,
+    /// Its batches, in order.
+    batches: Vec<BatchLog>,
+}
+
+/// `GET /v1/jobs/{id}/result`'s answer (streamed as it is stored, in this shape).
+#[derive(Serialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the body `result` streams without building it.
+pub(super) struct ResultBody {
+    /// The job.
+    id: JobId,
+    /// Its merged result: a number for `sum`, an array for `sort`, an object for `wordcount`,
+    /// each batch's report for `exec`, what the reducer makes for a custom task.
+    result: serde_json::Value,
+}
+
+/// `GET /v1/jobs`' answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct JobPage {
+    /// Jobs, newest first.
+    jobs: Vec<JobView>,
+    /// The `after` of the next page, when this one is full.
+    next: Option<JobId>,
 }
 
 /// `GET /v1/jobs/{id}/output?after=N&wait=S`: the lines an `exec` job's batches printed, from
@@ -253,6 +340,12 @@ pub(super) struct OutputQuery {
 /// waits up to that many seconds for the next line or the job's end. The answer's `next` is
 /// the `after` of the next call; `ended` says no line follows; `missed` counts lines asked for
 /// that are no longer kept.
+#[utoipa::path(get, path = "/v1/jobs/{id}/output", tag = "exec", params(JobPath, OutputQuery),
+    responses(
+        (status = 200, description = "Lines from `after` on", body = OutputPage),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad query", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn output(
     req: HttpRequest,
     path: web::Path<String>,
@@ -277,17 +370,23 @@ pub(super) async fn output(
             .await
             .map_err(mailbox)??;
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "id": id,
-        "lines": answer.read.lines,
-        "next": answer.read.next,
-        "missed": answer.read.missed,
-        "ended": answer.ended,
-    })))
+    Ok(HttpResponse::Ok().json(OutputPage {
+        id,
+        lines: answer.read.lines,
+        next: answer.read.next,
+        missed: answer.read.missed,
+        ended: answer.ended,
+    }))
 }
 
 /// `GET /v1/jobs/{id}/logs`: each batch of an `exec` job with its items, status, worker and
 /// output: from its report once it ended, else the lines kept while it runs.
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "exec", params(JobPath),
+    responses(
+        (status = 200, description = "Each batch", body = BatchLogs),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an exec job", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn logs(
     req: HttpRequest,
     path: web::Path<String>,
@@ -299,9 +398,18 @@ pub(super) async fn logs(
         .send(GetLogs(id))
         .await
         .map_err(mailbox)??;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "id": id, "batches": batches })))
+    Ok(HttpResponse::Ok().json(BatchLogs { id, batches }))
 }
 
+/// `GET /v1/jobs/{id}/result?wait=S`: the job's merged result, waiting up to S seconds for
+/// its end.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "jobs", params(JobPath, ResultQuery),
+    responses(
+        (status = 200, description = "The merged result", body = ResultBody),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No result: the job has not ended, failed or was cancelled (`job_status` says which)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad query", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn result(
     req: HttpRequest,
     path: web::Path<String>,
@@ -366,6 +474,13 @@ fn not_finished(id: JobId, status: &'static str, error: Option<String>) -> ApiEr
 }
 
 /// `GET /v1/jobs/{id}/junit`: an exec job's batches' JUnit reports merged into one document.
+#[utoipa::path(get, path = "/v1/jobs/{id}/junit", tag = "exec", params(JobPath),
+    responses(
+        (status = 200, description = "The batches' JUnit reports merged, every testcase once", body = String, content_type = "application/xml"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "No result yet, or ever", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not an exec job, or no batch wrote a report", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn junit(
     req: HttpRequest,
     path: web::Path<String>,
@@ -404,14 +519,24 @@ pub(super) async fn junit(
         .body(merged))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Only jobs with this status.
     status: Option<String>,
+    /// Jobs older than this one (the `next` of the last page).
     after: Option<String>,
+    /// Jobs per page, 1 to 1000 (default 100).
     limit: Option<usize>,
 }
 
+/// `GET /v1/jobs`: jobs newest first, a page at a time.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", operation_id = "list_jobs", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 422, description = "A bad query", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn list(
     req: HttpRequest,
     app: web::Data<AppState>,
@@ -453,5 +578,5 @@ pub(super) async fn list(
     let next = (jobs.len() == limit)
         .then(|| jobs.last().map(|j| j.id))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"jobs": jobs, "next": next})))
+    Ok(HttpResponse::Ok().json(JobPage { jobs, next }))
 }

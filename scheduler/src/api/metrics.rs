@@ -15,6 +15,9 @@ use crate::state::job::FailReason;
 use crate::state::{TimeHistogram, TIME_BUCKETS};
 use prometheus::proto::{self, Bucket, LabelPair, Metric, MetricFamily, MetricType};
 
+/// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "Metrics in Prometheus' text format", body = String, content_type = "text/plain; version=0.0.4")))]
 pub(super) async fn metrics(
     req: HttpRequest,
     app: web::Data<AppState>,

@@ -6,6 +6,7 @@ mod events;
 pub(crate) mod frame_limit;
 mod jobs;
 mod metrics;
+pub mod openapi;
 mod ui;
 mod workers;
 
@@ -117,28 +118,42 @@ impl BodyPool {
     }
 }
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(ui::index))
-        .route("/ui/{file}", web::get().to(ui::asset))
-        .route("/healthz", web::get().to(healthz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/v1/jobs", web::post().to(jobs::submit))
-        .route("/v1/jobs", web::get().to(jobs::list))
-        .route("/v1/jobs/{id}", web::get().to(jobs::status))
-        .route("/v1/jobs/{id}", web::delete().to(jobs::cancel))
-        .route("/v1/jobs/{id}/result", web::get().to(jobs::result))
-        .route("/v1/jobs/{id}/junit", web::get().to(jobs::junit))
-        .route("/v1/jobs/{id}/logs", web::get().to(jobs::logs))
-        .route("/v1/jobs/{id}/output", web::get().to(jobs::output))
-        .route("/v1/jobs/{id}/events", web::get().to(events::job_events))
-        .route("/v1/jobs/{id}/chunks", web::get().to(cluster::chunks))
-        .route("/v1/events", web::get().to(events::cluster_events))
-        .route("/v1/attempts", web::get().to(cluster::attempts))
-        .route("/v1/overview", web::get().to(cluster::overview))
-        .route("/v1/workers", web::get().to(workers::list))
-        .route("/v1/workers/connect", web::get().to(workers::connect))
-        .default_service(web::to(not_found));
+/// Declares every route once: [`routes`] registers them and [`ROUTES`] lists them, so the
+/// OpenAPI document's test can check that it covers every one.
+macro_rules! declare_routes {
+    ($($method:ident $path:literal => $handler:path,)*) => {
+        /// Every route the server answers: method and path.
+        pub const ROUTES: &[(&str, &str)] = &[$((stringify!($method), $path),)*];
+
+        /// Registers every route.
+        pub fn routes(cfg: &mut web::ServiceConfig) {
+            $(cfg.route($path, web::$method().to($handler));)*
+            cfg.default_service(web::to(not_found));
+        }
+    };
+}
+
+declare_routes! {
+    get "/" => ui::index,
+    get "/ui/{file}" => ui::asset,
+    get "/healthz" => openapi::healthz,
+    get "/v1/openapi.json" => openapi::document,
+    get "/metrics" => metrics::metrics,
+    post "/v1/jobs" => jobs::submit,
+    get "/v1/jobs" => jobs::list,
+    get "/v1/jobs/{id}" => jobs::status,
+    delete "/v1/jobs/{id}" => jobs::cancel,
+    get "/v1/jobs/{id}/result" => jobs::result,
+    get "/v1/jobs/{id}/junit" => jobs::junit,
+    get "/v1/jobs/{id}/logs" => jobs::logs,
+    get "/v1/jobs/{id}/output" => jobs::output,
+    get "/v1/jobs/{id}/events" => events::job_events,
+    get "/v1/jobs/{id}/chunks" => cluster::chunks,
+    get "/v1/events" => events::cluster_events,
+    get "/v1/attempts" => cluster::attempts,
+    get "/v1/overview" => cluster::overview,
+    get "/v1/workers" => workers::list,
+    get "/v1/workers/connect" => workers::connect,
 }
 
 impl AppState {
@@ -157,13 +172,6 @@ impl AppState {
         };
         Err(ApiError::NotLeader { location })
     }
-}
-
-async fn healthz(app: web::Data<AppState>) -> HttpResponse {
-    let leads = matches!(app.leadership.role(), Role::Leader { .. })
-        && app.coordinator.read().map(|c| c.is_some()).unwrap_or(false);
-    let role = if leads { "leader" } else { "standby" };
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "role": role}))
 }
 
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -6,7 +6,7 @@
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpResponse};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
 
 /// The dashboard's files: name, content type, content.
 const FILES: [(&str, &str, &str); 3] = [
@@ -33,11 +33,19 @@ const CSP: &str =
 connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// `GET /`: the dashboard.
+#[utoipa::path(get, path = "/", tag = "meta", security(()),
+    responses((status = 200, description = "The dashboard's page", body = String, content_type = "text/html")))]
 pub(super) async fn index() -> HttpResponse {
     serve("index.html").unwrap_or_else(|| HttpResponse::NotFound().finish())
 }
 
 /// `GET /ui/{file}`: one of the dashboard's files.
+#[utoipa::path(get, path = "/ui/{file}", tag = "meta", security(()),
+    params(("file" = String, Path, description = "`app.js`, `style.css` or `index.html`")),
+    responses(
+        (status = 200, description = "The file", body = String, content_type = "text/javascript"),
+        (status = 404, description = "No such file", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     serve(&path).ok_or_else(|| ApiError::RouteNotFound {
         method: "GET".to_owned(),

@@ -12,9 +12,20 @@ use super::frame_limit::LimitFrames;
 use super::{mailbox, AppState};
 use crate::auth::{require, Role};
 use crate::coordinator::ListWorkers;
-use crate::error::ApiError;
+use crate::error::{ApiError, Problem};
+use crate::state::workers::WorkerView;
 use crate::worker_session::{close_reason, spawn_writer, Outgoing, WorkerSession};
 
+/// `GET /v1/workers`' answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(super) struct WorkerList {
+    /// The connected workers.
+    workers: Vec<WorkerView>,
+}
+
+/// `GET /v1/workers`: the connected workers.
+#[utoipa::path(get, path = "/v1/workers", tag = "cluster", operation_id = "list_workers",
+    responses((status = 200, description = "The connected workers", body = WorkerList)))]
 pub(super) async fn list(
     req: HttpRequest,
     app: web::Data<AppState>,
@@ -25,7 +36,7 @@ pub(super) async fn list(
         .send(ListWorkers)
         .await
         .map_err(mailbox)?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"workers": workers})))
+    Ok(HttpResponse::Ok().json(WorkerList { workers }))
 }
 
 /// A request body read through [`LimitFrames`].
@@ -33,6 +44,13 @@ type Guarded = std::pin::Pin<
     Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, actix_web::error::PayloadError>>>,
 >;
 
+/// `GET /v1/workers/connect`: a worker's WebSocket (worker token; `Muster-Protocol` header).
+#[utoipa::path(get, path = "/v1/workers/connect", tag = "workers",
+    security(("bearer" = [])),
+    responses(
+        (status = 101, description = "Switched to the worker protocol (WebSocket)"),
+        (status = 422, description = "Not a WebSocket upgrade", body = Problem, content_type = "application/problem+json"),
+    ))]
 pub(super) async fn connect(
     req: HttpRequest,
     body: web::Payload,

@@ -56,6 +56,8 @@ enum Command {
     Jobs(client::JobsArgs),
     /// List connected workers.
     Workers(client::ClientOnly),
+    /// Print the REST API's OpenAPI 3.1 document (what `GET /v1/openapi.json` serves).
+    Openapi,
 }
 
 /// How a command failed: bad usage (exit 2) or a failure (exit 1).
@@ -124,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Watch(args) => watch::watch(args),
         Command::Jobs(args) => client::jobs(args),
         Command::Workers(args) => client::workers(args),
+        Command::Openapi => say(crate::api::openapi::document_json()),
     };
     match outcome {
         Ok(()) | Err(CliError::OutputClosed) => ExitCode::SUCCESS,

@@ -19,7 +19,7 @@ pub const MAX_ATTEMPT_EVENTS: usize = 20_000;
 pub const THROUGHPUT_SECONDS: usize = 600;
 
 /// One attempt started or ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct AttemptEvent {
     /// Its job.
     pub job_id: JobId,
@@ -28,8 +28,10 @@ pub struct AttemptEvent {
     /// Its number, from 1.
     pub attempt: u32,
     /// The name of the worker it runs on.
+    #[schema(value_type = String)]
     pub worker: Arc<str>,
     /// `started`, `succeeded` or `failed`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     /// When it started.
     pub started_at: DateTime<Utc>,
@@ -38,6 +40,7 @@ pub struct AttemptEvent {
     pub finished_at: Option<DateTime<Utc>>,
     /// Why it failed: the failure's class (`worker_lost`, `task_error`...).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub class: Option<&'static str>,
     /// And its message.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,9 +10,9 @@ use serde::Serialize;
 /// Most events kept; a reader further behind is told how many it missed.
 pub const MAX_EVENTS: usize = 10_000;
 
-/// One thing that happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
+/// One thing that happened. Its data names it too (`"event": "worker_joined"`...), as the stream's event name does.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum ClusterEvent {
     /// A job was accepted.
     JobSubmitted {
@@ -28,6 +28,7 @@ pub enum ClusterEvent {
         /// The job.
         job_id: JobId,
         /// `succeeded`, `failed` or `cancelled`.
+        #[schema(value_type = String)]
         status: &'static str,
     },
     /// A worker connected.
@@ -73,7 +74,7 @@ impl ClusterEvent {
 }
 
 /// An event with when it happened.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Happened {
     /// When.
     pub at: DateTime<Utc>,

@@ -176,7 +176,7 @@ impl JobState {
 }
 
 /// Counts of chunks by state, kept up to date on every transition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChunkCounts {
     /// Chunks in the job.
     pub total: u32,

@@ -18,7 +18,7 @@ pub const MAX_ENDED_LOGS: usize = 32;
 const MAX_READ_BYTES: usize = 1 << 20;
 
 /// One line a batch printed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveLine {
     /// Its number in the job's output, from 0.
     pub seq: u64,

@@ -196,9 +196,10 @@ impl ChunkTimes {
 }
 
 /// What `/metrics` and `GET /v1/overview` show of the coordinator's state now.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Gauges {
     /// Jobs held, by status name.
+    #[schema(value_type = BTreeMap<String, u64>)]
     pub jobs: BTreeMap<&'static str, u64>,
     /// Chunks of unfinished jobs waiting for a worker (retries included).
     pub chunks_pending: u64,

@@ -15,7 +15,7 @@ use super::live::LiveLogs;
 pub const MAX_RETRIES_SHOWN: usize = 1000;
 
 /// A chunk that needed more than one attempt, or whose attempt failed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RetriedChunk {
     /// Its index.
     pub chunk: ChunkIndex,
@@ -24,7 +24,7 @@ pub struct RetriedChunk {
 }
 
 /// `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     /// Job id.
     pub id: JobId,
@@ -35,6 +35,7 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Chunk counts.
     pub chunks: ChunkCounts,
@@ -94,9 +95,10 @@ impl JobView {
 }
 
 /// A job's progress, as `GET /v1/jobs/{id}/events` sends it: small enough to read often.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Chunk counts.
     pub chunks: ChunkCounts,
@@ -165,12 +167,13 @@ pub fn chunk_states(job: &Job) -> String {
 }
 
 /// One batch of an `exec` job, as `GET /v1/jobs/{id}/logs` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct BatchLog {
     /// Its index.
     pub batch: ChunkIndex,
     /// `passed` or `failed` (its program's verdict, after reruns), else where the batch stands
     /// (`pending`, `running`), or `unknown` for a batch of an ended job that did not succeed.
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Its items, when known.
     pub items: Vec<String>,

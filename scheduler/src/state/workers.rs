@@ -123,7 +123,7 @@ impl WorkerEntry {
 }
 
 /// `GET /v1/workers` entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     /// Worker id.
     pub id: WorkerId,
