@@ -40,6 +40,11 @@ struct Args {
     /// Chunks in the S1 job.
     #[arg(long, default_value_t = 1_000_000)]
     s1_chunks: usize,
+    /// Keep a dashboard's load on each cluster: the cluster's event stream, the overview, the
+    /// worker list and the task stream polled as the dashboard does, and every job's own event
+    /// stream and chunk grid followed from its start to its end.
+    #[arg(long)]
+    dashboard: bool,
 }
 
 /// One run: named figures (the first is the headline), and whether the result was right.
@@ -87,6 +92,91 @@ impl Cluster {
     fn api(&self) -> Api {
         self.coordinator.api()
     }
+}
+
+/// What an open dashboard asks of a coordinator, from threads of its own, for as long as the
+/// coordinator runs; rather more than one person's dashboard, since it follows every job's page.
+fn dashboard_load(url: &str) {
+    use std::io::BufRead;
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(3600))
+        .build();
+    let auth = format!("Bearer {}", muster_suite::CLIENT_TOKEN);
+    let get = {
+        let (agent, auth, url) = (agent.clone(), auth.clone(), url.to_owned());
+        move |path: &str| -> Option<Value> {
+            agent
+                .get(&format!("{url}{path}"))
+                .set("Authorization", &auth)
+                .call()
+                .ok()?
+                .into_json()
+                .ok()
+        }
+    };
+    // The overview page's polls: the cards and the chart, the workers, the task stream.
+    let poll = get.clone();
+    std::thread::spawn(move || {
+        let mut next = 0;
+        for tick in 0u64.. {
+            while let Some(read) = poll(&format!("/v1/attempts?after={next}")) {
+                next = read["next"].as_u64().unwrap_or(next);
+                if read["attempts"].as_array().is_none_or(|a| a.len() < 1000) {
+                    break;
+                }
+            }
+            if tick % 2 == 0 && poll("/v1/overview").is_none() | poll("/v1/workers").is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    // The cluster's events; each submitted job's page: its events to the end, its grid twice
+    // a second.
+    let Ok(events) = agent
+        .get(&format!("{url}/v1/events"))
+        .set("Authorization", &auth)
+        .call()
+    else {
+        return;
+    };
+    let (agent, url) = (agent.clone(), url.to_owned());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(events.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            let Some(id) = (event["event"] == "job_submitted")
+                .then(|| event["job_id"].as_str().map(str::to_owned))
+                .flatten()
+            else {
+                continue;
+            };
+            let (agent, auth, url, grid) = (agent.clone(), auth.clone(), url.clone(), get.clone());
+            std::thread::spawn(move || {
+                let Ok(stream) = agent
+                    .get(&format!("{url}/v1/jobs/{id}/events"))
+                    .set("Authorization", &auth)
+                    .call()
+                else {
+                    return;
+                };
+                let mut last_grid = Instant::now();
+                for line in std::io::BufReader::new(stream.into_reader()).lines() {
+                    let Ok(line) = line else { return };
+                    if line == "event: end" {
+                        return;
+                    }
+                    if last_grid.elapsed() >= Duration::from_millis(500) {
+                        last_grid = Instant::now();
+                        grid(&format!("/v1/jobs/{id}/chunks"));
+                    }
+                }
+            });
+        }
+    });
 }
 
 fn ints(seed: u64, n: usize) -> Vec<u64> {
@@ -589,6 +679,9 @@ fn main() {
             let mut runs = Vec::new();
             let log = (workload == "W4").then_some(W4_LOG);
             let mut cluster = (workload != "W0").then(|| Cluster::start(store, &mut pg, log));
+            if let (Some(c), true) = (cluster.as_ref(), args.dashboard) {
+                dashboard_load(&c.coordinator.url);
+            }
             if let (Some(c), "W7") = (cluster.as_mut(), workload.as_str()) {
                 // Four workers of one slot.
                 c.add_worker();

@@ -355,3 +355,74 @@ fn readers_that_never_read_the_event_stream_do_not_grow_the_coordinator() {
         "10 stalled readers took the coordinator from {alone} to {stalled} MiB"
     );
 }
+
+#[test]
+fn a_thousand_chunk_jobs_stream_counts_up_ends_and_resumes_without_a_gap() {
+    let c = Coordinator::start(&[]);
+    let _w1 = c.custom_worker("c1", 4);
+    let _w2 = c.custom_worker("c2", 4);
+    let api = c.api();
+    let chunks: Vec<serde_json::Value> = (0..1000).map(|_| json!({"ms": 2, "value": 1})).collect();
+    let id = api.submit(&json!({"task": "nap", "chunks": chunks, "reduce": "sum"}));
+    let path = format!("/v1/jobs/{id}/events");
+    let all: Vec<muster_suite::Event> = c.event_feed(&path, None).iter().collect();
+    let (last, _, end) = all.last().expect("events");
+    assert_eq!(
+        (last.as_str(), &end["status"]),
+        ("end", &json!("succeeded"))
+    );
+    // Progress counts never go back, and reach the whole job.
+    let progress: Vec<(u64, u64)> = all
+        .iter()
+        .filter(|(name, _, _)| name == "progress")
+        .map(|(_, _, p)| {
+            let n = |k: &str| p["chunks"][k].as_u64().expect("a count");
+            (n("succeeded"), n("succeeded") + n("running") + n("pending"))
+        })
+        .collect();
+    assert!(progress.len() > 1, "{progress:?}");
+    assert!(
+        progress.windows(2).all(|w| w[0].0 <= w[1].0),
+        "{progress:?}"
+    );
+    assert!(
+        progress.iter().all(|p| p.1 == 1000 || p.0 == 1000),
+        "{progress:?}"
+    );
+    assert_eq!(progress.last().map(|p| p.0), Some(1000));
+    // Every chunk's attempt started and succeeded, once each.
+    let attempts = |events: &[muster_suite::Event]| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .filter(|(name, _, _)| name == "attempt")
+            .map(|(_, _, a)| {
+                (
+                    a["chunk"].as_u64().expect("a chunk"),
+                    a["state"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let mut seen = attempts(&all);
+    seen.sort();
+    let mut expected: Vec<(u64, String)> = (0..1000)
+        .flat_map(|c| {
+            [
+                (c, "\"started\"".to_owned()),
+                (c, "\"succeeded\"".to_owned()),
+            ]
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected);
+    // A reader that reconnects after any event gets exactly the events that followed it.
+    for cut in [0, all.len() / 3, all.len() / 2, all.len() - 2] {
+        let (_, last_id, _) = &all[cut];
+        let rest: Vec<muster_suite::Event> = c.event_feed(&path, Some(last_id)).iter().collect();
+        let mut resumed = attempts(&all[..=cut]);
+        resumed.extend(attempts(&rest));
+        resumed.sort();
+        assert_eq!(resumed, expected, "resumed after event {cut} ({last_id})");
+        assert_eq!(rest.last().map(|(name, _, _)| name.as_str()), Some("end"));
+    }
+}
