@@ -85,6 +85,14 @@ impl Browser {
         }
     }
 
+    /// Goes to a view of the page (`#/jobs/ID`) as a link would: no reload.
+    async fn show(&self, hash: &str) {
+        self.client
+            .execute(&format!("location.hash = '{hash}';"), vec![])
+            .await
+            .unwrap_or_else(|e| panic!("cannot show {hash}: {e}"));
+    }
+
     async fn text(&self, css: &str) -> String {
         match self.client.find(Locator::Css(css)).await {
             Ok(element) => element.text().await.unwrap_or_default(),
@@ -277,11 +285,7 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
 
     // A second job, cancelled with the button.
     let long = api.submit(&naps(40, 60_000));
-    browser
-        .client
-        .execute(&format!("location.hash = '#/jobs/{long}';"), vec![])
-        .await
-        .expect("the job page");
+    browser.show(&format!("#/jobs/{long}")).await;
     browser
         .until(
             "the job running",
@@ -322,15 +326,12 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
     let input: Vec<u64> = (0..100_000).collect();
     let big = api.submit(&json!({"kind": "sum", "input": input, "chunks": 100_000,
         "labels": {"size": "big"}}));
-    browser
-        .client
-        .execute(&format!("location.hash = '#/jobs/{big}';"), vec![])
-        .await
-        .expect("the job page");
+    browser.show(&format!("#/jobs/{big}")).await;
     browser
         .until(
             "the big job's grid, binned",
-            "const g = document.querySelector('#grid');              return g?.dataset.total === '100000' && Number(g.dataset.perCell) > 1;",
+            "const g = document.querySelector('#grid'); \
+             return g?.dataset.total === '100000' && Number(g.dataset.perCell) > 1;",
         )
         .await;
     browser.shot("7-big-job-waiting").await;

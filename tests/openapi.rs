@@ -138,13 +138,18 @@ fn the_document_is_valid_openapi_and_every_answer_fits_its_schema() {
         doc.check(method, path, &answer);
         answer
     };
-    let sum = check(
+    let expect = |api: &Api, method: &str, path: &str, body: Option<&str>, status: u16| {
+        let answer = check(api, method, path, body);
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.body);
+        answer
+    };
+    let sum = expect(
         &api,
         "POST",
         "/v1/jobs",
         Some(r#"{"kind": "sum", "input": [1, 2, 3]}"#),
+        201,
     );
-    assert_eq!(sum.status, 201);
     let id = sum.body["id"].as_str().expect("an id").to_owned();
     let keyed = |api: &Api| {
         let answer = api.call(
@@ -157,40 +162,25 @@ fn the_document_is_valid_openapi_and_every_answer_fits_its_schema() {
         answer.status
     };
     assert_eq!((keyed(&api), keyed(&api)), (201, 200));
-    assert_eq!(check(&api, "POST", "/v1/jobs", Some("{")).status, 400);
-    assert_eq!(
-        check(&api, "POST", "/v1/jobs", Some(r#"{"kind": "nope"}"#)).status,
-        422
+    expect(&api, "POST", "/v1/jobs", Some("{"), 400);
+    expect(&api, "POST", "/v1/jobs", Some(r#"{"kind": "nope"}"#), 422);
+    expect(&anonymous, "GET", "/v1/jobs", None, 401);
+    expect(&as_worker, "GET", "/v1/jobs", None, 403);
+    expect(
+        &api,
+        "GET",
+        &format!("/v1/jobs/{id}/result?wait=30"),
+        None,
+        200,
     );
-    assert_eq!(check(&anonymous, "GET", "/v1/jobs", None).status, 401);
-    assert_eq!(check(&as_worker, "GET", "/v1/jobs", None).status, 403);
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{id}/result?wait=30"), None).status,
-        200
-    );
-    assert_eq!(check(&api, "GET", "/v1/jobs", None).status, 200);
-    assert_eq!(
-        check(&api, "GET", "/v1/jobs?status=bogus", None).status,
-        422
-    );
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{id}"), None).status,
-        200
-    );
+    expect(&api, "GET", "/v1/jobs", None, 200);
+    expect(&api, "GET", "/v1/jobs?status=bogus", None, 422);
+    expect(&api, "GET", &format!("/v1/jobs/{id}"), None, 200);
     let missing = "/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833";
-    assert_eq!(check(&api, "GET", missing, None).status, 404);
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{id}/chunks"), None).status,
-        200
-    );
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{id}/logs"), None).status,
-        422
-    );
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{id}/junit"), None).status,
-        422
-    );
+    expect(&api, "GET", missing, None, 404);
+    expect(&api, "GET", &format!("/v1/jobs/{id}/chunks"), None, 200);
+    expect(&api, "GET", &format!("/v1/jobs/{id}/logs"), None, 422);
+    expect(&api, "GET", &format!("/v1/jobs/{id}/junit"), None, 422);
 
     // A job with a retried chunk: its status lists failed attempts.
     let failing = check(
@@ -202,13 +192,13 @@ fn the_document_is_valid_openapi_and_every_answer_fits_its_schema() {
     let failing = failing.body["id"].as_str().expect("an id").to_owned();
     let failed = api.wait_status(&failing, |s| s["status"] == json!("failed"));
     assert!(!failed["retries"].as_array().expect("retries").is_empty());
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{failing}"), None).status,
-        200
-    );
-    assert_eq!(
-        check(&api, "GET", &format!("/v1/jobs/{failing}/result"), None).status,
-        409
+    expect(&api, "GET", &format!("/v1/jobs/{failing}"), None, 200);
+    expect(
+        &api,
+        "GET",
+        &format!("/v1/jobs/{failing}/result"),
+        None,
+        409,
     );
 
     // An exec job: its output, logs and merged report.
@@ -233,33 +223,24 @@ fn the_document_is_valid_openapi_and_every_answer_fits_its_schema() {
         &json!({"task": "nap", "chunks": [{"ms": 60_000, "value": 1}],
         "reduce": "sum"}),
     );
-    assert_eq!(
-        check(&api, "DELETE", &format!("/v1/jobs/{long}"), None).status,
-        200
-    );
+    expect(&api, "DELETE", &format!("/v1/jobs/{long}"), None, 200);
 
     // The cluster.
-    assert_eq!(check(&api, "GET", "/v1/workers", None).status, 200);
-    assert_eq!(check(&api, "GET", "/v1/overview", None).status, 200);
-    assert_eq!(
-        check(&api, "GET", "/v1/overview?seconds=0", None).status,
-        422
-    );
+    expect(&api, "GET", "/v1/workers", None, 200);
+    expect(&api, "GET", "/v1/overview", None, 200);
+    expect(&api, "GET", "/v1/overview?seconds=0", None, 422);
     let attempts = check(&api, "GET", "/v1/attempts", None);
     assert!(!attempts.body["attempts"]
         .as_array()
         .expect("attempts")
         .is_empty());
-    assert_eq!(check(&api, "GET", "/v1/attempts?after=x", None).status, 422);
-    assert_eq!(check(&api, "GET", "/metrics", None).status, 200);
-    assert_eq!(check(&anonymous, "GET", "/healthz", None).status, 200);
-    assert_eq!(check(&anonymous, "GET", "/", None).status, 200);
-    assert_eq!(check(&anonymous, "GET", "/ui/app.js", None).status, 200);
-    assert_eq!(check(&anonymous, "GET", "/ui/nope.js", None).status, 404);
-    assert_eq!(
-        check(&as_worker, "GET", "/v1/workers/connect", None).status,
-        422
-    );
+    expect(&api, "GET", "/v1/attempts?after=x", None, 422);
+    expect(&api, "GET", "/metrics", None, 200);
+    expect(&anonymous, "GET", "/healthz", None, 200);
+    expect(&anonymous, "GET", "/", None, 200);
+    expect(&anonymous, "GET", "/ui/app.js", None, 200);
+    expect(&anonymous, "GET", "/ui/nope.js", None, 404);
+    expect(&as_worker, "GET", "/v1/workers/connect", None, 422);
 
     // The streams: their content type, and each event's data fits its schema.
     let stream = check(&api, "GET", &format!("/v1/jobs/{id}/events"), None);
