@@ -568,6 +568,7 @@ function jobView(signal, id) {
   let lastGrid = 0;
   let gridTimer = null;
   let retriedShown = -1;
+  let retriesKey = null;
 
   const refreshGrid = async () => {
     lastGrid = Date.now();
@@ -589,11 +590,23 @@ function jobView(signal, id) {
       refreshGrid().catch(() => {});
     }, wait);
   };
+  let statusTimer = null;
+  const statusSoon = () => {
+    if (statusTimer) return;
+    statusTimer = setTimeout(() => {
+      statusTimer = null;
+      refreshStatus().catch(() => {});
+    }, 500);
+  };
   const refreshStatus = async () => {
     const job = await api(`/v1/jobs/${id}`, { signal });
     const submitted = new Date(Date.parse(job.created_at)).toLocaleString();
     meta.textContent = `${job.kind || job.task} · priority ${job.priority} · submitted ${submitted}`;
-    if (job.retries.length !== retriedShown) {
+    // Redrawn when a retry or an attempt's end is new: a table of a thousand retries is not
+    // rebuilt for nothing.
+    const key = job.retries.map((r) => r.attempts.map((a) => (a.finished_at ? "e" : "r")).join("")).join("|");
+    if (key !== retriesKey) {
+      retriesKey = key;
       retriedShown = job.retries.length;
       retries.replaceChildren(retryTable(job.retries));
     }
@@ -614,7 +627,7 @@ function jobView(signal, id) {
     if (p.error) parts.push(`error: ${p.error}`);
     progressText.textContent = parts.join(" · ");
     cancel.disabled = TERMINAL.has(p.status);
-    if (p.retried !== retriedShown) refreshStatus().catch(() => {});
+    if (p.retried !== retriedShown) statusSoon();
     gridSoon();
   };
 
@@ -636,6 +649,8 @@ function jobView(signal, id) {
     switch (name) {
       case "progress": showProgress(data); break;
       case "attempt": {
+        // A retry starting or ending changes the retries table.
+        if (data.attempt > 1 || data.state === "failed") statusSoon();
         if (data.state === "started") break;
         const item = h("li", { class: data.state === "failed" ? "bad" : "" },
           `chunk ${data.chunk} attempt ${data.attempt} on ${data.worker}: ${data.state}`,
@@ -673,7 +688,7 @@ function retryTable(retries) {
         h("td", { class: "num" }, a.attempt),
         h("td", {}, a.worker_name),
         h("td", { class: "wrap" }, a.finished_at ? reason : "running"),
-        h("td", {}, ago(a.started_at))));
+        h("td", {}, h("time", { datetime: a.started_at }, new Date(Date.parse(a.started_at)).toLocaleTimeString()))));
     }
   }
   return table("Chunks that needed more than one attempt", ["Chunk", "Attempt", "Worker", "Outcome", "Started"],
