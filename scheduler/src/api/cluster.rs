@@ -89,6 +89,9 @@ pub(super) struct AttemptsPage {
     next: u64,
     /// Events asked for that are no longer kept.
     missed: u64,
+    /// The number the next event will get: a reader far behind may skip to a little before
+    /// it rather than read every event between.
+    head: u64,
 }
 
 /// `GET /v1/jobs/{id}/chunks`' answer.
@@ -105,8 +108,8 @@ pub(super) struct ChunkStates {
 
 /// `GET /v1/attempts?after=N`: chunk attempts of every job as they started and ended, from
 /// event N on (at most 1000 at a time; the coordinator keeps the last 20,000): `attempts` (each
-/// with its number `seq`), `next` (the `after` of the next call) and `missed` (events asked for
-/// that are no longer kept).
+/// with its number `seq`), `next` (the `after` of the next call), `missed` (events asked for
+/// that are no longer kept) and `head` (the next event's number).
 #[utoipa::path(get, path = "/v1/attempts", tag = "cluster", params(AttemptsQuery),
     responses(
         (status = 200, description = "Attempt events from `after` on", body = AttemptsPage),
@@ -120,7 +123,11 @@ pub(super) async fn attempts(
     let from = query::<AttemptsQuery>(&req)?.after.unwrap_or(0);
     let read = app
         .coordinator(&req)?
-        .send(GetAttempts { from, job: None })
+        .send(GetAttempts {
+            from,
+            job: None,
+            most: 1000,
+        })
         .await
         .map_err(mailbox)?;
     let attempts = read
@@ -132,6 +139,7 @@ pub(super) async fn attempts(
         attempts,
         next: read.next,
         missed: read.missed,
+        head: read.head,
     }))
 }
 

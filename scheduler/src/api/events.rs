@@ -20,6 +20,11 @@ use crate::state::views::Progress;
 /// How often an event stream looks at its job.
 const EVENTS_EVERY: Duration = Duration::from_millis(250);
 
+/// Most attempt events a job's stream sends in one read (four reads a second): a job whose
+/// chunks end faster than that is followed through its progress, its attempts coalesced into a
+/// `missed` count once the cluster's log no longer holds them.
+const JOB_ATTEMPTS_PER_READ: usize = 250;
+
 /// Longest quiet on an event stream before a keep-alive comment.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -29,8 +34,9 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// `worker`, `state`: started, succeeded or failed, `started_at`, `finished_at`, and a failure's
 /// `class` and `reason`); `log` for each line an `exec` batch prints (`{"seq", "batch",
 /// "text"}`); `end` (status, and the error of a failed job) last. Attempt events come from the
-/// cluster's last 20,000: a reader further behind gets `missed` (`{"attempt_events": N}`, of any
-/// job) and goes on from the oldest kept, while `progress` stays exact. Each event's id is
+/// cluster's last 20,000, at most 250 a read: a reader further behind gets `missed`
+/// (`{"attempt_events": N}`, of any job) and goes on from the oldest kept, while `progress`
+/// stays exact. Each event's id is
 /// `LINES:ATTEMPTS`, the two cursors, so a reconnect with `Last-Event-ID` goes on after the last
 /// event it had. A comment every 15 s of quiet keeps the connection open.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
@@ -89,17 +95,22 @@ fn parse_job_event_id(raw: &str) -> Result<(u64, u64), ApiError> {
 }
 
 /// An event stream's response. `poll` gives the events there are now from its state (empty
-/// when none, `None` when the stream is over); it is asked every [`EVENTS_EVERY`] until there
-/// are some, with a keep-alive comment after [`KEEP_ALIVE`] of quiet. The body is made only as
-/// the reader takes it.
+/// when none, `None` when the stream is over); it is asked at once and then every
+/// [`EVENTS_EVERY`], with a keep-alive comment after [`KEEP_ALIVE`] of quiet. The body is made
+/// only as the reader takes it, and at that pace whatever happens: a reader of a job whose
+/// chunks end by the thousand costs the coordinator four reads a second, and what the bounded
+/// logs drop meanwhile is reported as missed.
 fn event_stream<S, F, Fut>(state: S, poll: F) -> HttpResponse
 where
     S: 'static,
     F: Fn(S) -> Fut + 'static,
     Fut: std::future::Future<Output = Option<(String, S)>> + 'static,
 {
-    let start = (state, poll, std::time::Instant::now());
-    let body = futures_util::stream::unfold(start, |(mut state, poll, quiet)| async move {
+    let start = (state, poll, std::time::Instant::now(), true);
+    let body = futures_util::stream::unfold(start, |(mut state, poll, quiet, first)| async move {
+        if !first {
+            tokio::time::sleep(EVENTS_EVERY).await;
+        }
         loop {
             let (events, next) = poll(state).await?;
             state = next;
@@ -111,7 +122,7 @@ where
                     continue;
                 }
             };
-            let next = (state, poll, std::time::Instant::now());
+            let next = (state, poll, std::time::Instant::now(), false);
             return Some((Ok::<Bytes, std::convert::Infallible>(events), next));
         }
     });
@@ -216,6 +227,7 @@ impl JobStream {
             .send(GetAttempts {
                 from: self.attempts,
                 job: Some(self.id),
+                most: JOB_ATTEMPTS_PER_READ,
             })
             .await
             .ok()?;

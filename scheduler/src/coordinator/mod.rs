@@ -475,7 +475,7 @@ impl Handler<GetClusterEvents> for Coordinator {
     }
 }
 
-/// Attempt events from a number on (at most 1000), of one job or all.
+/// Attempt events from a number on, of one job or all, at most `most`.
 #[derive(Message)]
 #[rtype(result = "AttemptsRead")]
 pub struct GetAttempts {
@@ -483,13 +483,15 @@ pub struct GetAttempts {
     pub from: u64,
     /// Only this job's.
     pub job: Option<JobId>,
+    /// Most events wanted.
+    pub most: usize,
 }
 
 impl Handler<GetAttempts> for Coordinator {
     type Result = MessageResult<GetAttempts>;
 
     fn handle(&mut self, msg: GetAttempts, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.state.attempt_events(msg.from, msg.job, 1000))
+        MessageResult(self.state.attempt_events(msg.from, msg.job, msg.most))
     }
 }
 

@@ -78,6 +78,8 @@ pub struct AttemptsRead {
     pub next: u64,
     /// Events asked for that are no longer kept (of any job).
     pub missed: u64,
+    /// The number the next event will get.
+    pub head: u64,
 }
 
 /// The last attempt events, numbered from 0.
@@ -118,6 +120,7 @@ impl AttemptLog {
             events,
             next,
             missed: start.saturating_sub(from),
+            head: self.next,
         }
     }
 
