@@ -196,9 +196,11 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
     assert!(browser.client.find(Locator::Css("#cards")).await.is_err());
     browser.shot("2-wrong-token").await;
 
-    // The right token: the overview, with both workers.
-    browser.type_into("#token", CLIENT_TOKEN).await;
-    browser.click("#sign-in").await;
+    // The right token, from the keyboard alone (typed, then Enter): the overview, with both
+    // workers.
+    browser
+        .type_into("#token", &format!("{CLIENT_TOKEN}\u{E007}"))
+        .await;
     browser
         .until(
             "both workers listed",
