@@ -181,6 +181,7 @@ fn the_document_is_valid_openapi_and_every_answer_fits_its_schema() {
     expect(&api, "GET", &format!("/v1/jobs/{id}/chunks"), None, 200);
     expect(&api, "GET", &format!("/v1/jobs/{id}/logs"), None, 422);
     expect(&api, "GET", &format!("/v1/jobs/{id}/junit"), None, 422);
+    expect(&api, "GET", &format!("/v1/jobs/{id}/partials"), None, 409);
 
     // A job with a retried chunk: its status lists failed attempts.
     let failing = check(

@@ -7,6 +7,7 @@ pub(crate) mod frame_limit;
 mod jobs;
 mod metrics;
 pub mod openapi;
+mod partials;
 mod ui;
 mod workers;
 
@@ -149,6 +150,7 @@ declare_routes! {
     get "/v1/jobs/{id}/output" => jobs::output,
     get "/v1/jobs/{id}/events" => events::job_events,
     get "/v1/jobs/{id}/chunks" => cluster::chunks,
+    get "/v1/jobs/{id}/partials" => partials::partials,
     get "/v1/events" => events::cluster_events,
     get "/v1/attempts" => cluster::attempts,
     get "/v1/overview" => cluster::overview,

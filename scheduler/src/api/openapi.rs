@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
 use utoipa::OpenApi;
 
-use super::{cluster, events, jobs, metrics, ui, workers};
+use super::{cluster, events, jobs, metrics, partials, ui, workers};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,7 +21,8 @@ worker token); a refusal is an RFC 9457 problem (`application/problem+json`) who
     ),
     paths(
         jobs::submit, jobs::list, jobs::status, jobs::cancel, jobs::result, jobs::junit,
-        jobs::logs, jobs::output, events::job_events, cluster::chunks, events::cluster_events,
+        jobs::logs, jobs::output, events::job_events, cluster::chunks, partials::partials,
+        events::cluster_events,
         cluster::attempts, cluster::overview, workers::list, workers::connect, metrics::metrics,
         healthz, document, ui::index, ui::asset,
     ),
@@ -32,6 +33,8 @@ worker token); a refusal is an RFC 9457 problem (`application/problem+json`) who
         crate::state::views::Progress,
         crate::state::attempts::AttemptEvent,
         crate::state::live::LiveLine,
+        partials::PartialLine,
+        partials::PartialsMissed,
     )),
     modifiers(&CommonAnswers),
     security(("bearer" = [])),

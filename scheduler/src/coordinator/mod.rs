@@ -26,7 +26,7 @@ pub use persistence::{Durable, Persistence};
 use crate::error::ApiError;
 use crate::state::attempts::AttemptsRead;
 use crate::state::events::EventsRead;
-use crate::state::job::{ChunkCounts, FailReason, JobState};
+use crate::state::job::{ChunkCounts, FailReason, JobState, Partial};
 use crate::state::live::LiveRead;
 use crate::state::views::{chunk_states, BatchLog, JobView, Progress};
 use crate::state::workers::WorkerView;
@@ -44,6 +44,9 @@ pub struct Coordinator {
     waiters: HashMap<JobId, Vec<oneshot::Sender<(JobResult, Durable)>>>,
     /// Followers waiting for jobs' next output lines (or their end).
     output_waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
+    /// Readers of jobs' partial results, each fed as chunks succeed until its job ends (or it
+    /// falls [`PARTIALS_BUFFERED`] behind, and reads the rest again from the job).
+    partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<Partial>>>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -69,6 +72,7 @@ impl Coordinator {
             sessions: HashMap::new(),
             waiters: HashMap::new(),
             output_waiters: HashMap::new(),
+            partial_readers: HashMap::new(),
             heartbeat_interval,
             wake: None,
             shutting_down: false,
@@ -77,6 +81,14 @@ impl Coordinator {
     }
 
     /// Wakes the followers of `job`'s output.
+    /// Hands a succeeded chunk's result to its job's readers; one whose buffer is full is let
+    /// go (it reads on from the job itself).
+    fn hand_partial(&mut self, job: JobId, partial: Partial) {
+        if let Some(readers) = self.partial_readers.get_mut(&job) {
+            readers.retain(|reader| reader.try_send(partial.clone()).is_ok());
+        }
+    }
+
     fn wake_followers(&mut self, job: JobId) {
         for follower in self.output_waiters.remove(&job).into_iter().flatten() {
             let _ = follower.send(());
@@ -100,6 +112,7 @@ impl Coordinator {
                     .or_default()
                     .push(CoordinatorMessage::Cancel(chunk)),
                 Effect::JobDone(id) => finished.push(id),
+                Effect::Partial { job, partial } => self.hand_partial(job, partial),
                 Effect::Reduce {
                     job,
                     reducer,
@@ -120,6 +133,8 @@ impl Coordinator {
         for id in finished {
             self.log_later(ctx, id, true);
             self.wake_followers(id);
+            // Its readers get what was handed to them, then the end.
+            self.partial_readers.remove(&id);
             let Some(waiters) = self.waiters.remove(&id) else {
                 continue;
             };
@@ -527,6 +542,58 @@ impl Handler<GetChunkStates> for Coordinator {
             .ok_or_else(|| ApiError::JobNotFound {
                 id: msg.0.to_string(),
             })
+    }
+}
+
+/// Partial results a reader may fall behind by before it is let go.
+pub const PARTIALS_BUFFERED: usize = 1024;
+
+/// Follow a job's partial results from the `from`-th chunk to succeed on.
+#[derive(Message)]
+#[rtype(result = "Result<FollowedPartials, ApiError>")]
+pub struct FollowPartials {
+    /// The job.
+    pub id: JobId,
+    /// The first partial wanted.
+    pub from: u64,
+}
+
+/// The answer to [`FollowPartials`]: what succeeded already, then each as it succeeds, until
+/// the job ends (the channel closes) or the reader falls behind (it closes too, job running).
+#[derive(Debug)]
+pub struct FollowedPartials {
+    /// The partials there are now.
+    pub now: Vec<Partial>,
+    /// Those to come.
+    pub next: tokio::sync::mpsc::Receiver<Partial>,
+}
+
+impl Handler<FollowPartials> for Coordinator {
+    type Result = Result<FollowedPartials, ApiError>;
+
+    fn handle(&mut self, msg: FollowPartials, _ctx: &mut Context<Self>) -> Self::Result {
+        let not_found = || ApiError::JobNotFound {
+            id: msg.id.to_string(),
+        };
+        let now = match self.state.follow_partials(msg.id, msg.from) {
+            None => return Err(not_found()),
+            Some(Some(now)) => now,
+            Some(None) => {
+                let status = self.state.job(msg.id).ok_or_else(not_found)?.state.name();
+                return Err(ApiError::NotFinished {
+                    detail: format!(
+                        "job {} has ended ({status}): its partial results are no longer kept (its result merges them)",
+                        msg.id
+                    ),
+                    status,
+                });
+            }
+        };
+        let (tx, next) = tokio::sync::mpsc::channel(PARTIALS_BUFFERED);
+        if !self.shutting_down {
+            self.partial_readers.entry(msg.id).or_default().push(tx);
+        }
+        Ok(FollowedPartials { now, next })
     }
 }
 

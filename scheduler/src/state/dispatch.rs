@@ -104,6 +104,18 @@ impl ClusterState {
         self.attempts.read(from, job, most)
     }
 
+    /// Starts following `job`'s partial results: those of its chunks that succeeded from the
+    /// `from`-th on now, and an [`Effect::Partial`] for each chunk that succeeds from here on.
+    /// `None` for a job that has ended: its partials are merged into its result.
+    pub fn follow_partials(&mut self, job: JobId, from: u64) -> Option<Option<Vec<job::Partial>>> {
+        let job = self.jobs.get_mut(&job)?;
+        if job.state.is_terminal() {
+            return Some(None);
+        }
+        job.partials_followed = true;
+        Some(Some(job.partials_from(from)))
+    }
+
     /// Chunks that succeeded in each of the last `seconds` seconds, oldest first.
     pub fn throughput(&self, seconds: usize) -> Vec<u32> {
         self.throughput.last(Utc::now(), seconds)
@@ -380,6 +392,17 @@ impl ClusterState {
                 return;
             }
         };
+        if job.partials_followed {
+            let partial = job::Partial {
+                seq: job.succeeded_order.len() as u64 - 1,
+                chunk: chunk.chunk,
+                result: result.clone(),
+            };
+            self.effects.push(Effect::Partial {
+                job: chunk.job,
+                partial,
+            });
+        }
         self.writes.push(Write::Result {
             job: chunk.job,
             chunk: chunk.chunk,

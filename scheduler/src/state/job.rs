@@ -133,6 +133,17 @@ impl Chunk {
     }
 }
 
+/// A chunk's partial result, numbered by when it succeeded in its job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Partial {
+    /// Its place in the job's succeeded chunks, from 0.
+    pub seq: u64,
+    /// The chunk.
+    pub chunk: ChunkIndex,
+    /// Its result, JSON.
+    pub result: Bytes,
+}
+
 /// Where a job stands.
 #[derive(Debug, Clone)]
 pub enum JobState {
@@ -211,6 +222,12 @@ pub struct Job {
     /// Once the job has ended and its chunk table is dropped: the attempts of the first
     /// [`MAX_RETRIES_SHOWN`] chunks in `retried`, all a status still shows of its chunks.
     pub kept_retries: Vec<(ChunkIndex, Vec<AttemptRecord>)>,
+    /// Succeeded chunks in the order they succeeded (restored ones first, in chunk order): what
+    /// `GET /v1/jobs/{id}/partials` numbers its lines by. Dropped with the chunk table.
+    pub succeeded_order: Vec<ChunkIndex>,
+    /// True once a reader follows the job's partial results: each success is then handed to
+    /// the coordinator as an [`crate::state::Effect::Partial`].
+    pub partials_followed: bool,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its first chunk was assigned.
@@ -237,6 +254,8 @@ impl Job {
             attempts: 0,
             retried: BTreeSet::new(),
             kept_retries: Vec::new(),
+            succeeded_order: Vec::new(),
+            partials_followed: false,
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -341,6 +360,10 @@ impl Job {
                 })
                 .count() as u32;
         }
+        let succeeded_order = (0..chunks.len())
+            .filter(|&i| matches!(chunks[i].state, ChunkState::Succeeded { .. }))
+            .map(|i| ChunkIndex(i as u32))
+            .collect();
         let job = Self {
             id: stored.id,
             meta: stored.meta,
@@ -350,6 +373,8 @@ impl Job {
             attempts,
             retried,
             kept_retries: Vec::new(),
+            succeeded_order,
+            partials_followed: false,
             created_at: stored.created_at,
             started_at,
             finished_at,
@@ -443,6 +468,7 @@ impl Job {
         self.end_attempt(index, None);
         self.chunks[index.get()].state = ChunkState::Succeeded { result };
         self.counts.succeeded += 1;
+        self.succeeded_order.push(index);
         Ok(self.counts.succeeded == self.counts.total)
     }
 
@@ -536,6 +562,25 @@ impl Job {
             .collect();
         self.retried = BTreeSet::new();
         self.chunks = Vec::new();
+        self.succeeded_order = Vec::new();
+    }
+
+    /// The partial results of the chunks that succeeded, from the `from`-th to succeed on:
+    /// (its number, the chunk, its result).
+    pub fn partials_from(&self, from: u64) -> Vec<Partial> {
+        self.succeeded_order
+            .iter()
+            .enumerate()
+            .skip(from as usize)
+            .filter_map(|(seq, &chunk)| match &self.chunks.get(chunk.get())?.state {
+                ChunkState::Succeeded { result } => Some(Partial {
+                    seq: seq as u64,
+                    chunk,
+                    result: result.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The chunks with a failed attempt and their attempts, at most [`MAX_RETRIES_SHOWN`],

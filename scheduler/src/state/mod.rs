@@ -63,6 +63,13 @@ pub enum Effect {
     },
     /// This job reached a terminal state.
     JobDone(JobId),
+    /// A chunk of a job whose partial results are followed succeeded.
+    Partial {
+        /// The job.
+        job: JobId,
+        /// The chunk, its number and its result.
+        partial: job::Partial,
+    },
     /// Merge these partial results off the coordinator's thread, then hand the outcome to
     /// [`ClusterState::reduced`].
     Reduce {

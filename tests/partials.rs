@@ -1,0 +1,104 @@
+//! `GET /v1/jobs/{id}/partials`: a running job's partial results, streamed as chunks succeed.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::Receiver;
+
+use muster_suite::{Coordinator, CLIENT_TOKEN, WAIT};
+use serde_json::{json, Value};
+
+/// The lines of `GET /v1/jobs/{id}/partials?from=N`, read in a thread as they come, until the
+/// stream ends.
+fn partials(c: &Coordinator, id: &str, from: u64) -> Receiver<Value> {
+    let response = ureq::AgentBuilder::new()
+        .timeout(WAIT)
+        .build()
+        .get(&format!("{}/v1/jobs/{id}/partials?from={from}", c.url))
+        .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"))
+        .call()
+        .expect("the partials stream");
+    assert_eq!(response.content_type(), "application/x-ndjson");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            let value = serde_json::from_str(&line).expect("a JSON line");
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// `n` chunks of the example worker's `nap` task, chunk i worth i; the last one naps `last_ms`.
+fn naps(n: u64, ms: u64, last_ms: u64) -> Value {
+    let chunks: Vec<Value> = (0..n)
+        .map(|i| json!({"ms": if i == n - 1 { last_ms } else { ms }, "value": i}))
+        .collect();
+    json!({"task": "nap", "chunks": chunks, "reduce": "sum"})
+}
+
+#[test]
+fn partials_stream_while_the_job_runs_resume_from_a_number_and_end_with_the_job() {
+    let c = Coordinator::start(&[]);
+    let _w1 = c.custom_worker("c1", 2);
+    let _w2 = c.custom_worker("c2", 2);
+    let api = c.api();
+
+    // The last chunk naps for a minute: every other partial arrives while the job runs.
+    let long = api.submit(&naps(100, 5, 60_000));
+    let stream = partials(&c, &long, 0);
+    let first = stream.recv_timeout(WAIT).expect("a first partial");
+    assert_eq!(first["seq"], json!(0), "{first}");
+    assert_eq!(api.status(&long)["status"], json!("running"));
+    let mut lines = vec![first];
+    lines.extend((0..98).map(|_| stream.recv_timeout(WAIT).expect("a partial")));
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..99).collect::<Vec<_>>());
+    let mut chunks: Vec<u64> = lines.iter().map(|l| l["chunk"].as_u64().unwrap()).collect();
+    chunks.sort_unstable();
+    assert_eq!(chunks, (0..99).collect::<Vec<_>>());
+    // Each partial is its chunk's own result.
+    assert!(lines.iter().all(|l| l["result"] == l["chunk"]), "{lines:?}");
+    // A reader that comes back at 60 gets the same partials from there on.
+    let again = partials(&c, &long, 60);
+    let resumed: Vec<Value> = (0..39)
+        .map(|_| again.recv_timeout(WAIT).expect("a partial"))
+        .collect();
+    assert_eq!(resumed, lines[60..]);
+    // The job's end ends the streams; an ended job's partials are its result's.
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/jobs/{long}"), None, &[])
+            .status,
+        200
+    );
+    assert!(stream.recv_timeout(WAIT).is_err());
+    assert!(again.recv_timeout(WAIT).is_err());
+    let ended = api.get(&format!("/v1/jobs/{long}/partials"));
+    assert_eq!(ended.status, 409, "{:?}", ended.body);
+    assert!(ended.body["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("has ended"));
+
+    // A job followed from its start to its end (it waits for a worker with its label, started
+    // once the stream is open): every partial once, summing to its result.
+    let mut job = naps(100, 5, 5);
+    job["labels"] = json!({"zone": "late"});
+    let whole = api.submit(&job);
+    let stream = partials(&c, &whole, 0);
+    let _late = c.worker_with(
+        muster_suite::custom_worker_bin(),
+        "late",
+        2,
+        &["--label", "zone=late"],
+    );
+    let lines: Vec<Value> = stream.iter().collect();
+    assert_eq!(lines.len(), 100, "{lines:?}");
+    let sum: u64 = lines.iter().map(|l| l["result"].as_u64().unwrap()).sum();
+    assert_eq!(api.result(&whole), json!(sum));
+    assert_eq!(sum, (0..100).sum::<u64>());
+
+    let missing = api.get("/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833/partials");
+    assert_eq!(missing.status, 404);
+}
