@@ -230,8 +230,11 @@ document.getElementById("sign-out").addEventListener("click", () => signedOut(""
 
 // ---------- shared widgets ----------
 
-/** A canvas that follows its box's width and redraws with `draw(ctx, width, height)`. */
-function canvasBox(label, height, draw) {
+/**
+ * A canvas that follows its box's width and redraws with `draw(ctx, width, height)`, until
+ * `signal` (its view's) aborts.
+ */
+function canvasBox(signal, label, height, draw) {
   const canvas = h("canvas", { role: "img", "aria-label": label, height });
   const box = h("div", { class: "canvas-box" }, canvas);
   const paint = () => {
@@ -248,7 +251,9 @@ function canvasBox(label, height, draw) {
     ctx.scale(ratio, ratio);
     draw(ctx, width, tall);
   };
-  new ResizeObserver(() => paint()).observe(box);
+  const observer = new ResizeObserver(() => paint());
+  observer.observe(box);
+  signal.addEventListener("abort", () => observer.disconnect(), { once: true });
   return { box, canvas, paint };
 }
 
@@ -269,11 +274,11 @@ function overviewView(signal) {
   const workersBox = h("div", { id: "workers" });
   const eventsList = h("ol", { class: "events", id: "cluster-events" });
   let throughput = [];
-  const chart = canvasBox("Chunks per second over the last five minutes", 160, (ctx, w, hgt) => {
+  const chart = canvasBox(signal, "Chunks per second over the last five minutes", 160, (ctx, w, hgt) => {
     drawThroughput(ctx, w, hgt, throughput);
   });
   const stream = new TaskStream();
-  const streamBox = canvasBox("Task stream: one row per worker, one bar per chunk attempt", 120,
+  const streamBox = canvasBox(signal, "Task stream: one row per worker, one bar per chunk attempt", 120,
     (ctx, w, hgt) => stream.draw(ctx, w, hgt));
   stream.canvas = streamBox.canvas;
   streamBox.box.id = "task-stream";
@@ -539,7 +544,7 @@ function jobView(signal, id) {
   const progressText = h("p", { id: "progress-text" }, "…");
   const cancel = h("button", { type: "button", id: "cancel", class: "danger" }, "Cancel job");
   let states = "";
-  const grid = canvasBox("Chunks by state", 120, (ctx, w, hgt) => drawGrid(ctx, w, hgt, states, grid));
+  const grid = canvasBox(signal, "Chunks by state", 120, (ctx, w, hgt) => drawGrid(ctx, w, hgt, states, grid));
   grid.box.id = "grid";
   const legend = h("ul", { class: "legend plain" }, Object.entries(CHUNK_NAMES).map(([k, name]) => {
     // Set through the style object: the page's CSP refuses style attributes.
@@ -648,6 +653,7 @@ function jobView(signal, id) {
   });
 
   refreshStatus().then(() => refreshGrid()).catch((e) => {
+    if (signal.aborted) return;
     main.replaceChildren(h("h1", {}, "Job not found"), h("p", { class: "error", role: "alert" }, e.message));
   });
   follow(`/v1/jobs/${id}/events`, (name, data) => {
