@@ -10,6 +10,8 @@
 //! Tasks:
 //! - `primes`: counts the primes in `[from, to)` (CPU-bound; checks for cancellation as it goes).
 //! - `nap`: sleeps `ms` milliseconds, then returns `value` (stands in for slow I/O; cancellable).
+//!   `NAP_SLOWDOWN=N` in the worker's environment makes its naps N times longer: a slow machine,
+//!   for trying speculation.
 //! - `fail`: always fails with a retryable error (shows retries and the attempt report).
 //!
 //! It also runs the built-in tasks (`sum`, `sort`, `wordcount`).
@@ -70,7 +72,11 @@ struct Nap {
 }
 
 fn nap(ctx: &TaskContext, nap: Nap) -> Result<Value, TaskError> {
-    ctx.sleep(Duration::from_millis(nap.ms))?;
+    let slowdown = std::env::var("NAP_SLOWDOWN")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(1);
+    ctx.sleep(Duration::from_millis(nap.ms.saturating_mul(slowdown)))?;
     Ok(nap.value)
 }
 

@@ -145,6 +145,7 @@ pub async fn run(
         max_store_backlog: config.max_store_backlog,
         retain_ended: config.retain_ended,
         retain_ended_jobs: config.retain_ended_jobs,
+        ..Policy::default()
     });
     state.restore(snapshot);
     // What the restore wrote (interrupted attempts, merged ends, pruned jobs) is durable before

@@ -38,11 +38,14 @@ pub enum FailReason {
     HandedBack,
     /// The coordinator restarted while the attempt ran; not counted as an attempt.
     CoordinatorRestarted,
+    /// Another copy of the chunk (a speculative backup, or the attempt it backed up) finished
+    /// first; this one was stopped. Not counted as an attempt.
+    Superseded,
 }
 
 impl FailReason {
     /// Every [`FailReason::class`].
-    pub const CLASSES: [&'static str; 10] = [
+    pub const CLASSES: [&'static str; 11] = [
         "worker_lost",
         "heartbeat_timeout",
         "chunk_timeout",
@@ -53,6 +56,7 @@ impl FailReason {
         "bad_result",
         "handed_back",
         "coordinator_restarted",
+        "superseded",
     ];
 
     /// The reason's kind, as its stored record names it (`worker_lost`, `task_error`, ...).
@@ -68,6 +72,7 @@ impl FailReason {
             FailReason::BadResult(_) => "bad_result",
             FailReason::HandedBack => "handed_back",
             FailReason::CoordinatorRestarted => "coordinator_restarted",
+            FailReason::Superseded => "superseded",
         }
     }
 
@@ -92,6 +97,7 @@ impl FailReason {
             FailReason::HandedBack
                 | FailReason::CoordinatorRestarted
                 | FailReason::ProgramFailed(_)
+                | FailReason::Superseded
         )
     }
 }
@@ -109,6 +115,7 @@ impl std::fmt::Display for FailReason {
             FailReason::BadResult(m) => write!(f, "bad result: {m}"),
             FailReason::HandedBack => f.write_str("handed back by a draining worker"),
             FailReason::CoordinatorRestarted => f.write_str("interrupted by a coordinator restart"),
+            FailReason::Superseded => f.write_str("superseded: another copy finished first"),
         }
     }
 }
@@ -160,6 +167,9 @@ pub struct JobMeta {
     /// Most chunks running at once (`None`: no limit but the free slots).
     #[serde(default)]
     pub max_running: Option<u32>,
+    /// Backup copies of stragglers in the job's tail.
+    #[serde(default)]
+    pub speculation: bool,
 }
 
 /// A job as first written: enough to rebuild it from scratch.
@@ -260,6 +270,7 @@ impl JobMeta {
             retry_failed: 0,
             timings_key: None,
             max_running: None,
+            speculation: false,
         }
     }
 }

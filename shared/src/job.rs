@@ -105,6 +105,10 @@ pub struct RawJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub max_running: Option<Value>,
+    /// Backup copies of straggling chunks in the job's tail, the first to finish winning
+    /// (default false; not for `exec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculation: Option<bool>,
 }
 
 /// A built-in job kind with its options.
@@ -227,6 +231,8 @@ pub struct JobSpec {
     pub exec: Option<crate::exec::ExecPlan>,
     /// Most chunks running at once.
     pub max_running: Option<u32>,
+    /// Backup copies of stragglers in the job's tail.
+    pub speculation: bool,
 }
 
 /// Largest `max_running`.
@@ -331,6 +337,7 @@ impl RawJob {
             None => None,
             Some(v) => Some(positive_int("max_running", v, MAX_RUNNING)? as u32),
         };
+        let speculation = self.speculation.unwrap_or(false);
         // The slots a job is cut for: no more than it may use at once.
         let slots = max_running.map_or(slots, |m| slots.min(u64::from(m)));
         let mut exec = None;
@@ -356,6 +363,11 @@ impl RawJob {
             }
             (None, Some(task)) => self.custom(task)?,
         };
+        if speculation && exec.is_some() {
+            return Err(invalid(
+                "`speculation` is not offered for exec jobs: a batch's program may not be safe to run twice at once",
+            ));
+        }
         Ok(JobSpec {
             work,
             max_attempts,
@@ -366,6 +378,7 @@ impl RawJob {
             timings_key,
             exec,
             max_running,
+            speculation,
         })
     }
 

@@ -110,6 +110,18 @@ fn render(observed: Option<&Observed>) -> prometheus::Result<String> {
                 &format!("Late or duplicate chunk outcomes ignored {since}"),
                 c.outcomes_ignored,
             ),
+            (
+                Kind::Counter,
+                "muster_backups_started_total",
+                &format!("Speculative backups of stragglers started {since}"),
+                c.backups_started,
+            ),
+            (
+                Kind::Counter,
+                "muster_backups_won_total",
+                &format!("Speculative backups that finished first {since}"),
+                c.backups_won,
+            ),
         ] {
             metrics.one(kind, name, help, value)?;
         }

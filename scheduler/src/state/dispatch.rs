@@ -152,7 +152,7 @@ impl ClusterState {
         if let Some(job) = self.jobs.get(&chunk.job) {
             let started = job
                 .chunk(chunk.chunk)
-                .and_then(|c| c.attempts.last())
+                .and_then(|c| c.attempts.iter().rev().find(|a| a.attempt == chunk.attempt))
                 .map(|a| a.started_at);
             if let Some(took) = started.and_then(|at| (Utc::now() - at).to_std().ok()) {
                 self.counters.times.ran(&job.meta.task, took);
@@ -385,12 +385,34 @@ impl ClusterState {
         let Some(job) = self.jobs.get_mut(&chunk.job) else {
             return;
         };
-        let all_done = match job.chunk_succeeded(chunk.chunk, chunk.attempt, result.clone()) {
-            Ok(all_done) => all_done,
-            Err(refused) => {
-                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
-                return;
+        // Of a chunk and its backup, the first to finish wins; the other copy is stopped.
+        let (done, loser) = if job.is_backup(chunk.chunk, chunk.attempt) {
+            let won = job.backup_succeeded(chunk.chunk, chunk.attempt, result.clone());
+            if won.is_ok() {
+                self.counters.backups_won += 1;
             }
+            won.map(|(all_done, primary)| (all_done, Some(primary)))
+        } else {
+            let backup = job.drop_backup(chunk.chunk);
+            job.chunk_succeeded(chunk.chunk, chunk.attempt, result.clone())
+                .map(|all_done| (all_done, backup))
+        }
+        .map_or_else(
+            |refused| {
+                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
+                None
+            },
+            Some,
+        )
+        .unzip();
+        let Some(all_done) = done else {
+            return;
+        };
+        if let Some((worker, attempt)) = loser.flatten() {
+            self.stop_copy(chunk.job, chunk.chunk, worker, attempt);
+        }
+        let Some(job) = self.jobs.get(&chunk.job) else {
+            return;
         };
         if job.partials_followed {
             let partial = job::Partial {
@@ -424,6 +446,35 @@ impl ClusterState {
         };
         let class = reason.class();
         info!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %reason, "chunk attempt failed");
+        // A copy that fails while the other runs leaves the chunk to the other.
+        if job.is_backup(chunk.chunk, chunk.attempt) {
+            if job
+                .backup_failed(chunk.chunk, chunk.attempt, reason)
+                .is_ok()
+            {
+                *self.counters.attempts_failed.entry(class).or_default() += 1;
+                self.record_attempt(chunk);
+            }
+            return;
+        }
+        if let Some((_, attempt)) = job.promote_backup(chunk.chunk, chunk.attempt, reason.clone()) {
+            if let Some(ChunkState::Running {
+                deadline: Some(at), ..
+            }) = job.chunk(chunk.chunk).map(|c| &c.state)
+            {
+                self.deadlines
+                    .push(Reverse((*at, chunk.job, chunk.chunk, attempt)));
+            }
+            *self.counters.attempts_failed.entry(class).or_default() += 1;
+            self.record_attempt(chunk);
+            return;
+        }
+        if let Some((worker, attempt)) = job.drop_backup(chunk.chunk) {
+            self.stop_copy(chunk.job, chunk.chunk, worker, attempt);
+        }
+        let Some(job) = self.jobs.get_mut(&chunk.job) else {
+            return;
+        };
         let retry = match job.chunk_failed(chunk.chunk, chunk.attempt, reason, backoff) {
             Ok(retry) => retry,
             Err(refused) => {
@@ -446,6 +497,89 @@ impl ClusterState {
             }
             (None, Some(at)) => self.queue.push_retry(key, chunk.chunk, at),
             (None, None) => {}
+        }
+    }
+
+    /// Stops a copy of a chunk that lost to the other (or whose job's chunk ended otherwise):
+    /// its worker is told to stop and its slot is free, its record (already closed) stored.
+    fn stop_copy(&mut self, job: JobId, chunk: ChunkIndex, worker: WorkerId, attempt: Attempt) {
+        let copy = ChunkRef {
+            job,
+            chunk,
+            attempt,
+        };
+        self.workers.release(worker, &copy);
+        self.effects.push(Effect::Cancel {
+            worker,
+            chunk: copy,
+        });
+        self.record_attempt(copy);
+    }
+
+    /// Starts backups of stragglers (`speculation`): in each such job whose chunks all run or
+    /// are done, a chunk that has run longer than [`SPECULATE_AFTER`] times the median of its
+    /// job's succeeded attempts (and [`SPECULATE_AT_LEAST`]) gets a copy on another worker
+    /// with a free slot, while there are such slots. Looked at every [`SPECULATE_EVERY`].
+    fn speculate(&mut self, now: Instant) {
+        if self
+            .last_speculation
+            .is_some_and(|at| now.saturating_duration_since(at) < self.policy.speculate_every)
+        {
+            return;
+        }
+        self.last_speculation = Some(now);
+        let tails: Vec<JobId> = self
+            .speculative
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .filter(|j| j.counts.pending == 0 && j.counts.running > 0)
+            .map(|j| j.id)
+            .collect();
+        self.tails = !tails.is_empty();
+        for id in tails {
+            if self.workers.free_slots() == 0 {
+                return;
+            }
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
+            let least = self.policy.speculate_at_least;
+            for (index, running_on) in job.stragglers(SPECULATE_AFTER, least) {
+                let Some(job) = self.jobs.get(&id) else {
+                    break;
+                };
+                let Some(worker) = self.workers.place(&job.meta, &[running_on]) else {
+                    break;
+                };
+                let Some(entry) = self.workers.get(worker) else {
+                    break;
+                };
+                let name = entry.name.clone();
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    break;
+                };
+                let Some(attempt) = job.start_backup(index, worker, &name) else {
+                    continue;
+                };
+                let chunk = ChunkRef {
+                    job: id,
+                    chunk: index,
+                    attempt,
+                };
+                let input = job.chunks[index.get()].input.clone();
+                let assignment = Assignment {
+                    chunk,
+                    task: job.meta.task.clone(),
+                    input,
+                };
+                info!(job_id = %id, chunk = index.0, attempt = attempt.0, worker = %name, "backup of a straggler started");
+                self.workers
+                    .occupy(worker, chunk, assignment.input.len() as u64);
+                self.counters.attempts_started += 1;
+                self.counters.backups_started += 1;
+                self.record_attempt(chunk);
+                self.effects.push(Effect::Assign { worker, assignment });
+            }
         }
     }
 
@@ -506,6 +640,9 @@ impl ClusterState {
                 continue;
             }
             free -= self.dispatch_job(key, free, now);
+        }
+        if free > 0 {
+            self.speculate(now);
         }
     }
 

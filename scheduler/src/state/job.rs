@@ -87,6 +87,9 @@ pub struct Chunk {
     /// An `exec` batch's report so far while its failed items rerun (`retry_failed`); kept in
     /// memory only: after a restart the whole batch runs again.
     pub earlier: Option<Box<ExecReport>>,
+    /// A speculative copy running beside the attempt in `state` (`speculation`): its worker
+    /// and attempt. The first of the two to finish wins.
+    pub backup: Option<(WorkerId, Attempt)>,
 }
 
 impl Chunk {
@@ -99,6 +102,7 @@ impl Chunk {
             },
             attempts: Vec::new(),
             earlier: None,
+            backup: None,
         }
     }
 
@@ -131,6 +135,15 @@ impl Chunk {
     pub fn next_attempt(&self) -> Attempt {
         Attempt(self.attempts.len() as u32 + 1)
     }
+}
+
+/// Speculative backups of a job's stragglers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct BackupCounts {
+    /// Backups started.
+    pub started: u32,
+    /// Backups that finished before the attempt they backed up.
+    pub won: u32,
 }
 
 /// A chunk's partial result, numbered by when it succeeded in its job.
@@ -228,6 +241,11 @@ pub struct Job {
     /// True once a reader follows the job's partial results: each success is then handed to
     /// the coordinator as an [`crate::state::Effect::Partial`].
     pub partials_followed: bool,
+    /// Speculative backups started, and those that finished first.
+    pub backups: BackupCounts,
+    /// How long each succeeded attempt ran, in milliseconds: what a straggler is measured
+    /// against (`speculation` only).
+    pub run_ms: Vec<u32>,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
     /// When its first chunk was assigned.
@@ -256,6 +274,8 @@ impl Job {
             kept_retries: Vec::new(),
             succeeded_order: Vec::new(),
             partials_followed: false,
+            backups: BackupCounts::default(),
+            run_ms: Vec::new(),
             created_at: Utc::now(),
             started_at: None,
             finished_at: None,
@@ -314,6 +334,7 @@ impl Job {
                     state,
                     attempts: records,
                     earlier: None,
+                    backup: None,
                 }
             })
             .collect();
@@ -375,6 +396,8 @@ impl Job {
             kept_retries: Vec::new(),
             succeeded_order,
             partials_followed: false,
+            backups: BackupCounts::default(),
+            run_ms: Vec::new(),
             created_at: stored.created_at,
             started_at,
             finished_at,
@@ -423,21 +446,198 @@ impl Job {
         Some(attempt)
     }
 
-    /// True when `index` is running `attempt` on `worker`: only then does an outcome count.
+    /// True when `index` is running `attempt` on `worker`, as its attempt or as its backup:
+    /// only then does an outcome count.
     pub fn is_current(&self, index: ChunkIndex, worker: WorkerId, attempt: Attempt) -> bool {
-        matches!(
-            self.chunk(index).map(|c| &c.state),
-            Some(ChunkState::Running { worker: w, attempt: a, .. }) if *w == worker && *a == attempt
-        ) && !self.state.is_terminal()
+        let Some(chunk) = self.chunk(index) else {
+            return false;
+        };
+        let running = matches!(
+            chunk.state,
+            ChunkState::Running { worker: w, attempt: a, .. } if w == worker && a == attempt
+        );
+        (running || chunk.backup == Some((worker, attempt))) && !self.state.is_terminal()
     }
 
-    fn end_attempt(&mut self, index: ChunkIndex, error: Option<FailReason>) {
+    /// True when `attempt` is the speculative backup `index` runs.
+    pub fn is_backup(&self, index: ChunkIndex, attempt: Attempt) -> bool {
+        self.chunk(index)
+            .and_then(|c| c.backup)
+            .is_some_and(|(_, a)| a == attempt)
+    }
+
+    /// Closes the record of `attempt`, with its error if it failed.
+    fn close_record(&mut self, index: ChunkIndex, attempt: Attempt, error: Option<FailReason>) {
         let chunk = &mut self.chunks[index.get()];
-        if let Some(record) = chunk.attempts.last_mut() {
+        if let Some(record) = chunk
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|r| r.attempt == attempt)
+        {
             record.finished_at = Some(Utc::now());
+            if let Some(ms) = record
+                .finished_at
+                .and_then(|end| (end - record.started_at).to_std().ok())
+                .filter(|_| error.is_none() && self.meta.speculation)
+            {
+                self.run_ms
+                    .push(ms.as_millis().min(u128::from(u32::MAX)) as u32);
+            }
             record.error = error;
         }
+    }
+
+    fn end_attempt(&mut self, index: ChunkIndex, attempt: Attempt, error: Option<FailReason>) {
+        self.close_record(index, attempt, error);
         self.counts.running -= 1;
+    }
+
+    /// Starts a speculative copy of running chunk `index` on `worker`; its attempt number, or
+    /// `None` when the chunk is not running or has a copy already.
+    pub fn start_backup(
+        &mut self,
+        index: ChunkIndex,
+        worker: WorkerId,
+        worker_name: &Arc<str>,
+    ) -> Option<Attempt> {
+        if self.state.is_terminal() {
+            return None;
+        }
+        let chunk = self.chunks.get_mut(index.get())?;
+        if !matches!(chunk.state, ChunkState::Running { .. }) || chunk.backup.is_some() {
+            return None;
+        }
+        let attempt = chunk.next_attempt();
+        chunk.backup = Some((worker, attempt));
+        chunk.attempts.push(AttemptRecord {
+            attempt,
+            worker,
+            worker_name: worker_name.clone(),
+            started_at: Utc::now(),
+            finished_at: None,
+            error: None,
+        });
+        self.attempts += 1;
+        self.backups.started += 1;
+        Some(attempt)
+    }
+
+    /// Stops `index`'s backup, if it has one, because the attempt it backed up ended: its worker
+    /// and attempt, to cancel.
+    pub fn drop_backup(&mut self, index: ChunkIndex) -> Option<(WorkerId, Attempt)> {
+        let (worker, attempt) = self.chunks.get_mut(index.get())?.backup.take()?;
+        self.close_record(index, attempt, Some(FailReason::Superseded));
+        self.retried.insert(index);
+        Some((worker, attempt))
+    }
+
+    /// `index`'s backup `attempt` finished first with `result`: the chunk succeeds with it and
+    /// the attempt it backed up is superseded. Returns whether every chunk has now succeeded,
+    /// and the superseded attempt's worker and number, to cancel.
+    pub fn backup_succeeded(
+        &mut self,
+        index: ChunkIndex,
+        attempt: Attempt,
+        result: Bytes,
+    ) -> Result<(bool, (WorkerId, Attempt)), IllegalMove> {
+        let primary = match self.chunk(index).map(|c| (&c.state, c.backup)) {
+            Some((
+                ChunkState::Running {
+                    worker, attempt: a, ..
+                },
+                Some((_, b)),
+            )) if b == attempt && !self.state.is_terminal() => (*worker, *a),
+            other => {
+                return Err(IllegalMove {
+                    chunk: index,
+                    attempt,
+                    now: other.map_or("not in this job", |(s, _)| s.name()),
+                })
+            }
+        };
+        self.chunks[index.get()].backup = None;
+        self.close_record(index, primary.1, Some(FailReason::Superseded));
+        self.retried.insert(index);
+        self.end_attempt(index, attempt, None);
+        self.chunks[index.get()].state = ChunkState::Succeeded { result };
+        self.counts.succeeded += 1;
+        self.succeeded_order.push(index);
+        self.backups.won += 1;
+        Ok((self.counts.succeeded == self.counts.total, primary))
+    }
+
+    /// `index`'s backup `attempt` failed: the attempt it backed up runs on alone.
+    pub fn backup_failed(
+        &mut self,
+        index: ChunkIndex,
+        attempt: Attempt,
+        reason: FailReason,
+    ) -> Result<(), IllegalMove> {
+        if !self.is_backup(index, attempt) {
+            return Err(IllegalMove {
+                chunk: index,
+                attempt,
+                now: "not running it as a backup",
+            });
+        }
+        self.chunks[index.get()].backup = None;
+        self.close_record(index, attempt, Some(reason));
+        self.retried.insert(index);
+        Ok(())
+    }
+
+    /// The attempt `index` runs failed, not for good, while its backup runs: the backup goes
+    /// on as the chunk's attempt (with a deadline of its own from now). Returns its worker and
+    /// number, or `None` when there is no backup to go on with (the failure takes its course).
+    pub fn promote_backup(
+        &mut self,
+        index: ChunkIndex,
+        attempt: Attempt,
+        reason: FailReason,
+    ) -> Option<(WorkerId, Attempt)> {
+        if reason.is_permanent() {
+            return None;
+        }
+        let chunk = self.chunks.get(index.get())?;
+        let (worker, backup) = chunk.backup?;
+        if !matches!(chunk.state, ChunkState::Running { attempt: a, .. } if a == attempt) {
+            return None;
+        }
+        let deadline = self.meta.chunk_timeout.map(|t| Instant::now() + t);
+        self.close_record(index, attempt, Some(reason));
+        self.retried.insert(index);
+        let chunk = &mut self.chunks[index.get()];
+        chunk.backup = None;
+        chunk.state = ChunkState::Running {
+            worker,
+            attempt: backup,
+            deadline,
+        };
+        Some((worker, backup))
+    }
+
+    /// Running chunks that have run longer than `k` times the median of the job's succeeded
+    /// attempts (and at least `least`), without a backup yet: stragglers worth a copy.
+    pub fn stragglers(&self, k: f64, least: Duration) -> Vec<(ChunkIndex, Arc<str>)> {
+        if self.run_ms.is_empty() || self.state.is_terminal() {
+            return Vec::new();
+        }
+        let mut times = self.run_ms.clone();
+        let middle = times.len() / 2;
+        let median = *times.select_nth_unstable(middle).1;
+        let after = Duration::from_secs_f64(f64::from(median) / 1000.0 * k).max(least);
+        let now = Utc::now();
+        self.chunks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.backup.is_none() && matches!(c.state, ChunkState::Running { .. }))
+            .filter_map(|(i, c)| {
+                let record = c.attempts.last()?;
+                let ran = (now - record.started_at).to_std().ok()?;
+                (ran > after).then(|| (ChunkIndex(i as u32), record.worker_name.clone()))
+            })
+            .collect()
     }
 
     /// Refuses an end of `attempt` unless the chunk is running it in a job not ended.
@@ -465,7 +665,7 @@ impl Job {
         result: Bytes,
     ) -> Result<bool, IllegalMove> {
         self.running(index, attempt)?;
-        self.end_attempt(index, None);
+        self.end_attempt(index, attempt, None);
         self.chunks[index.get()].state = ChunkState::Succeeded { result };
         self.counts.succeeded += 1;
         self.succeeded_order.push(index);
@@ -484,7 +684,7 @@ impl Job {
     ) -> Result<bool, IllegalMove> {
         self.running(index, attempt)?;
         let permanent = reason.is_permanent();
-        self.end_attempt(index, Some(reason));
+        self.end_attempt(index, attempt, Some(reason));
         self.retried.insert(index);
         let chunk = &mut self.chunks[index.get()];
         if permanent || chunk.counted_failures() >= self.meta.max_attempts {
@@ -563,6 +763,7 @@ impl Job {
         self.retried = BTreeSet::new();
         self.chunks = Vec::new();
         self.succeeded_order = Vec::new();
+        self.run_ms = Vec::new();
     }
 
     /// The partial results of the chunks that succeeded, from the `from`-th to succeed on:

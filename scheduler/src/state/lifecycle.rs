@@ -41,6 +41,9 @@ impl ClusterState {
                     .push_job(job_key(job.meta.priority, job.id), pending.into_iter());
             }
             let id = job.id;
+            if job.meta.speculation && !job.state.is_terminal() {
+                self.speculative.insert(id);
+            }
             self.jobs.insert(id, job);
             for chunk in interrupted {
                 self.record_attempt(chunk);
@@ -118,6 +121,7 @@ impl ClusterState {
             retry_failed: spec.retry_failed,
             timings_key: spec.timings_key,
             max_running: spec.max_running,
+            speculation: spec.speculation,
         };
         let mut inputs: Vec<Bytes> = match spec.work {
             Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
@@ -144,6 +148,9 @@ impl ClusterState {
         let spec_name = job.meta.name.clone();
         self.unfinished += u64::from(n);
         let key = job_key(job.meta.priority, id);
+        if job.meta.speculation {
+            self.speculative.insert(id);
+        }
         self.jobs.insert(id, job);
         self.queue.push_job(key, (0..n).map(ChunkIndex));
         if let Some((k, digest)) = idempotency {
@@ -266,6 +273,7 @@ impl ClusterState {
             at: Utc::now(),
         });
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
+        self.speculative.remove(&id);
         job.counts.pending = 0;
         job.counts.running = 0;
         *self.counters.jobs_finished.entry(state.name()).or_default() += 1;
@@ -353,6 +361,18 @@ fn stop_attempts(workers: &mut Workers, effects: &mut Vec<Effect>, id: JobId, ch
             worker, attempt, ..
         } = chunk.state
         {
+            let chunk_ref = ChunkRef {
+                job: id,
+                chunk: ChunkIndex(i as u32),
+                attempt,
+            };
+            workers.release(worker, &chunk_ref);
+            effects.push(Effect::Cancel {
+                worker,
+                chunk: chunk_ref,
+            });
+        }
+        if let Some((worker, attempt)) = chunk.backup {
             let chunk_ref = ChunkRef {
                 job: id,
                 chunk: ChunkIndex(i as u32),

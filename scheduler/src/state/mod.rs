@@ -103,6 +103,11 @@ pub struct Policy {
     pub retain_ended: Duration,
     /// Most ended jobs kept: past it, the oldest ended ones are pruned.
     pub retain_ended_jobs: usize,
+    /// The least a running attempt has run before it may be called a straggler
+    /// ([`SPECULATE_AT_LEAST`]).
+    pub speculate_at_least: Duration,
+    /// How often stragglers are looked for ([`SPECULATE_EVERY`]).
+    pub speculate_every: Duration,
 }
 
 impl Default for Policy {
@@ -114,6 +119,8 @@ impl Default for Policy {
             max_store_backlog: crate::config::DEFAULT_MAX_STORE_BACKLOG,
             retain_ended: Duration::from_secs_f64(crate::config::DEFAULT_RETAIN_ENDED),
             retain_ended_jobs: crate::config::DEFAULT_RETAIN_ENDED_JOBS,
+            speculate_at_least: SPECULATE_AT_LEAST,
+            speculate_every: SPECULATE_EVERY,
         }
     }
 }
@@ -145,7 +152,18 @@ pub struct Counters {
     pub outcomes_ignored: u64,
     /// How long attempts waited and ran.
     pub times: ChunkTimes,
+    /// Speculative backups of stragglers started.
+    pub backups_started: u64,
+    /// Backups that finished before the attempt they backed up.
+    pub backups_won: u64,
 }
+
+/// A straggler is a running attempt this many times slower than its job's median.
+pub const SPECULATE_AFTER: f64 = 1.5;
+/// And at least this slow: short chunks vary more than that with the machine alone.
+pub const SPECULATE_AT_LEAST: Duration = Duration::from_millis(250);
+/// How often stragglers are looked for.
+pub const SPECULATE_EVERY: Duration = Duration::from_millis(100);
 
 /// Upper bounds of the chunk time histograms' buckets, in seconds.
 pub const TIME_BUCKETS: [f64; 14] = [
@@ -236,6 +254,13 @@ pub struct ClusterState {
     events: events::EventLog,
     /// Attempts as they start and end, for the task stream and job streams.
     attempts: attempts::AttemptLog,
+    /// When stragglers were last looked for.
+    last_speculation: Option<Instant>,
+    /// Unfinished jobs with `speculation`.
+    speculative: BTreeSet<JobId>,
+    /// True while some of them are in their tail: stragglers are looked for again in
+    /// [`SPECULATE_EVERY`], events or none.
+    tails: bool,
     /// Chunks that succeeded, second by second.
     throughput: attempts::Throughput,
     queue: ChunkQueue,
@@ -307,6 +332,9 @@ impl ClusterState {
             live: live::LiveLogs::default(),
             events: events::EventLog::default(),
             attempts: attempts::AttemptLog::default(),
+            last_speculation: None,
+            speculative: BTreeSet::new(),
+            tails: false,
             throughput: attempts::Throughput::default(),
             queue: ChunkQueue::default(),
             deadlines: BinaryHeap::new(),
@@ -347,10 +375,15 @@ impl ClusterState {
     /// When the coordinator must next wake up for backoffs or timeouts.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let deadline = self.deadlines.peek().map(|Reverse((at, ..))| *at);
+        let speculation = self
+            .last_speculation
+            .filter(|_| self.tails)
+            .map(|at| at + self.policy.speculate_every);
         [
             self.queue.next_ready_at(),
             deadline,
             self.workers.next_quarantine_end(),
+            speculation,
         ]
         .into_iter()
         .flatten()

@@ -449,6 +449,158 @@ fn duplicate_outcomes_count_once() {
     );
 }
 
+/// A speculating state: any attempt slower than the median is a straggler at once.
+fn speculating() -> ClusterState {
+    ClusterState::new(Policy {
+        retry_backoff: Duration::ZERO,
+        speculate_at_least: Duration::ZERO,
+        speculate_every: Duration::ZERO,
+        ..Policy::default()
+    })
+}
+
+/// A job of two one-element sum chunks with `speculation`, on two one-slot workers; the
+/// chunk on the second worker succeeds, so that worker is free and the job is in its tail.
+/// Returns the state, the job, the workers and the attempt the first one still runs.
+fn a_tail() -> (ClusterState, JobId, WorkerId, WorkerId, ChunkRef) {
+    let mut s = speculating();
+    let a = worker(&mut s, 1);
+    let b = worker(&mut s, 1);
+    let job = s
+        .submit(
+            spec(
+                serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2,
+                "speculation": true}),
+            ),
+            None,
+            0,
+        )
+        .unwrap();
+    s.dispatch();
+    let placed = assignments(&mut s);
+    let on_a = placed.iter().find(|(w, _)| *w == a).unwrap().1;
+    let first_b = placed.iter().find(|(w, _)| *w == b).unwrap().1;
+    s.outcome(
+        b,
+        ChunkOutcome {
+            chunk: first_b,
+            result: Outcome::Succeeded(Bytes::from(first_b.chunk.0.to_string())),
+        },
+    );
+    (s, job.id, a, b, on_a)
+}
+
+/// The assignment of a backup the state placed now, if any: its worker and chunk.
+fn backup(s: &mut ClusterState) -> Option<(WorkerId, ChunkRef)> {
+    std::thread::sleep(Duration::from_millis(2));
+    s.dispatch();
+    assignments(s).pop()
+}
+
+#[test]
+fn a_backup_that_finishes_first_wins_and_the_straggler_is_stopped() {
+    let (mut s, job, a, b, straggler) = a_tail();
+    let (on, copy) = backup(&mut s).expect("a backup");
+    assert_eq!((on, copy.chunk), (b, straggler.chunk));
+    assert!(copy.attempt > straggler.attempt);
+    // Only one backup per chunk.
+    assert!(backup(&mut s).is_none());
+    s.outcome(
+        b,
+        ChunkOutcome {
+            chunk: copy,
+            result: Outcome::Succeeded(Bytes::from(straggler.chunk.0.to_string())),
+        },
+    );
+    let cancels: Vec<ChunkRef> = s
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Cancel { worker, chunk } if worker == a => Some(chunk),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cancels, [straggler]);
+    // The straggler's late result is ignored: each chunk counted once.
+    s.outcome(
+        a,
+        ChunkOutcome {
+            chunk: straggler,
+            result: Outcome::Succeeded(Bytes::from_static(b"1000")),
+        },
+    );
+    let job = s.job(job).unwrap();
+    assert!(matches!(&job.state, JobState::Succeeded { result } if &result[..] == b"1"));
+    assert_eq!(job.backups, job::BackupCounts { started: 1, won: 1 });
+    assert_eq!((s.counters.backups_started, s.counters.backups_won), (1, 1));
+}
+
+#[test]
+fn a_straggler_that_finishes_first_stops_its_backup() {
+    let (mut s, job, a, b, straggler) = a_tail();
+    let (_, copy) = backup(&mut s).expect("a backup");
+    s.outcome(
+        a,
+        ChunkOutcome {
+            chunk: straggler,
+            result: Outcome::Succeeded(Bytes::from(straggler.chunk.0.to_string())),
+        },
+    );
+    let stopped = s
+        .take_effects()
+        .into_iter()
+        .any(|e| matches!(e, Effect::Cancel { worker, chunk } if worker == b && chunk == copy));
+    assert!(stopped);
+    let job = s.job(job).unwrap();
+    assert!(matches!(&job.state, JobState::Succeeded { result } if &result[..] == b"1"));
+    assert_eq!(job.backups, job::BackupCounts { started: 1, won: 0 });
+}
+
+#[test]
+fn when_the_straggler_fails_its_backup_goes_on_as_the_chunks_attempt() {
+    let (mut s, job, a, b, straggler) = a_tail();
+    let (_, copy) = backup(&mut s).expect("a backup");
+    s.worker_gone(a, FailReason::WorkerLost);
+    // Nothing is queued again: the backup carries the chunk.
+    s.dispatch();
+    assert!(assignments(&mut s).is_empty());
+    assert_eq!(s.job(job).unwrap().counts.pending, 0);
+    s.outcome(
+        b,
+        ChunkOutcome {
+            chunk: copy,
+            result: Outcome::Succeeded(Bytes::from(straggler.chunk.0.to_string())),
+        },
+    );
+    let job = s.job(job).unwrap();
+    assert!(matches!(&job.state, JobState::Succeeded { result } if &result[..] == b"1"));
+}
+
+#[test]
+fn a_job_without_speculation_gets_no_backup() {
+    let mut s = speculating();
+    let a = worker(&mut s, 1);
+    let b = worker(&mut s, 1);
+    s.submit(
+        spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
+        None,
+        0,
+    )
+    .unwrap();
+    s.dispatch();
+    let placed = assignments(&mut s);
+    let on_b = placed.iter().find(|(w, _)| *w == b).unwrap().1;
+    s.outcome(
+        b,
+        ChunkOutcome {
+            chunk: on_b,
+            result: Outcome::Succeeded(Bytes::from_static(b"2")),
+        },
+    );
+    assert!(backup(&mut s).is_none());
+    let _ = a;
+}
+
 mod restore_tests {
 
     use chrono::Utc;

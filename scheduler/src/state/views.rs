@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use muster_shared::exec::{ExecBatch, ExecReport};
 
-use super::job::{AttemptRecord, ChunkCounts, ChunkState, Job, JobState};
+use super::job::{AttemptRecord, BackupCounts, ChunkCounts, ChunkState, Job, JobState};
 use super::live::LiveLogs;
 
 /// Most chunks listed under `retries` in one status.
@@ -43,6 +43,9 @@ pub struct JobView {
     pub attempts: u32,
     /// Chunks that failed an attempt, with every attempt (at most [`MAX_RETRIES_SHOWN`]).
     pub retries: Vec<RetriedChunk>,
+    /// Speculative backups of stragglers started and won (`speculation`); a backup that lost,
+    /// or the attempt a winning backup beat, ends `superseded`.
+    pub backups: BackupCounts,
     /// Priority.
     pub priority: i64,
     /// Required worker labels.
@@ -81,6 +84,7 @@ impl JobView {
             chunks: job.counts,
             attempts: job.attempts,
             retries,
+            backups: job.backups,
             priority: job.meta.priority,
             labels: job.meta.labels.clone(),
             created_at: job.created_at,
