@@ -135,6 +135,20 @@ impl Chunk {
     pub fn next_attempt(&self) -> Attempt {
         Attempt(self.attempts.len() as u32 + 1)
     }
+
+    /// Records a new attempt on `worker`, started now; its number.
+    fn open_attempt(&mut self, worker: WorkerId, worker_name: &Arc<str>) -> Attempt {
+        let attempt = self.next_attempt();
+        self.attempts.push(AttemptRecord {
+            attempt,
+            worker,
+            worker_name: worker_name.clone(),
+            started_at: Utc::now(),
+            finished_at: None,
+            error: None,
+        });
+        attempt
+    }
 }
 
 /// Speculative backups of a job's stragglers.
@@ -422,20 +436,12 @@ impl Job {
         if !matches!(chunk.state, ChunkState::Pending { .. }) || self.state.is_terminal() {
             return None;
         }
-        let attempt = chunk.next_attempt();
+        let attempt = chunk.open_attempt(worker, worker_name);
         chunk.state = ChunkState::Running {
             worker,
             attempt,
             deadline,
         };
-        chunk.attempts.push(AttemptRecord {
-            attempt,
-            worker,
-            worker_name: worker_name.clone(),
-            started_at: Utc::now(),
-            finished_at: None,
-            error: None,
-        });
         self.counts.pending -= 1;
         self.counts.running += 1;
         self.attempts += 1;
@@ -508,16 +514,8 @@ impl Job {
         if !matches!(chunk.state, ChunkState::Running { .. }) || chunk.backup.is_some() {
             return None;
         }
-        let attempt = chunk.next_attempt();
+        let attempt = chunk.open_attempt(worker, worker_name);
         chunk.backup = Some((worker, attempt));
-        chunk.attempts.push(AttemptRecord {
-            attempt,
-            worker,
-            worker_name: worker_name.clone(),
-            started_at: Utc::now(),
-            finished_at: None,
-            error: None,
-        });
         self.attempts += 1;
         self.backups.started += 1;
         Some(attempt)

@@ -357,22 +357,14 @@ impl ClusterState {
 /// Cancels the running attempts of a job's chunks on their workers and frees their slots.
 fn stop_attempts(workers: &mut Workers, effects: &mut Vec<Effect>, id: JobId, chunks: &[Chunk]) {
     for (i, chunk) in chunks.iter().enumerate() {
-        if let ChunkState::Running {
-            worker, attempt, ..
-        } = chunk.state
-        {
-            let chunk_ref = ChunkRef {
-                job: id,
-                chunk: ChunkIndex(i as u32),
-                attempt,
-            };
-            workers.release(worker, &chunk_ref);
-            effects.push(Effect::Cancel {
-                worker,
-                chunk: chunk_ref,
-            });
-        }
-        if let Some((worker, attempt)) = chunk.backup {
+        let running = match chunk.state {
+            ChunkState::Running {
+                worker, attempt, ..
+            } => Some((worker, attempt)),
+            _ => None,
+        };
+        // The attempt and its speculative backup, if it has one.
+        for (worker, attempt) in running.into_iter().chain(chunk.backup) {
             let chunk_ref = ChunkRef {
                 job: id,
                 chunk: ChunkIndex(i as u32),

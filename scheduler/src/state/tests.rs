@@ -459,10 +459,10 @@ fn speculating() -> ClusterState {
     })
 }
 
-/// A job of two one-element sum chunks with `speculation`, on two one-slot workers; the
+/// A job of two one-element sum chunks (with `speculation` or not), on two one-slot workers; the
 /// chunk on the second worker succeeds, so that worker is free and the job is in its tail.
 /// Returns the state, the job, the workers and the attempt the first one still runs.
-fn a_tail() -> (ClusterState, JobId, WorkerId, WorkerId, ChunkRef) {
+fn a_tail(speculation: bool) -> (ClusterState, JobId, WorkerId, WorkerId, ChunkRef) {
     let mut s = speculating();
     let a = worker(&mut s, 1);
     let b = worker(&mut s, 1);
@@ -470,7 +470,7 @@ fn a_tail() -> (ClusterState, JobId, WorkerId, WorkerId, ChunkRef) {
         .submit(
             spec(
                 serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2,
-                "speculation": true}),
+                "speculation": speculation}),
             ),
             None,
             0,
@@ -499,7 +499,7 @@ fn backup(s: &mut ClusterState) -> Option<(WorkerId, ChunkRef)> {
 
 #[test]
 fn a_backup_that_finishes_first_wins_and_the_straggler_is_stopped() {
-    let (mut s, job, a, b, straggler) = a_tail();
+    let (mut s, job, a, b, straggler) = a_tail(true);
     let (on, copy) = backup(&mut s).expect("a backup");
     assert_eq!((on, copy.chunk), (b, straggler.chunk));
     assert!(copy.attempt > straggler.attempt);
@@ -537,7 +537,7 @@ fn a_backup_that_finishes_first_wins_and_the_straggler_is_stopped() {
 
 #[test]
 fn a_straggler_that_finishes_first_stops_its_backup() {
-    let (mut s, job, a, b, straggler) = a_tail();
+    let (mut s, job, a, b, straggler) = a_tail(true);
     let (_, copy) = backup(&mut s).expect("a backup");
     s.outcome(
         a,
@@ -558,7 +558,7 @@ fn a_straggler_that_finishes_first_stops_its_backup() {
 
 #[test]
 fn when_the_straggler_fails_its_backup_goes_on_as_the_chunks_attempt() {
-    let (mut s, job, a, b, straggler) = a_tail();
+    let (mut s, job, a, b, straggler) = a_tail(true);
     let (_, copy) = backup(&mut s).expect("a backup");
     s.worker_gone(a, FailReason::WorkerLost);
     // Nothing is queued again: the backup carries the chunk.
@@ -578,27 +578,8 @@ fn when_the_straggler_fails_its_backup_goes_on_as_the_chunks_attempt() {
 
 #[test]
 fn a_job_without_speculation_gets_no_backup() {
-    let mut s = speculating();
-    let a = worker(&mut s, 1);
-    let b = worker(&mut s, 1);
-    s.submit(
-        spec(serde_json::json!({"kind": "sum", "input": [1, 2], "chunks": 2})),
-        None,
-        0,
-    )
-    .unwrap();
-    s.dispatch();
-    let placed = assignments(&mut s);
-    let on_b = placed.iter().find(|(w, _)| *w == b).unwrap().1;
-    s.outcome(
-        b,
-        ChunkOutcome {
-            chunk: on_b,
-            result: Outcome::Succeeded(Bytes::from_static(b"2")),
-        },
-    );
+    let (mut s, ..) = a_tail(false);
     assert!(backup(&mut s).is_none());
-    let _ = a;
 }
 
 mod restore_tests {
