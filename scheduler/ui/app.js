@@ -611,7 +611,10 @@ function jobView(signal, id) {
   const refreshStatus = async () => {
     const job = await api(`/v1/jobs/${id}`, { signal });
     const submitted = new Date(Date.parse(job.created_at)).toLocaleString();
-    meta.textContent = `${job.kind || job.task} · priority ${job.priority} · submitted ${submitted}`;
+    const backups = job.backups && job.backups.started
+      ? ` · ${job.backups.started} speculative backups, ${job.backups.won} won`
+      : "";
+    meta.textContent = `${job.kind || job.task} · priority ${job.priority} · submitted ${submitted}${backups}`;
     // Redrawn when a retry or an attempt's end is new: a table of a thousand retries is not
     // rebuilt for nothing.
     const key = job.retries.map((r) => r.attempts.map((a) => (a.finished_at ? "e" : "r")).join("")).join("|");
@@ -637,7 +640,7 @@ function jobView(signal, id) {
     if (p.error) parts.push(`error: ${p.error}`);
     progressText.textContent = parts.join(" · ");
     cancel.disabled = TERMINAL.has(p.status);
-    if (p.retried !== retriedShown) statusSoon();
+    if (p.retried !== retriedShown || TERMINAL.has(p.status)) statusSoon();
     gridSoon();
   };
 
