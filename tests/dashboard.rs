@@ -370,3 +370,26 @@ async fn an_operator_signs_in_watches_a_job_through_a_lost_worker_and_cancels_an
     assert_eq!(browser.loaded_at().await, loaded);
     browser.close().await;
 }
+
+#[tokio::test]
+async fn a_coordinator_without_tokens_shows_its_dashboard_without_a_sign_in() {
+    let c = Coordinator::start(&["--insecure"]);
+    let _w = c.worker_with(custom_worker_bin(), "w1", 1, &[]);
+    let browser = Browser::open().await;
+    browser
+        .client
+        .goto(&format!("{}/#/jobs", c.url))
+        .await
+        .expect("the dashboard");
+    browser
+        .until(
+            "the jobs page, no sign-in",
+            "return !!document.querySelector('#job-list') && !document.querySelector('#token');",
+        )
+        .await;
+    assert_eq!(
+        browser.client.title().await.expect("a title"),
+        "Jobs · Muster"
+    );
+    browser.close().await;
+}
