@@ -386,29 +386,26 @@ impl ClusterState {
             return;
         };
         // Of a chunk and its backup, the first to finish wins; the other copy is stopped.
-        let (done, loser) = if job.is_backup(chunk.chunk, chunk.attempt) {
-            let won = job.backup_succeeded(chunk.chunk, chunk.attempt, result.clone());
-            if won.is_ok() {
-                self.counters.backups_won += 1;
-            }
-            won.map(|(all_done, primary)| (all_done, Some(primary)))
+        let backup_won = job.is_backup(chunk.chunk, chunk.attempt);
+        let outcome = if backup_won {
+            job.backup_succeeded(chunk.chunk, chunk.attempt, result.clone())
+                .map(|(all_done, primary)| (all_done, Some(primary)))
         } else {
             let backup = job.drop_backup(chunk.chunk);
             job.chunk_succeeded(chunk.chunk, chunk.attempt, result.clone())
                 .map(|all_done| (all_done, backup))
-        }
-        .map_or_else(
-            |refused| {
-                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
-                None
-            },
-            Some,
-        )
-        .unzip();
-        let Some(all_done) = done else {
-            return;
         };
-        if let Some((worker, attempt)) = loser.flatten() {
+        let (all_done, loser) = match outcome {
+            Ok(outcome) => outcome,
+            Err(refused) => {
+                error!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, error = %refused, "refused an illegal chunk transition");
+                return;
+            }
+        };
+        if backup_won {
+            self.counters.backups_won += 1;
+        }
+        if let Some((worker, attempt)) = loser {
             self.stop_copy(chunk.job, chunk.chunk, worker, attempt);
         }
         let Some(job) = self.jobs.get(&chunk.job) else {
