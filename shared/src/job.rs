@@ -106,7 +106,7 @@ pub struct RawJob {
     #[cfg_attr(feature = "openapi", schema(value_type = Option<u32>))]
     pub max_running: Option<Value>,
     /// Backup copies of straggling chunks in the job's tail, the first to finish winning
-    /// (default false; not for `exec`).
+    /// (default true; not for `exec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculation: Option<bool>,
 }
@@ -337,7 +337,7 @@ impl RawJob {
             None => None,
             Some(v) => Some(positive_int("max_running", v, MAX_RUNNING)? as u32),
         };
-        let speculation = self.speculation.unwrap_or(false);
+        let speculation = self.speculation;
         // The slots a job is cut for: no more than it may use at once.
         let slots = max_running.map_or(slots, |m| slots.min(u64::from(m)));
         let mut exec = None;
@@ -363,11 +363,16 @@ impl RawJob {
             }
             (None, Some(task)) => self.custom(task)?,
         };
-        if speculation && exec.is_some() {
-            return Err(invalid(
-                "`speculation` is not offered for exec jobs: a batch's program may not be safe to run twice at once",
-            ));
-        }
+        // On by default, but for exec batches.
+        let speculation = match (speculation, exec.is_some()) {
+            (Some(true), true) => {
+                return Err(invalid(
+                    "`speculation` is not offered for exec jobs: a batch's program may not be safe to run twice at once",
+                ))
+            }
+            (Some(asked), _) => asked,
+            (None, exec) => !exec,
+        };
         Ok(JobSpec {
             work,
             max_attempts,
@@ -697,6 +702,22 @@ mod tests {
         serde_json::from_value::<RawJob>(v)
             .map_err(|e| InvalidJob(e.to_string()))?
             .validate(1)
+    }
+
+    #[test]
+    fn speculation_is_on_by_default_but_for_exec_which_refuses_it() {
+        let on = |v: Value| parse(v).map(|spec| spec.speculation);
+        assert_eq!(on(json!({"kind": "sum", "input": [1]})), Ok(true));
+        assert_eq!(
+            on(json!({"kind": "sum", "input": [1], "speculation": false})),
+            Ok(false)
+        );
+        let exec = json!({"kind": "exec", "program": "p", "input": ["a"]});
+        assert_eq!(on(exec.clone()), Ok(false));
+        let mut asked = exec;
+        asked["speculation"] = json!(true);
+        let err = parse(asked).unwrap_err();
+        assert!(err.0.contains("not offered for exec"), "{err}");
     }
 
     #[test]
