@@ -152,7 +152,7 @@ impl ClusterState {
         if let Some(job) = self.jobs.get(&chunk.job) {
             let started = job
                 .chunk(chunk.chunk)
-                .and_then(|c| c.attempts.iter().rev().find(|a| a.attempt == chunk.attempt))
+                .and_then(|c| c.record(chunk.attempt))
                 .map(|a| a.started_at);
             if let Some(took) = started.and_then(|at| (Utc::now() - at).to_std().ok()) {
                 self.counters.times.ran(&job.meta.task, took);
@@ -365,7 +365,7 @@ impl ClusterState {
             .jobs
             .get(&chunk.job)
             .and_then(|j| j.chunk(chunk.chunk))
-            .and_then(|c| c.attempts.iter().find(|a| a.attempt == chunk.attempt))
+            .and_then(|c| c.record(chunk.attempt))
         else {
             return;
         };
@@ -537,45 +537,38 @@ impl ClusterState {
             if self.workers.free_slots() == 0 {
                 return;
             }
-            let Some(job) = self.jobs.get(&id) else {
+            let least = self.policy.speculate_at_least;
+            let Some(stragglers) = self
+                .jobs
+                .get(&id)
+                .map(|j| j.stragglers(SPECULATE_AFTER, least))
+            else {
                 continue;
             };
-            let least = self.policy.speculate_at_least;
-            for (index, running_on) in job.stragglers(SPECULATE_AFTER, least) {
-                let Some(job) = self.jobs.get(&id) else {
+            for (index, running_on) in stragglers {
+                let Some(worker) = self
+                    .jobs
+                    .get(&id)
+                    .and_then(|job| self.workers.place(&job.meta, &[running_on]))
+                else {
                     break;
                 };
-                let Some(worker) = self.workers.place(&job.meta, &[running_on]) else {
+                let Some(name) = self.workers.get(worker).map(|w| w.name.clone()) else {
                     break;
                 };
-                let Some(entry) = self.workers.get(worker) else {
-                    break;
-                };
-                let name = entry.name.clone();
-                let Some(job) = self.jobs.get_mut(&id) else {
-                    break;
-                };
-                let Some(attempt) = job.start_backup(index, worker, &name) else {
+                let started = self.jobs.get_mut(&id);
+                let Some(attempt) = started.and_then(|j| j.start_backup(index, worker, &name))
+                else {
                     continue;
                 };
+                info!(job_id = %id, chunk = index.0, attempt = attempt.0, worker = %name, "backup of a straggler started");
+                self.counters.backups_started += 1;
                 let chunk = ChunkRef {
                     job: id,
                     chunk: index,
                     attempt,
                 };
-                let input = job.chunks[index.get()].input.clone();
-                let assignment = Assignment {
-                    chunk,
-                    task: job.meta.task.clone(),
-                    input,
-                };
-                info!(job_id = %id, chunk = index.0, attempt = attempt.0, worker = %name, "backup of a straggler started");
-                self.workers
-                    .occupy(worker, chunk, assignment.input.len() as u64);
-                self.counters.attempts_started += 1;
-                self.counters.backups_started += 1;
-                self.record_attempt(chunk);
-                self.effects.push(Effect::Assign { worker, assignment });
+                self.hand_out(chunk, worker);
             }
         }
     }
@@ -702,24 +695,36 @@ impl ClusterState {
         let Some(attempt) = job.start_chunk(index, worker, &entry.name) else {
             return;
         };
-        let chunk = ChunkRef {
-            job: id,
-            chunk: index,
-            attempt,
-        };
-        let started = job.chunk(index);
-        let bytes = started.map_or(0, |c| c.input.len() as u64);
-        self.workers.occupy(worker, chunk, bytes);
         if let Some(ChunkState::Running {
             deadline: Some(at), ..
-        }) = started.map(|c| &c.state)
+        }) = job.chunk(index).map(|c| &c.state)
         {
             self.deadlines.push(Reverse((*at, id, index, attempt)));
         }
+        self.hand_out(
+            ChunkRef {
+                job: id,
+                chunk: index,
+                attempt,
+            },
+            worker,
+        );
+    }
+
+    /// Sends an attempt just started (or a backup) to its worker: the slot is taken, the
+    /// attempt counted and recorded, the assignment queued.
+    fn hand_out(&mut self, chunk: ChunkRef, worker: WorkerId) {
+        let Some(job) = self.jobs.get(&chunk.job) else {
+            return;
+        };
+        let Some(input) = job.chunk(chunk.chunk).map(|c| c.input.clone()) else {
+            return;
+        };
+        self.workers.occupy(worker, chunk, input.len() as u64);
         let assignment = Assignment {
             chunk,
             task: job.meta.task.clone(),
-            input: job.chunks[index.get()].input.clone(),
+            input,
         };
         self.counters.attempts_started += 1;
         self.record_attempt(chunk);

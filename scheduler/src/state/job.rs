@@ -131,6 +131,11 @@ impl Chunk {
             .map(|a| a.worker_name.clone())
     }
 
+    /// The record of `attempt`.
+    pub fn record(&self, attempt: Attempt) -> Option<&AttemptRecord> {
+        self.attempts.iter().rev().find(|r| r.attempt == attempt)
+    }
+
     /// The attempt number the next run gets.
     pub fn next_attempt(&self) -> Attempt {
         Attempt(self.attempts.len() as u32 + 1)
