@@ -589,10 +589,15 @@ impl Handler<FollowPartials> for Coordinator {
                 });
             }
         };
-        let (tx, next) = tokio::sync::mpsc::channel(PARTIALS_BUFFERED);
-        if !self.shutting_down {
-            self.partial_readers.entry(msg.id).or_default().push(tx);
+        // A stopping coordinator takes no reader: one whose channel closed at once would ask
+        // again and again until the coordinator is gone.
+        if self.shutting_down {
+            return Err(ApiError::Unavailable(
+                "the coordinator is stopping: follow the job on the next leader".into(),
+            ));
         }
+        let (tx, next) = tokio::sync::mpsc::channel(PARTIALS_BUFFERED);
+        self.partial_readers.entry(msg.id).or_default().push(tx);
         Ok(FollowedPartials { now, next })
     }
 }
