@@ -13,6 +13,13 @@
 //!   `NAP_SLOWDOWN=N` in the worker's environment makes its naps N times longer: a slow machine,
 //!   for trying speculation.
 //! - `fail`: always fails with a retryable error (shows retries and the attempt report).
+//! - `fan` (async): submits `children` sub-jobs and waits for them all, its slot free
+//!   meanwhile; returns the sum of their results. Each child sums `[value, i]` (a built-in
+//!   `sum`), or, with `nap_ms`, naps that long first (a `nap` job), on workers with `labels`.
+//! - `nest` (async): `{"depth": N}` submits a `nest` of depth N - 1 and waits for it, down to 0,
+//!   which naps `nap_ms` in a `nap` job of its own when that is given; returns N. Past the
+//!   coordinator's `--max-sub-job-depth` the deepest submission is refused and the whole chain
+//!   fails saying so.
 //!
 //! It also runs the built-in tasks (`sum`, `sort`, `wordcount`).
 
@@ -23,7 +30,7 @@ use clap::Parser;
 use muster_worker::cli::{main_with, WorkerArgs};
 use muster_worker::{TaskContext, TaskError, Tasks};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,10 +94,64 @@ fn fail(ctx: &TaskContext, _input: Value) -> Result<Value, TaskError> {
     )))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Fan {
+    children: u32,
+    #[serde(default)]
+    value: i64,
+    #[serde(default)]
+    nap_ms: Option<u64>,
+    #[serde(default)]
+    labels: Value,
+}
+
+async fn fan(ctx: TaskContext, fan: Fan) -> Result<i64, TaskError> {
+    let cluster = ctx.cluster()?;
+    let mut children = Vec::with_capacity(fan.children as usize);
+    for i in 0..fan.children {
+        let job = match fan.nap_ms {
+            None => json!({"kind": "sum", "input": [fan.value, i]}),
+            Some(ms) => json!({"task": "nap", "reduce": "sum", "labels": fan.labels,
+                "chunks": [{"ms": ms, "value": fan.value + i64::from(i)}]}),
+        };
+        children.push(cluster.submit(&format!("child-{i}"), &job).await?);
+    }
+    let mut total = 0;
+    for end in cluster.wait(&children).await? {
+        total += muster_worker::tasks::result_of::<i64>(Some(end))?;
+    }
+    Ok(total)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Nest {
+    depth: u32,
+    #[serde(default)]
+    nap_ms: Option<u64>,
+}
+
+async fn nest(ctx: TaskContext, nest: Nest) -> Result<u32, TaskError> {
+    if nest.depth == 0 {
+        if let Some(ms) = nest.nap_ms {
+            let job = json!({"task": "nap", "reduce": "sum", "chunks": [{"ms": ms, "value": 0}]});
+            ctx.cluster()?.run::<u32>("nap", &job).await?;
+        }
+        return Ok(0);
+    }
+    let job = json!({"task": "nest", "reduce": "sum",
+        "chunks": [{"depth": nest.depth - 1, "nap_ms": nest.nap_ms}]});
+    let below: u32 = ctx.cluster()?.run("deeper", &job).await?;
+    Ok(below + 1)
+}
+
 fn main() -> ExitCode {
     let mut tasks = Tasks::builtin();
     tasks.register("primes", primes);
     tasks.register("nap", nap);
     tasks.register("fail", fail);
+    tasks.register_async("fan", fan);
+    tasks.register_async("nest", nest);
     main_with(tasks, WorkerArgs::parse())
 }

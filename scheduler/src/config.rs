@@ -37,6 +37,10 @@ pub const DEFAULT_MAX_QUEUED_SUBMISSIONS: usize = 1024;
 pub const DEFAULT_RETAIN_ENDED: f64 = 7.0 * 86_400.0;
 /// Default most ended jobs kept.
 pub const DEFAULT_RETAIN_ENDED_JOBS: usize = 100_000;
+/// How deep sub-jobs may nest by default.
+pub const DEFAULT_MAX_SUB_JOB_DEPTH: u32 = 8;
+/// Most sub-jobs one job may have by default.
+pub const DEFAULT_MAX_SUB_JOBS: usize = 10_000;
 /// Default time a request body may take to arrive, seconds.
 pub const DEFAULT_BODY_TIMEOUT: f64 = 60.0;
 
@@ -72,6 +76,10 @@ pub struct RawConfig {
     pub retain_ended: Option<f64>,
     /// Most ended jobs kept.
     pub retain_ended_jobs: Option<usize>,
+    /// How deep sub-jobs may nest.
+    pub max_sub_job_depth: Option<u32>,
+    /// Most sub-jobs one job may have.
+    pub max_sub_jobs: Option<usize>,
     /// Seconds before a chunk's first retry.
     pub retry_backoff: Option<f64>,
     /// Run without authentication (loopback only).
@@ -116,6 +124,8 @@ impl RawConfig {
             max_queued_submissions: self.max_queued_submissions.or(under.max_queued_submissions),
             retain_ended: self.retain_ended.or(under.retain_ended),
             retain_ended_jobs: self.retain_ended_jobs.or(under.retain_ended_jobs),
+            max_sub_job_depth: self.max_sub_job_depth.or(under.max_sub_job_depth),
+            max_sub_jobs: self.max_sub_jobs.or(under.max_sub_jobs),
             retry_backoff: self.retry_backoff.or(under.retry_backoff),
             insecure: self.insecure.or(under.insecure),
             store: self.store.or(under.store),
@@ -185,6 +195,8 @@ impl RawConfig {
         if retain_ended_jobs == 0 {
             anyhow::bail!("--retain-ended-jobs must be at least 1");
         }
+        let max_sub_job_depth = self.max_sub_job_depth.unwrap_or(DEFAULT_MAX_SUB_JOB_DEPTH);
+        let max_sub_jobs = self.max_sub_jobs.unwrap_or(DEFAULT_MAX_SUB_JOBS);
         let store = match self.store.as_deref().unwrap_or("sqlite") {
             "sqlite" => StoreChoice::Sqlite,
             "memory" => StoreChoice::Memory,
@@ -238,6 +250,8 @@ impl RawConfig {
             max_queued_submissions,
             retain_ended,
             retain_ended_jobs,
+            max_sub_job_depth,
+            max_sub_jobs,
             retry_backoff,
             store,
             http_workers,
@@ -325,6 +339,10 @@ pub struct Config {
     pub retain_ended: Duration,
     /// Most ended jobs kept; past it the oldest are pruned.
     pub retain_ended_jobs: usize,
+    /// How deep sub-jobs may nest (0: no sub-jobs at all).
+    pub max_sub_job_depth: u32,
+    /// Most sub-jobs one job may have.
+    pub max_sub_jobs: usize,
     /// Delay before a chunk's first retry.
     pub retry_backoff: Duration,
     /// Store.

@@ -84,7 +84,9 @@ impl From<StateError> for ApiError {
         match e {
             StateError::JobNotFound { id } => ApiError::JobNotFound { id: id.to_string() },
             StateError::IdempotencyConflict { key } => ApiError::IdempotencyConflict { key },
-            StateError::UnknownTask { .. } => ApiError::Invalid(e.to_string()),
+            StateError::UnknownTask { .. } | StateError::SubJob(_) => {
+                ApiError::Invalid(e.to_string())
+            }
             StateError::TooManyPending { .. } | StateError::StoreBehind { .. } => {
                 ApiError::Overloaded(e.to_string())
             }

@@ -145,6 +145,8 @@ pub async fn run(
         max_store_backlog: config.max_store_backlog,
         retain_ended: config.retain_ended,
         retain_ended_jobs: config.retain_ended_jobs,
+        max_sub_job_depth: config.max_sub_job_depth,
+        max_sub_jobs: config.max_sub_jobs,
         ..Policy::default()
     });
     state.restore(snapshot);

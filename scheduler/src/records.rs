@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use muster_shared::ids::{Attempt, JobId, WorkerId};
+use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::reduce::Reducer;
 use serde::{Deserialize, Serialize};
 
@@ -170,6 +170,28 @@ pub struct JobMeta {
     /// Backup copies of stragglers in the job's tail.
     #[serde(default)]
     pub speculation: bool,
+    /// For a sub-job, the chunk that submitted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentLink>,
+}
+
+/// The chunk a sub-job was submitted by, and how deep it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ParentLink {
+    /// The parent job.
+    pub job: JobId,
+    /// Its chunk that submitted this job.
+    #[schema(value_type = u32)]
+    pub chunk: ChunkIndex,
+    /// Sub-jobs above this one, this one included: 1 for a child of a job a client submitted.
+    pub depth: u32,
+}
+
+impl JobMeta {
+    /// How deep this job is among sub-jobs: 0 for one a client submitted.
+    pub fn depth(&self) -> u32 {
+        self.parent.map_or(0, |p| p.depth)
+    }
 }
 
 /// A job as first written: enough to rebuild it from scratch.
@@ -271,6 +293,7 @@ impl JobMeta {
             timings_key: None,
             max_running: None,
             speculation: false,
+            parent: None,
         }
     }
 }

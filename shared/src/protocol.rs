@@ -20,7 +20,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use crate::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 
 /// Version of this protocol; both sides must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// HTTP header in the upgrade request that names the worker's protocol version.
 pub const PROTOCOL_HEADER: &str = "muster-protocol";
@@ -36,6 +36,9 @@ pub const MAX_MESSAGES_PER_FRAME: usize = 16_384;
 /// Most chunks a worker may hold queued per slot beyond its slots (its `prefetch`); the
 /// coordinator counts no more than this whatever a worker announces.
 pub const MAX_PREFETCH_PER_SLOT: u32 = 512;
+
+/// Most jobs one [`WorkerMessage::AwaitJobs`] may wait for (a parent's most children).
+pub const MAX_AWAITED_JOBS: usize = 10_000;
 
 /// Most tasks a hello may list.
 pub const MAX_HELLO_TASKS: usize = 1024;
@@ -227,6 +230,51 @@ pub enum WorkerMessage {
         /// The text.
         text: String,
     },
+    /// A running attempt submits a job of its own (a sub-job), answered by
+    /// [`CoordinatorMessage::Submitted`]. It is idempotent per (parent chunk, `key`): a retried
+    /// attempt that submits again under the same key gets the job the first one made.
+    SubmitJob {
+        /// The worker's number for this request, named in the answer.
+        request: u64,
+        /// The attempt asking, which must be running on this worker.
+        parent: ChunkRef,
+        /// The sub-job's key within its parent chunk.
+        key: String,
+        /// The job body, as `POST /v1/jobs` takes it (JSON).
+        body: Bytes,
+    },
+    /// A running attempt waits for sub-jobs of its job to end, answered by
+    /// [`CoordinatorMessage::JobsEnded`] once they all have. Until then its slot is free for
+    /// other chunks (the attempt takes it back with the answer).
+    AwaitJobs {
+        /// The worker's number for this request.
+        request: u64,
+        /// The attempt waiting, which must be running on this worker.
+        parent: ChunkRef,
+        /// The jobs, sub-jobs of the attempt's job; at most [`MAX_AWAITED_JOBS`].
+        #[serde(deserialize_with = "bounded::<_, _, MAX_AWAITED_JOBS>")]
+        jobs: Vec<JobId>,
+    },
+    /// A running attempt cancels a sub-job of its job.
+    CancelJob {
+        /// The attempt asking, which must be running on this worker.
+        parent: ChunkRef,
+        /// The sub-job.
+        job: JobId,
+    },
+}
+
+/// How a job a worker waited for ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEnded {
+    /// The job.
+    pub job: JobId,
+    /// `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// Its result (JSON) when it succeeded.
+    pub result: Option<Bytes>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Messages from the coordinator to a worker.
@@ -247,6 +295,21 @@ pub enum CoordinatorMessage {
     Cancel(ChunkRef),
     /// Proof of life.
     Heartbeat,
+    /// The answer to [`WorkerMessage::SubmitJob`]: the job's id, or why it was refused.
+    Submitted {
+        /// The worker's number for the request.
+        request: u64,
+        /// The sub-job, or the refusal.
+        result: Result<JobId, String>,
+    },
+    /// The answer to [`WorkerMessage::AwaitJobs`]: how each job ended, in the order asked, or
+    /// why the wait was refused.
+    JobsEnded {
+        /// The worker's number for the request.
+        request: u64,
+        /// The ends, or the refusal.
+        result: Result<Vec<JobEnded>, String>,
+    },
 }
 
 /// One chunk to run.
@@ -316,6 +379,12 @@ impl PayloadLen for CoordinatorMessage {
     fn payload_len(&self) -> usize {
         match self {
             Self::Assign(a) => a.input.len(),
+            Self::JobsEnded {
+                result: Ok(ends), ..
+            } => ends
+                .iter()
+                .map(|e| e.result.as_ref().map_or(0, Bytes::len) + MESSAGE_OVERHEAD)
+                .sum(),
             _ => 0,
         }
     }
@@ -329,6 +398,8 @@ impl PayloadLen for WorkerMessage {
                 ..
             }) => partial.len(),
             Self::Output { text, .. } => text.len(),
+            Self::SubmitJob { body, key, .. } => body.len() + key.len(),
+            Self::AwaitJobs { jobs, .. } => jobs.len() * 20,
             _ => 0,
         }
     }
@@ -367,6 +438,14 @@ enum MessageInPlace<'a> {
     Assign(#[serde(borrow)] AssignmentInPlace<'a>),
     Cancel(ChunkRef),
     Heartbeat,
+    Submitted {
+        request: u64,
+        result: Result<JobId, String>,
+    },
+    JobsEnded {
+        request: u64,
+        result: Result<Vec<JobEnded>, String>,
+    },
 }
 
 /// [`Assignment`] with its input borrowed from the frame.
@@ -400,6 +479,12 @@ pub fn decode_in_place(bytes: &Bytes) -> Result<Frame<CoordinatorMessage>, Codec
             }),
             MessageInPlace::Cancel(chunk) => CoordinatorMessage::Cancel(chunk),
             MessageInPlace::Heartbeat => CoordinatorMessage::Heartbeat,
+            MessageInPlace::Submitted { request, result } => {
+                CoordinatorMessage::Submitted { request, result }
+            }
+            MessageInPlace::JobsEnded { request, result } => {
+                CoordinatorMessage::JobsEnded { request, result }
+            }
         })
         .collect();
     Ok(Frame {
@@ -499,6 +584,23 @@ mod tests {
                 task: "wordcount".into(),
                 input: Bytes::new(),
             }),
+            CoordinatorMessage::Submitted {
+                request: 7,
+                result: Ok(JobId::new()),
+            },
+            CoordinatorMessage::Submitted {
+                request: 8,
+                result: Err("too deep".into()),
+            },
+            CoordinatorMessage::JobsEnded {
+                request: 9,
+                result: Ok(vec![JobEnded {
+                    job: JobId::new(),
+                    status: "succeeded".into(),
+                    result: Some(Bytes::from_static(b"[1,2]")),
+                    error: None,
+                }]),
+            },
         ];
         // Every variant is here: a new one must be added to `MessageInPlace` too.
         for m in &messages {
@@ -506,7 +608,9 @@ mod tests {
                 CoordinatorMessage::Welcome { .. }
                 | CoordinatorMessage::Assign(_)
                 | CoordinatorMessage::Cancel(_)
-                | CoordinatorMessage::Heartbeat => {}
+                | CoordinatorMessage::Heartbeat
+                | CoordinatorMessage::Submitted { .. }
+                | CoordinatorMessage::JobsEnded { .. } => {}
             }
         }
         let frame = Frame {

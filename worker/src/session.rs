@@ -1,7 +1,7 @@
 //! One connection to a coordinator: upgrade, hello, then assignments in and outcomes out until the
 //! connection drops or the worker has drained.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::daemon::WorkerError;
-use crate::tasks::{TaskContext, TaskFn};
+use crate::tasks::{Answer, Ask, TaskBody, TaskContext, TaskFn};
 use crate::TaskError;
 use crate::{Tasks, WorkerConfig};
 
@@ -95,6 +95,12 @@ pub(crate) struct Worker {
     tasks: Tasks,
     /// Attempts running now, with their cancel flags.
     running: HashMap<ChunkRef, Arc<AtomicBool>>,
+    /// Running attempts waiting for sub-jobs: their slots are free meanwhile.
+    waiting: HashSet<ChunkRef>,
+    /// Asks of running attempts sent to the coordinator and not answered yet, by request number.
+    pending: HashMap<u64, Pending>,
+    /// The next request number.
+    next_request: u64,
     /// Attempts received beyond the slots, started in order as slots free.
     queued: VecDeque<Assignment>,
     /// Finished outcomes not yet sent (the connection dropped); sent after the next hello.
@@ -122,6 +128,9 @@ impl Worker {
             config,
             tasks,
             running: HashMap::new(),
+            waiting: HashSet::new(),
+            pending: HashMap::new(),
+            next_request: 0,
             queued: VecDeque::new(),
             outbox: Vec::new(),
             live: Vec::new(),
@@ -151,6 +160,11 @@ impl Worker {
         let end = self.serve(&mut socket, base).await;
         // Queued chunks never started; the coordinator re-queues them with the connection.
         self.queued.clear();
+        // Asks die with the connection: their tasks learn it, and their attempts' outcomes are
+        // no longer wanted (the coordinator re-queued them).
+        for request in self.pending.keys().copied().collect::<Vec<_>>() {
+            self.answer(request, None);
+        }
         if matches!(end, SessionEnd::Drained) {
             close_handshake(&mut socket).await;
         }
@@ -479,12 +493,87 @@ impl Worker {
                 }
                 return;
             }
+            Done::Ask { chunk, ask, reply } => {
+                self.ask(chunk, ask, reply);
+                return;
+            }
         };
         self.note_run_time(took);
         if self.running.remove(&outcome.chunk).is_some() {
             batch.push(outcome);
         } else {
             debug!(chunk = %outcome.chunk, "dropped outcome of a cancelled attempt");
+        }
+    }
+
+    /// Sends a running attempt's ask to the coordinator (with the output, ahead of outcomes).
+    /// A wait frees the attempt's slot until its answer comes.
+    fn ask(
+        &mut self,
+        chunk: ChunkRef,
+        ask: Ask,
+        reply: Option<tokio::sync::oneshot::Sender<Answer>>,
+    ) {
+        if !self.running.contains_key(&chunk) {
+            // The attempt was cancelled meanwhile: dropping `reply` tells the task.
+            return;
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        let waits = matches!(ask, Ask::Await { .. });
+        self.live.push(match ask {
+            Ask::Submit { key, body } => WorkerMessage::SubmitJob {
+                request,
+                parent: chunk,
+                key,
+                body,
+            },
+            Ask::Await { jobs } => WorkerMessage::AwaitJobs {
+                request,
+                parent: chunk,
+                jobs,
+            },
+            Ask::Cancel { job } => WorkerMessage::CancelJob { parent: chunk, job },
+        });
+        if let Some(reply) = reply {
+            if waits && self.waiting.insert(chunk) {
+                self.busy = self.busy.saturating_sub(1);
+            }
+            self.pending.insert(
+                request,
+                Pending {
+                    chunk,
+                    reply,
+                    waits,
+                },
+            );
+        }
+    }
+
+    /// Hands an ask its answer (`None`: it will never come); a waiting attempt takes its slot
+    /// back, even beyond the slots for a moment: its sub-jobs are done, so it will end soon.
+    fn answer(&mut self, request: u64, answer: Option<Answer>) {
+        let Some(pending) = self.pending.remove(&request) else {
+            return;
+        };
+        if pending.waits && self.waiting.remove(&pending.chunk) {
+            self.busy += 1;
+        }
+        if let Some(answer) = answer {
+            let _ = pending.reply.send(answer);
+        }
+    }
+
+    /// Drops the asks of an attempt that was cancelled.
+    fn forget_asks(&mut self, chunk: ChunkRef) {
+        let requests: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.chunk == chunk)
+            .map(|(r, _)| *r)
+            .collect();
+        for request in requests {
+            self.answer(request, None);
         }
     }
 
@@ -530,6 +619,7 @@ impl Worker {
                     }
                 }
                 CoordinatorMessage::Cancel(chunk) => {
+                    self.forget_asks(chunk);
                     if let Some(flag) = self.running.remove(&chunk) {
                         flag.store(true, Ordering::Relaxed);
                         info!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, "cancelled chunk");
@@ -540,6 +630,13 @@ impl Worker {
                     }
                 }
                 CoordinatorMessage::Heartbeat => {}
+                CoordinatorMessage::Submitted { request, result } => {
+                    self.answer(request, Some(Answer::Submitted(result)));
+                }
+                CoordinatorMessage::JobsEnded { request, result } => {
+                    self.answer(request, Some(Answer::Ended(result)));
+                    // Its slot is back: queued chunks wait for the next free one.
+                }
             }
         }
         Ok(replies)
@@ -577,7 +674,7 @@ impl Worker {
         if self.busy < self.config.slots as usize {
             if assignment.input.len() <= INLINE_MAX_BYTES && self.tasks.is_bounded(&assignment.task)
             {
-                if let Some(f) = self.tasks.get(&assignment.task).cloned() {
+                if let Some(f) = self.tasks.get_blocking(&assignment.task).cloned() {
                     return Some(self.run_inline(assignment, f));
                 }
             }
@@ -586,7 +683,7 @@ impl Worker {
         // The coordinator counts a chunk as outstanding until it hears its outcome; counting the
         // same way here (a finished chunk whose slot is not yet marked free no longer counts)
         // means an assignment that crossed an outcome on the wire is never refused.
-        let outstanding = self.running.len() + self.queued.len();
+        let outstanding = self.running.len() + self.queued.len() - self.waiting.len();
         if outstanding < (self.config.slots + self.config.prefetch) as usize {
             self.queued.push_back(assignment);
             return None;
@@ -604,7 +701,7 @@ impl Worker {
         let mut refusals = Vec::new();
         let mut work = Vec::with_capacity(assignments.len());
         for Assignment { chunk, task, input } in assignments {
-            let Some(f) = self.tasks.get(&task).cloned() else {
+            let Some(body) = self.tasks.get(&task) else {
                 refusals.push(failure(
                     chunk,
                     FailureClass::UnknownTask,
@@ -615,12 +712,11 @@ impl Worker {
             debug!(job_id = %chunk.job, chunk = chunk.chunk.0, attempt = chunk.attempt.0, %task, "running chunk");
             let flag = Arc::new(AtomicBool::new(false));
             self.running.insert(chunk, flag.clone());
-            work.push((
-                TaskContext::new(chunk, flag, Some(self.outcomes_tx.clone())),
-                task,
-                f,
-                input,
-            ));
+            let ctx = TaskContext::new(chunk, flag, Some(self.outcomes_tx.clone()));
+            match body {
+                TaskBody::Blocking(f) => work.push((ctx, task, f, input)),
+                TaskBody::Async(f) => self.launch_async(ctx, task, f, input),
+            }
         }
         if work.is_empty() {
             return refusals;
@@ -642,6 +738,30 @@ impl Worker {
         refusals
     }
 
+    /// Runs an attempt of an `async` task on the session's own thread; it holds a slot until it
+    /// ends (but not while it waits for sub-jobs).
+    fn launch_async(
+        &mut self,
+        ctx: TaskContext,
+        task: String,
+        f: crate::tasks::AsyncTaskFn,
+        input: Bytes,
+    ) {
+        use futures_util::FutureExt;
+        self.busy += 1;
+        let tx = self.outcomes_tx.clone();
+        actix_rt::spawn(async move {
+            let started = std::time::Instant::now();
+            let chunk = ctx.chunk();
+            let result = std::panic::AssertUnwindSafe(f(ctx, input))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(panicked(&task, panic)));
+            let _ = tx.send(Done::Outcome(outcome_of(chunk, result), started.elapsed()));
+            let _ = tx.send(Done::SlotFree);
+        });
+    }
+
     /// Runs a small chunk of a built-in task on the session's own thread: it takes microseconds,
     /// less than handing it to a blocking thread and hearing back.
     fn run_inline(&mut self, assignment: Assignment, f: TaskFn) -> ChunkOutcome {
@@ -658,16 +778,22 @@ impl Worker {
 /// Runs one attempt, a panic included, and words its outcome.
 fn run_attempt(ctx: &TaskContext, task: &str, f: &TaskFn, input: &[u8]) -> ChunkOutcome {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx, input)))
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            Err(TaskError::retryable(format!(
-                "task `{task}` panicked: {what}"
-            )))
-        });
+        .unwrap_or_else(|panic| Err(panicked(task, panic)));
+    outcome_of(ctx.chunk(), result)
+}
+
+/// A task's panic as its retryable error.
+fn panicked(task: &str, panic: Box<dyn std::any::Any + Send>) -> TaskError {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    TaskError::retryable(format!("task `{task}` panicked: {what}"))
+}
+
+/// What a task returned, as its attempt's outcome.
+fn outcome_of(chunk: ChunkRef, result: Result<Bytes, TaskError>) -> ChunkOutcome {
     let result = match result {
         Ok(output) => Outcome::Succeeded(output),
         Err(e) => Outcome::Failed(Failure {
@@ -679,10 +805,17 @@ fn run_attempt(ctx: &TaskContext, task: &str, f: &TaskFn, input: &[u8]) -> Chunk
             message: e.message,
         }),
     };
-    ChunkOutcome {
-        chunk: ctx.chunk(),
-        result,
-    }
+    ChunkOutcome { chunk, result }
+}
+
+/// An ask waiting for its answer.
+struct Pending {
+    /// The attempt that asked.
+    chunk: ChunkRef,
+    /// Where the answer goes.
+    reply: tokio::sync::oneshot::Sender<Answer>,
+    /// True for a wait: the attempt's slot is free until the answer.
+    waits: bool,
 }
 
 /// What a blocking thread reports to the session loop.
@@ -693,6 +826,15 @@ pub enum Done {
     SlotFree,
     /// A running attempt printed this.
     Output(ChunkRef, String),
+    /// A running attempt asks the coordinator (see [`crate::tasks::Cluster`]).
+    Ask {
+        /// The attempt.
+        chunk: ChunkRef,
+        /// What it asks.
+        ask: Ask,
+        /// Where the answer goes (none for a cancel).
+        reply: Option<tokio::sync::oneshot::Sender<Answer>>,
+    },
 }
 
 /// Sends a close frame and waits (briefly) for the coordinator's: once it answers, it has handled

@@ -525,6 +525,8 @@ pub(super) async fn junit(
 pub(super) struct ListQuery {
     /// Only jobs with this status.
     status: Option<String>,
+    /// Only sub-jobs of this job (those its chunks submitted).
+    parent: Option<String>,
     /// Jobs older than this one (the `next` of the last page).
     after: Option<String>,
     /// Jobs per page, 1 to 1000 (default 100).
@@ -559,6 +561,14 @@ pub(super) async fn list(
                 .map_err(|_| ApiError::Invalid(format!("`after` is not a job id: {a}")))
         })
         .transpose()?;
+    let parent = query
+        .parent
+        .as_deref()
+        .map(|p| {
+            p.parse::<JobId>()
+                .map_err(|_| ApiError::Invalid(format!("`parent` is not a job id: {p}")))
+        })
+        .transpose()?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::Invalid(format!(
@@ -569,6 +579,7 @@ pub(super) async fn list(
         .coordinator(&req)?
         .send(ListJobs {
             status: query.status,
+            parent,
             after,
             limit,
         })

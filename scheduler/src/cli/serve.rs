@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// Most ended jobs kept; past it the oldest are pruned [default: 100000].
     #[arg(long, env = "MUSTER_RETAIN_ENDED_JOBS")]
     retain_ended_jobs: Option<usize>,
+    /// How deep sub-jobs (jobs that running chunks submit) may nest [default: 8].
+    #[arg(long, env = "MUSTER_MAX_SUB_JOB_DEPTH")]
+    max_sub_job_depth: Option<u32>,
+    /// Most sub-jobs one job's chunks may submit in all [default: 10000].
+    #[arg(long, env = "MUSTER_MAX_SUB_JOBS")]
+    max_sub_jobs: Option<usize>,
     /// Seconds before a failed chunk's first retry; doubles per failure [default: 0.1].
     #[arg(long, env = "MUSTER_RETRY_BACKOFF")]
     retry_backoff: Option<f64>,
@@ -114,6 +120,8 @@ impl ServeArgs {
             max_queued_submissions: self.max_queued_submissions,
             retain_ended: self.retain_ended,
             retain_ended_jobs: self.retain_ended_jobs,
+            max_sub_job_depth: self.max_sub_job_depth,
+            max_sub_jobs: self.max_sub_jobs,
             retry_backoff: self.retry_backoff,
             insecure: self.insecure.then_some(true),
             store: self.store,

@@ -107,6 +107,9 @@ impl Coordinator {
                     .entry(worker)
                     .or_default()
                     .push(CoordinatorMessage::Assign(assignment)),
+                Effect::Send { worker, message } => {
+                    outgoing.entry(worker).or_default().push(message)
+                }
                 Effect::Cancel { worker, chunk } => outgoing
                     .entry(worker)
                     .or_default()
@@ -152,6 +155,91 @@ impl Coordinator {
             return;
         }
         self.arm_timer(ctx, now);
+    }
+
+    /// Carries a submission the state took (or refused) through to the store: its insert goes
+    /// to the store at once (one the store refuses is not accepted), its chunks go out, and a
+    /// job whose insert does not become durable is dropped again.
+    fn admit(
+        &mut self,
+        submitted: Result<Submitted, crate::state::StateError>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(Submitted, Durable), ApiError> {
+        // The insert goes to the store at once: one it refuses is not accepted.
+        let refused = self.persistence.apply(self.state.take_writes());
+        if self.stop_if_told(ctx) {
+            return Err(ApiError::NotLeader { location: None });
+        }
+        let submitted = submitted?;
+        if let Some((_, e)) = refused.iter().find(|(id, _)| *id == submitted.id) {
+            let refusal = ApiError::Unavailable(format!("the job was not accepted: {e}"));
+            self.state.forget(submitted.id);
+            self.settle(ctx);
+            return Err(refusal);
+        }
+        // Its chunks go out before the job is durable: results count only once it is (the
+        // writer commits in order), and a job that cannot be stored is forgotten again. The
+        // insert and the attempts dispatching starts go to the store in one batch, committed
+        // together: one commit for the answer to wait for, and for the first result to follow.
+        self.settle(ctx);
+        let durable = match self.persistence.durable() {
+            Ok(durable) => durable,
+            Err(e) => {
+                if submitted.created {
+                    self.state.forget(submitted.id);
+                    self.settle(ctx);
+                }
+                return Err(e);
+            }
+        };
+        if submitted.created {
+            // A job whose insert does not become durable is dropped again (its client is told
+            // it was not accepted).
+            let id = submitted.id;
+            ctx.spawn(
+                durable
+                    .clone()
+                    .wait()
+                    .into_actor(self)
+                    .map(move |stored, act, ctx| {
+                        if stored.is_err() {
+                            act.state.forget(id);
+                            act.settle(ctx);
+                        }
+                    }),
+            );
+        }
+        if submitted.created {
+            self.log_later(ctx, submitted.id, false);
+        }
+        Ok((submitted, durable))
+    }
+
+    /// A running attempt's sub-job: its body parsed as `POST /v1/jobs` takes it, then
+    /// submitted under its key (see `state::subjobs`); answered with its id without waiting for
+    /// the store (a retried attempt submitting again finds it, or makes it anew if it was lost).
+    fn submit_child(
+        &mut self,
+        worker: WorkerId,
+        parent: muster_shared::protocol::ChunkRef,
+        key: &str,
+        body: &Bytes,
+        ctx: &mut Context<Self>,
+    ) -> Result<JobId, String> {
+        use sha2::Digest;
+        let spec = muster_shared::body::parse_job(body, self.state.workers().capacity().max(1))
+            .map_err(|e| format!("the sub-job's body was refused: {e}"))?;
+        let digest: [u8; 32] = sha2::Sha256::digest(body).into();
+        let submitted = self.state.submit_child(
+            worker,
+            parent,
+            key,
+            spec,
+            digest,
+            self.persistence.backlog(),
+        );
+        let (submitted, _) = self.admit(submitted, ctx).map_err(|e| e.to_string())?;
+        Ok(submitted.id)
     }
 
     /// A job's status view.
@@ -268,54 +356,8 @@ impl Handler<Submit> for Coordinator {
         let submitted = self
             .state
             .submit(msg.spec, msg.idempotency, self.persistence.backlog());
-        // The insert goes to the store at once: one it refuses is not accepted.
-        let refused = self.persistence.apply(self.state.take_writes());
-        if self.stop_if_told(ctx) {
-            return Err(ApiError::NotLeader { location: None });
-        }
-        let submitted = submitted?;
-        if let Some((_, e)) = refused.iter().find(|(id, _)| *id == submitted.id) {
-            let refusal = ApiError::Unavailable(format!("the job was not accepted: {e}"));
-            self.state.forget(submitted.id);
-            self.settle(ctx);
-            return Err(refusal);
-        }
-        // Its chunks go out before the job is durable: results count only once it is (the
-        // writer commits in order), and a job that cannot be stored is forgotten again. The
-        // insert and the attempts dispatching starts go to the store in one batch, committed
-        // together: one commit for the answer to wait for, and for the first result to follow.
-        self.settle(ctx);
-        let durable = match self.persistence.durable() {
-            Ok(durable) => durable,
-            Err(e) => {
-                if submitted.created {
-                    self.state.forget(submitted.id);
-                    self.settle(ctx);
-                }
-                return Err(e);
-            }
-        };
-        if submitted.created {
-            // A job whose insert does not become durable is dropped again (its client is told
-            // it was not accepted).
-            let id = submitted.id;
-            ctx.spawn(
-                durable
-                    .clone()
-                    .wait()
-                    .into_actor(self)
-                    .map(move |stored, act, ctx| {
-                        if stored.is_err() {
-                            act.state.forget(id);
-                            act.settle(ctx);
-                        }
-                    }),
-            );
-        }
+        let (submitted, durable) = self.admit(submitted, ctx)?;
         let view = self.view(submitted.id)?;
-        if submitted.created {
-            self.log_later(ctx, submitted.id, false);
-        }
         Ok((submitted, view, durable))
     }
 }
@@ -660,6 +702,8 @@ impl Handler<CancelJob> for Coordinator {
 pub struct ListJobs {
     /// Only this status.
     pub status: Option<String>,
+    /// Only sub-jobs of this job.
+    pub parent: Option<JobId>,
     /// Only jobs older than this one (the previous page's last id).
     pub after: Option<JobId>,
     /// Page size.
@@ -672,7 +716,7 @@ impl Handler<ListJobs> for Coordinator {
     fn handle(&mut self, msg: ListJobs, _ctx: &mut Context<Self>) -> Self::Result {
         let page = self
             .state
-            .jobs_page(msg.status.as_deref(), msg.after, msg.limit)
+            .jobs_page(msg.status.as_deref(), msg.parent, msg.after, msg.limit)
             .into_iter()
             .map(JobView::of)
             .collect();
@@ -797,6 +841,42 @@ impl Handler<FromWorker> for Coordinator {
                     }
                 }
                 WorkerMessage::Hello(_) => warn!(worker = %msg.id, "ignored a second hello"),
+                WorkerMessage::SubmitJob {
+                    request,
+                    parent,
+                    key,
+                    body,
+                } => {
+                    let result = self.submit_child(msg.id, parent, &key, &body, ctx);
+                    if let Err(reason) = &result {
+                        info!(worker = %msg.id, %parent, %reason, "sub-job refused");
+                    }
+                    self.state
+                        .send(msg.id, CoordinatorMessage::Submitted { request, result });
+                    changed = true;
+                }
+                WorkerMessage::AwaitJobs {
+                    request,
+                    parent,
+                    jobs,
+                } => {
+                    if let Err(e) = self.state.await_jobs(msg.id, parent, request, jobs) {
+                        self.state.send(
+                            msg.id,
+                            CoordinatorMessage::JobsEnded {
+                                request,
+                                result: Err(e.to_string()),
+                            },
+                        );
+                    }
+                    changed = true;
+                }
+                WorkerMessage::CancelJob { parent, job } => {
+                    if let Err(e) = self.state.cancel_child(msg.id, parent, job) {
+                        info!(worker = %msg.id, %parent, error = %e, "sub-job cancel refused");
+                    }
+                    changed = true;
+                }
             }
         }
         if changed {

@@ -480,7 +480,7 @@ impl ClusterState {
             }
         };
         *self.counters.attempts_failed.entry(class).or_default() += 1;
-        let key = job_key(job.meta.priority, job.id);
+        let key = job_key(&job.meta, job.id);
         let ready_at = match job.chunk(chunk.chunk).map(|c| &c.state) {
             Some(ChunkState::Pending { ready_at }) => Some(*ready_at),
             _ => None,
@@ -530,6 +530,8 @@ impl ClusterState {
             .iter()
             .filter_map(|id| self.jobs.get(id))
             .filter(|j| j.counts.pending == 0 && j.counts.running > 0)
+            // A parent's chunks wait for their sub-jobs, which is no sign of a slow worker.
+            .filter(|j| !self.children.contains_key(&j.id))
             .map(|j| j.id)
             .collect();
         self.tails = !tails.is_empty();
@@ -623,7 +625,7 @@ impl ClusterState {
             }
             let active = self
                 .jobs
-                .get(&key.1)
+                .get(&key.2)
                 .is_some_and(|j| !j.state.is_terminal());
             if !active {
                 self.queue.remove_job(&key);
@@ -639,7 +641,7 @@ impl ClusterState {
     /// Places chunks of one job (no more than its `max_running` at once); returns how many
     /// were placed.
     fn dispatch_job(&mut self, key: JobKey, free: u64, now: Instant) -> u64 {
-        let free = match self.jobs.get(&key.1) {
+        let free = match self.jobs.get(&key.2) {
             Some(job) => job.meta.max_running.map_or(free, |most| {
                 free.min(u64::from(most.saturating_sub(job.counts.running)))
             }),
@@ -652,7 +654,7 @@ impl ClusterState {
             let Some(index) = self.queue.pop(&key) else {
                 break;
             };
-            let Some(job) = self.jobs.get(&key.1) else {
+            let Some(job) = self.jobs.get(&key.2) else {
                 break;
             };
             let Some(chunk) = job.chunk(index) else {
@@ -664,7 +666,7 @@ impl ClusterState {
             let avoid: Vec<std::sync::Arc<str>> = chunk.failed_on().collect();
             match self.workers.place(&job.meta, &avoid) {
                 Some(worker) => {
-                    self.assign(key.1, index, worker, now);
+                    self.assign(key.2, index, worker, now);
                     placed += 1;
                 }
                 None if !avoid.is_empty() => waiting.push(index),

@@ -2,6 +2,7 @@
 //! and ended, cancelled or forgotten, and pruned past its retention.
 
 use super::*;
+use crate::records::ParentLink;
 use muster_shared::exec::{balanced_batches, ExecPlan, STARTUP_ITEM};
 use muster_shared::split::AUTO_CHUNKS_PER_SLOT;
 
@@ -38,9 +39,12 @@ impl ClusterState {
                 requeued += pending.len();
                 self.unfinished += u64::from(job.counts.total - job.counts.succeeded);
                 self.queue
-                    .push_job(job_key(job.meta.priority, job.id), pending.into_iter());
+                    .push_job(job_key(&job.meta, job.id), pending.into_iter());
             }
             let id = job.id;
+            if let Some(link) = job.meta.parent {
+                self.adopt(link, id);
+            }
             if job.meta.speculation && !job.state.is_terminal() {
                 self.speculative.insert(id);
             }
@@ -77,6 +81,17 @@ impl ClusterState {
         spec: JobSpec,
         idempotency: Option<(String, [u8; 32])>,
         store_backlog: u64,
+    ) -> Result<Submitted, StateError> {
+        self.accept(spec, idempotency, store_backlog, None)
+    }
+
+    /// [`ClusterState::submit`], for a sub-job of `parent` when there is one.
+    pub(super) fn accept(
+        &mut self,
+        spec: JobSpec,
+        idempotency: Option<(String, [u8; 32])>,
+        store_backlog: u64,
+        parent: Option<ParentLink>,
     ) -> Result<Submitted, StateError> {
         if let Some((key, digest)) = &idempotency {
             if let Some((id, known)) = self.idempotency.get(key) {
@@ -122,6 +137,7 @@ impl ClusterState {
             timings_key: spec.timings_key,
             max_running: spec.max_running,
             speculation: spec.speculation,
+            parent,
         };
         let mut inputs: Vec<Bytes> = match spec.work {
             Work::Builtin { chunks, .. } | Work::Custom { chunks, .. } => chunks,
@@ -147,12 +163,15 @@ impl ClusterState {
         let n = job.chunks.len() as u32;
         let spec_name = job.meta.name.clone();
         self.unfinished += u64::from(n);
-        let key = job_key(job.meta.priority, id);
+        let key = job_key(&job.meta, id);
         if job.meta.speculation {
             self.speculative.insert(id);
         }
         self.jobs.insert(id, job);
         self.queue.push_job(key, (0..n).map(ChunkIndex));
+        if let Some(link) = parent {
+            self.adopt(link, id);
+        }
         if let Some((k, digest)) = idempotency {
             self.idempotency.insert(k, (id, digest));
         }
@@ -282,12 +301,13 @@ impl ClusterState {
             status: state.name(),
         });
         job.finish(state);
-        let key = job_key(job.meta.priority, id);
+        let key = job_key(&job.meta, id);
         self.ended
             .insert((job.finished_at.unwrap_or(job.created_at), id));
         self.queue.remove_job(&key);
         self.live.end(id);
         self.effects.push(Effect::JobDone(id));
+        self.ended_for_sub_jobs(id);
         // Past the count, the oldest go now (with some slack, so that pruning, which walks the
         // idempotency keys once, runs once per many ends, not at every one).
         let most = self.policy.retain_ended_jobs;
@@ -319,6 +339,9 @@ impl ClusterState {
         }
         let set: std::collections::HashSet<JobId> = gone.iter().copied().collect();
         self.idempotency.retain(|_, (job, _)| !set.contains(job));
+        for id in &gone {
+            self.children.remove(id);
+        }
         info!(jobs = gone.len(), "pruned ended jobs past their retention");
         self.writes.push(Write::Prune(gone));
     }
@@ -338,9 +361,14 @@ impl ClusterState {
             self.unfinished = self.unfinished.saturating_sub(u64::from(left));
         }
         stop_attempts(&mut self.workers, &mut self.effects, id, &job.chunks);
-        self.queue.remove_job(&job_key(job.meta.priority, id));
+        self.queue.remove_job(&job_key(&job.meta, id));
         self.live.remove(id);
         self.idempotency.retain(|_, (job, _)| *job != id);
+        if let Some(link) = job.meta.parent {
+            if let Some(children) = self.children.get_mut(&link.job) {
+                children.retain(|c| *c != id);
+            }
+        }
         self.effects.push(Effect::JobDone(id));
     }
 

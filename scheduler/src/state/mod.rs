@@ -21,6 +21,7 @@ pub mod job;
 mod lifecycle;
 pub mod live;
 pub mod queue;
+mod subjobs;
 pub mod views;
 pub mod workers;
 
@@ -53,6 +54,13 @@ pub enum Effect {
         worker: WorkerId,
         /// What to run.
         assignment: Assignment,
+    },
+    /// Send this worker this message (an answer to its ask).
+    Send {
+        /// The worker.
+        worker: WorkerId,
+        /// The message.
+        message: muster_shared::protocol::CoordinatorMessage,
     },
     /// Tell this worker to stop this attempt.
     Cancel {
@@ -108,6 +116,10 @@ pub struct Policy {
     pub speculate_at_least: Duration,
     /// How often stragglers are looked for ([`SPECULATE_EVERY`]).
     pub speculate_every: Duration,
+    /// How deep sub-jobs may nest: a job a client submitted is 0 deep, its sub-jobs 1.
+    pub max_sub_job_depth: u32,
+    /// Most sub-jobs one job may have.
+    pub max_sub_jobs: usize,
 }
 
 impl Default for Policy {
@@ -121,6 +133,8 @@ impl Default for Policy {
             retain_ended_jobs: crate::config::DEFAULT_RETAIN_ENDED_JOBS,
             speculate_at_least: SPECULATE_AT_LEAST,
             speculate_every: SPECULATE_EVERY,
+            max_sub_job_depth: crate::config::DEFAULT_MAX_SUB_JOB_DEPTH,
+            max_sub_jobs: crate::config::DEFAULT_MAX_SUB_JOBS,
         }
     }
 }
@@ -256,6 +270,10 @@ pub struct ClusterState {
     attempts: attempts::AttemptLog,
     /// When stragglers were last looked for.
     last_speculation: Option<Instant>,
+    /// Sub-jobs by parent job, oldest first.
+    children: HashMap<JobId, Vec<JobId>>,
+    /// Attempts waiting for sub-jobs.
+    awaits: subjobs::Awaits,
     /// Unfinished jobs with `speculation`.
     speculative: BTreeSet<JobId>,
     /// True while some of them are in their tail: stragglers are looked for again in
@@ -311,6 +329,9 @@ pub enum StateError {
         /// The limit.
         limit: u64,
     },
+    /// A sub-job ask refused: not from a running attempt, past a limit, not a sub-job.
+    #[error("{0}")]
+    SubJob(String),
     /// The store's writer is too far behind.
     #[error("the store is {backlog} batches of writes behind, at the limit of {limit} (--max-store-backlog): retry shortly")]
     StoreBehind {
@@ -333,6 +354,8 @@ impl ClusterState {
             events: events::EventLog::default(),
             attempts: attempts::AttemptLog::default(),
             last_speculation: None,
+            children: HashMap::new(),
+            awaits: subjobs::Awaits::default(),
             speculative: BTreeSet::new(),
             tails: false,
             throughput: attempts::Throughput::default(),
@@ -401,7 +424,7 @@ impl ClusterState {
         for worker in self.workers.iter() {
             gauges.workers += 1;
             gauges.slots += u64::from(worker.slots);
-            gauges.busy_slots += (worker.running.len() as u64).min(u64::from(worker.slots));
+            gauges.busy_slots += (worker.held() as u64).min(u64::from(worker.slots));
             gauges.quarantined += u64::from(worker.quarantined_until.is_some());
         }
         gauges
@@ -413,7 +436,24 @@ impl ClusterState {
     }
 
     /// Jobs newest first, after (older than) `after`, matching `status`, at most `limit`.
-    pub fn jobs_page(&self, status: Option<&str>, after: Option<JobId>, limit: usize) -> Vec<&Job> {
+    pub fn jobs_page(
+        &self,
+        status: Option<&str>,
+        parent: Option<JobId>,
+        after: Option<JobId>,
+        limit: usize,
+    ) -> Vec<&Job> {
+        if let Some(parent) = parent {
+            return self
+                .children_of(parent)
+                .iter()
+                .rev()
+                .filter(|id| after.is_none_or(|a| **id < a))
+                .filter_map(|id| self.jobs.get(id))
+                .filter(|j| status.is_none_or(|s| j.state.name() == s))
+                .take(limit)
+                .collect();
+        }
         let older = match after {
             Some(a) => self.jobs.range(..a),
             None => self.jobs.range(..),

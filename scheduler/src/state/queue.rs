@@ -10,8 +10,10 @@ use std::time::Instant;
 
 use muster_shared::ids::{ChunkIndex, JobId};
 
-/// Queue order of jobs: higher priority first, then older jobs first (ids are time-ordered).
-pub type JobKey = (Reverse<i64>, JobId);
+/// Queue order of jobs: higher priority first, then deeper sub-jobs first (a parent waiting on
+/// its children is served before fresh work of its rank: depth first, as nested tasks
+/// need), then older jobs first (ids are time-ordered).
+pub type JobKey = (Reverse<i64>, Reverse<u32>, JobId);
 
 /// Ready and delayed chunks.
 #[derive(Debug, Default)]
@@ -21,8 +23,8 @@ pub struct ChunkQueue {
 }
 
 /// The queue key of a job.
-pub fn job_key(priority: i64, job: JobId) -> JobKey {
-    (Reverse(priority), job)
+pub fn job_key(meta: &crate::records::JobMeta, job: JobId) -> JobKey {
+    (Reverse(meta.priority), Reverse(meta.depth()), job)
 }
 
 impl ChunkQueue {

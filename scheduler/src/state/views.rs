@@ -58,6 +58,10 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Why it failed.
     pub error: Option<String>,
+    /// For a sub-job, the chunk that submitted it (list a job's sub-jobs with
+    /// `GET /v1/jobs?parent=ID`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::records::ParentLink>,
 }
 
 impl JobView {
@@ -94,6 +98,7 @@ impl JobView {
                 JobState::Failed { error } => Some(error.clone()),
                 _ => None,
             },
+            parent: job.meta.parent,
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct WorkerEntry {
     pub running: HashMap<ChunkRef, u64>,
     /// Sum of the payload sizes in `running`.
     pub running_bytes: u64,
+    /// Attempts of `running` waiting for sub-jobs: they hold no slot meanwhile.
+    pub waiting: HashSet<ChunkRef>,
     /// When it registered.
     pub connected_at: DateTime<Utc>,
     /// When it was last heard from.
@@ -67,6 +69,7 @@ impl WorkerEntry {
             quarantined_until: None,
             running,
             running_bytes: 0,
+            waiting: HashSet::new(),
             connected_at: now,
             last_heartbeat: now,
         }
@@ -75,13 +78,19 @@ impl WorkerEntry {
     /// Chunks it can still take: free slots plus room in its prefetch queue, none beyond its
     /// slots once it holds [`MAX_QUEUED_BYTES`] of payloads.
     pub fn free(&self) -> u32 {
-        let held = u32::try_from(self.running.len()).unwrap_or(u32::MAX);
+        let held = u32::try_from(self.held()).unwrap_or(u32::MAX);
         if held >= self.slots && self.running_bytes >= MAX_QUEUED_BYTES {
             return 0;
         }
         self.slots
             .saturating_add(self.prefetch)
             .saturating_sub(held)
+    }
+
+    /// Attempts that hold a slot or a place in its prefetch queue: those it runs or holds,
+    /// but those waiting for sub-jobs.
+    pub fn held(&self) -> usize {
+        self.running.len() - self.waiting.len()
     }
 
     /// True unless it is draining or quarantined.
@@ -176,7 +185,7 @@ fn most_prefetch(slots: u32, prefetch: u32) -> u32 {
 fn ready_key(w: &WorkerEntry) -> Option<(u64, WorkerId)> {
     (w.takes_chunks() && w.free() > 0).then(|| {
         (
-            w.running.len() as u64 * 1_000_000 / u64::from(w.slots.max(1)),
+            w.held() as u64 * 1_000_000 / u64::from(w.slots.max(1)),
             w.id,
         )
     })
@@ -261,6 +270,19 @@ impl Workers {
         self.update(id, |w| {
             if let Some(bytes) = w.running.remove(chunk) {
                 w.running_bytes -= bytes;
+            }
+            w.waiting.remove(chunk);
+        });
+    }
+
+    /// The attempt, running on the worker, waits for sub-jobs (`true`: its slot is free
+    /// meanwhile) or takes its slot back (`false`).
+    pub fn set_waiting(&mut self, id: WorkerId, chunk: ChunkRef, waiting: bool) {
+        self.update(id, |w| {
+            if !waiting {
+                w.waiting.remove(&chunk);
+            } else if w.running.contains_key(&chunk) {
+                w.waiting.insert(chunk);
             }
         });
     }
@@ -354,7 +376,7 @@ impl Workers {
     pub fn place(&self, meta: &JobMeta, avoid: &[Arc<str>]) -> Option<WorkerId> {
         let avoided = |w: &WorkerEntry| avoid.contains(&w.name);
         let avoid_any = !avoid.is_empty() && self.iter().any(|w| w.suits(meta) && !avoided(w));
-        let slot_free = |w: &WorkerEntry| !meta.is_exec() || w.running.len() < w.slots as usize;
+        let slot_free = |w: &WorkerEntry| !meta.is_exec() || w.held() < w.slots as usize;
         self.ready
             .iter()
             .filter_map(|(_, id)| self.by_id.get(id))
