@@ -16,6 +16,7 @@
 //! - `fan` (async): submits `children` sub-jobs and waits for them all, its slot free
 //!   meanwhile; returns the sum of their results. Each child sums `[value, i]` (a built-in
 //!   `sum`), or, with `nap_ms`, naps that long first (a `nap` job), on workers with `labels`.
+//!   `fan_blocking` does the same as a plain task, waiting on its blocking thread.
 //! - `nest` (async): `{"depth": N}` submits a `nest` of depth N - 1 and waits for it, down to 0,
 //!   which naps `nap_ms` in a `nap` job of its own when that is given; returns N. Past the
 //!   coordinator's `--max-sub-job-depth` the deepest submission is refused and the whole chain
@@ -106,22 +107,45 @@ struct Fan {
     labels: Value,
 }
 
+impl Fan {
+    /// Child `i`'s key and job.
+    fn child(&self, i: u32) -> (String, Value) {
+        let job = match self.nap_ms {
+            None => json!({"kind": "sum", "input": [self.value, i]}),
+            Some(ms) => json!({"task": "nap", "reduce": "sum", "labels": self.labels,
+                "chunks": [{"ms": ms, "value": self.value + i64::from(i)}]}),
+        };
+        (format!("child-{i}"), job)
+    }
+}
+
+/// The sum of the children's results.
+fn total(ends: Vec<muster_worker::tasks::JobEnded>) -> Result<i64, TaskError> {
+    ends.into_iter()
+        .map(|end| muster_worker::tasks::result_of::<i64>(Some(end)))
+        .sum()
+}
+
 async fn fan(ctx: TaskContext, fan: Fan) -> Result<i64, TaskError> {
     let cluster = ctx.cluster()?;
     let mut children = Vec::with_capacity(fan.children as usize);
     for i in 0..fan.children {
-        let job = match fan.nap_ms {
-            None => json!({"kind": "sum", "input": [fan.value, i]}),
-            Some(ms) => json!({"task": "nap", "reduce": "sum", "labels": fan.labels,
-                "chunks": [{"ms": ms, "value": fan.value + i64::from(i)}]}),
-        };
-        children.push(cluster.submit(&format!("child-{i}"), &job).await?);
+        let (key, job) = fan.child(i);
+        children.push(cluster.submit(&key, &job).await?);
     }
-    let mut total = 0;
-    for end in cluster.wait(&children).await? {
-        total += muster_worker::tasks::result_of::<i64>(Some(end))?;
-    }
-    Ok(total)
+    total(cluster.wait(&children).await?)
+}
+
+/// `fan` as a plain task: it waits on its blocking thread, its slot free all the same.
+fn fan_blocking(ctx: &TaskContext, fan: Fan) -> Result<i64, TaskError> {
+    let cluster = ctx.cluster()?;
+    let children = (0..fan.children)
+        .map(|i| {
+            let (key, job) = fan.child(i);
+            cluster.submit_blocking(&key, &job)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    total(cluster.wait_blocking(&children)?)
 }
 
 #[derive(Deserialize)]
@@ -152,6 +176,7 @@ fn main() -> ExitCode {
     tasks.register("nap", nap);
     tasks.register("fail", fail);
     tasks.register_async("fan", fan);
+    tasks.register("fan_blocking", fan_blocking);
     tasks.register_async("nest", nest);
     main_with(tasks, WorkerArgs::parse())
 }

@@ -14,9 +14,8 @@
 //! muster serve &
 //! cargo run --example ping_pong -- --scheduler http://127.0.0.1:7070 --label role=a --slots 1 &
 //! cargo run --example ping_pong -- --scheduler http://127.0.0.1:7070 --label role=b --slots 1 &
-//! muster submit --wait - <<'EOF'
-//! {"task": "ping", "labels": {"role": "a"}, "reduce": "none", "chunks": [[5, 3, 9, 1], [8, 2, 7]]}
-//! EOF
+//! echo '{"task": "ping", "labels": {"role": "a"}, "reduce": "none", "chunks": [[5, 3, 9, 1], [8, 2, 7]]}' > ping.json
+//! muster submit --wait --body-file ping.json
 //! ```
 //! Each chunk's answer: `{"sorted": [1, 3, 5, 9], "sums": [4, 14], "total": 18}`.
 

@@ -258,3 +258,18 @@ fn sub_jobs_and_their_parent_links_survive_a_coordinator_restart() {
         assert_eq!(kid["status"], json!("succeeded"), "{kid}");
     }
 }
+
+#[test]
+fn a_plain_task_waits_on_its_blocking_thread_with_its_one_slot_free_for_its_children() {
+    let c = Coordinator::start(&[]);
+    let _w = c.worker_with(custom_worker_bin(), "w1", 1, &[]);
+    let api = c.api();
+    let chunks: Vec<Value> = (0..4).map(|i| json!({"children": 3, "value": i})).collect();
+    let id = api.submit(&json!({"task": "fan_blocking", "reduce": "sum", "chunks": chunks}));
+    // Parent i's children sum [i, k] for k in 0..3: 3 i + 3.
+    assert_eq!(
+        api.result(&id),
+        json!((0..4).map(|i| 3 * i + 3).sum::<i64>())
+    );
+    assert_eq!(children(&c, &id).len(), 12);
+}
