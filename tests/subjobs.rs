@@ -1,7 +1,9 @@
 //! Sub-jobs: running tasks that submit jobs of their own, wait for them with their slots free,
 //! and find them again when they are retried.
 
-use muster_suite::{bin, custom_worker_bin, Coordinator, Proc, WORKER_TOKEN};
+use muster_suite::{
+    bin, custom_worker_bin, wait_role, Api, Coordinator, Postgres, Proc, WORKER_TOKEN,
+};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
@@ -17,11 +19,35 @@ fn ping_pong(c: &Coordinator, name: &str, role: &str) -> Proc {
 
 /// The sub-jobs of job `id`, as `GET /v1/jobs?parent=` lists them.
 fn children(c: &Coordinator, id: &str) -> Vec<Value> {
-    let page = c
-        .api()
-        .get(&format!("/v1/jobs?parent={id}&limit=1000"))
-        .body;
+    children_on(&c.api(), id)
+}
+
+/// [`children`], asking `api`.
+fn children_on(api: &Api, id: &str) -> Vec<Value> {
+    let page = api.get(&format!("/v1/jobs?parent={id}&limit=1000")).body;
     page["jobs"].as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until job `id` has `n` sub-jobs.
+fn wait_for_children(c: &Coordinator, id: &str, n: usize) {
+    let deadline = std::time::Instant::now() + muster_suite::WAIT;
+    while children(c, id).len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "job {id} never had {n} sub-jobs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The ids of `jobs`, sorted.
+fn ids(jobs: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = jobs
+        .iter()
+        .map(|j| j["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    ids.sort();
+    ids
 }
 
 #[test]
@@ -229,30 +255,15 @@ fn sub_jobs_and_their_parent_links_survive_a_coordinator_restart() {
     let api = c.api();
     let root = api.submit(&json!({"task": "fan", "reduce": "sum",
         "chunks": [{"children": 3, "value": 1, "nap_ms": 1000}]}));
-    let deadline = std::time::Instant::now() + muster_suite::WAIT;
-    while children(&c, &root).len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the children never came"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let before: Vec<Value> = children(&c, &root)
-        .iter()
-        .map(|j| j["id"].clone())
-        .collect();
+    wait_for_children(&c, &root, 3);
+    let before = ids(&children(&c, &root));
     c.restart(&[]);
     w.wait_for_nth("registered with coordinator", 2);
     let api = c.api();
     assert_eq!(api.result(&root), json!(1 + 2 + 3));
     // The same three children, still linked to their parent: the rerun parent found them.
     let after = children(&c, &root);
-    let ids: Vec<Value> = after.iter().map(|j| j["id"].clone()).collect();
-    let mut sorted = before.clone();
-    sorted.sort_by_key(|v| v.to_string());
-    let mut again = ids.clone();
-    again.sort_by_key(|v| v.to_string());
-    assert_eq!(again, sorted);
+    assert_eq!(ids(&after), before);
     for kid in after {
         assert_eq!(kid["parent"]["job"], json!(root), "{kid}");
         assert_eq!(kid["status"], json!("succeeded"), "{kid}");
@@ -272,4 +283,39 @@ fn a_plain_task_waits_on_its_blocking_thread_with_its_one_slot_free_for_its_chil
         json!((0..4).map(|i| 3 * i + 3).sum::<i64>())
     );
     assert_eq!(children(&c, &id).len(), 12);
+}
+
+#[test]
+fn sub_jobs_and_their_parent_links_survive_a_failover_on_postgres() {
+    let pg = Postgres::start();
+    let store = ["--store", &pg.url(), "--lease", "1"];
+    let a = Coordinator::start(&store);
+    wait_role(&a.url, "leader");
+    let b = Coordinator::start(&store);
+    wait_role(&b.url, "standby");
+    let _w = a.worker_with(
+        custom_worker_bin(),
+        "w1",
+        2,
+        &["--scheduler", &b.url, "--reconnect-max", "0.3"],
+    );
+    let api = a.api();
+    let root = api.submit(&json!({"task": "fan", "reduce": "sum",
+        "chunks": [{"children": 3, "value": 1, "nap_ms": 1000}]}));
+    wait_for_children(&a, &root, 3);
+    let before = ids(&children(&a, &root));
+    a.proc.signal("KILL");
+    wait_role(&b.url, "leader");
+    let api = b.api();
+    assert_eq!(api.result(&root), json!(1 + 2 + 3));
+    let after = children_on(&api, &root);
+    assert_eq!(
+        ids(&after),
+        before,
+        "the new leader's parent found the same children"
+    );
+    assert!(
+        after.iter().all(|k| k["parent"]["job"] == json!(root)),
+        "{after:?}"
+    );
 }
