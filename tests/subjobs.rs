@@ -158,6 +158,9 @@ fn sub_jobs_are_the_running_chunks_own_a_worker_token_still_cannot_submit() {
         &[],
     );
     assert_eq!(refused.status, 403, "{:?}", refused.body);
+    let bad = api.get("/v1/jobs?parent=nope");
+    assert_eq!(bad.status, 422, "{:?}", bad.body);
+    assert_eq!(bad.body["detail"], json!("`parent` is not a job id: nope"));
 }
 
 /// Every job below `id`, depth first.

@@ -553,22 +553,17 @@ pub(super) async fn list(
             )));
         }
     }
-    let after = query
-        .after
-        .as_deref()
-        .map(|a| {
-            a.parse::<JobId>()
-                .map_err(|_| ApiError::Invalid(format!("`after` is not a job id: {a}")))
-        })
-        .transpose()?;
-    let parent = query
-        .parent
-        .as_deref()
-        .map(|p| {
-            p.parse::<JobId>()
-                .map_err(|_| ApiError::Invalid(format!("`parent` is not a job id: {p}")))
-        })
-        .transpose()?;
+    // A query parameter naming a job.
+    let job_param = |name: &str, value: Option<&str>| {
+        value
+            .map(|v| {
+                v.parse::<JobId>()
+                    .map_err(|_| ApiError::Invalid(format!("`{name}` is not a job id: {v}")))
+            })
+            .transpose()
+    };
+    let after = job_param("after", query.after.as_deref())?;
+    let parent = job_param("parent", query.parent.as_deref())?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::Invalid(format!(
