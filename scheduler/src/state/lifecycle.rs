@@ -370,6 +370,8 @@ impl ClusterState {
             }
         }
         self.effects.push(Effect::JobDone(id));
+        // Attempts waiting for it are told it is gone.
+        self.ended_for_sub_jobs(id);
     }
 
     /// Cancels a job; cancelling a finished job changes nothing.

@@ -196,14 +196,16 @@ impl ClusterState {
         let state = self.jobs.get(&id).map(|j| &j.state);
         JobEnded {
             job: id,
-            status: state.map_or("pruned", JobState::name).to_owned(),
+            status: state.map_or("gone", JobState::name).to_owned(),
             result: match state {
                 Some(JobState::Succeeded { result }) => Some(result.clone()),
                 _ => None,
             },
             error: match state {
                 Some(JobState::Failed { error }) => Some(error.clone()),
-                None => Some("the job was pruned past its retention".into()),
+                None => Some(
+                    "the job is gone: pruned past its retention, or it could not be stored".into(),
+                ),
                 _ => None,
             },
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use muster_shared::job::RawJob;
-use muster_shared::protocol::Failure;
+use muster_shared::protocol::{CoordinatorMessage, Failure};
 
 use super::*;
 
@@ -631,4 +631,90 @@ mod restore_tests {
         );
         assert!(ended, "the merged end is written back");
     }
+}
+
+#[test]
+fn a_waiting_parent_frees_its_slot_for_its_child_and_takes_it_back_with_the_answer() {
+    let mut s = state();
+    let w = worker(&mut s, 1);
+    let parent = s
+        .submit(
+            spec(serde_json::json!({"kind": "sum", "input": [1]})),
+            None,
+            0,
+        )
+        .unwrap()
+        .id;
+    s.dispatch();
+    let [(_, running)] = assignments(&mut s)[..] else {
+        panic!("the parent's chunk runs");
+    };
+    let child = s
+        .submit_child(
+            w,
+            running,
+            "c",
+            spec(serde_json::json!({"kind": "sum", "input": [5]})),
+            [0; 32],
+            0,
+        )
+        .unwrap()
+        .id;
+    // The same key again (a retried attempt, say) finds the same job.
+    let again = s.submit_child(
+        w,
+        running,
+        "c",
+        spec(serde_json::json!({"kind": "sum", "input": [5]})),
+        [0; 32],
+        0,
+    );
+    assert_eq!(again.map(|a| (a.id, a.created)), Ok((child, false)));
+    s.dispatch();
+    assert!(
+        assignments(&mut s).is_empty(),
+        "one slot, held by the parent"
+    );
+    // Waiting frees the slot: the child's chunk goes to the same worker.
+    s.await_jobs(w, running, 7, vec![child]).unwrap();
+    assert_eq!(s.workers().get(w).map(WorkerEntry::held), Some(0));
+    s.dispatch();
+    let [(_, child_chunk)] = assignments(&mut s)[..] else {
+        panic!("the child's chunk runs on the freed slot");
+    };
+    assert_eq!(child_chunk.job, child);
+    s.outcome(
+        w,
+        ChunkOutcome {
+            chunk: child_chunk,
+            result: Outcome::Succeeded(Bytes::from_static(b"5")),
+        },
+    );
+    // The child's end answers the wait, and the parent holds its slot again.
+    let answers: Vec<CoordinatorMessage> = s
+        .take_effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Send { message, .. } => Some(message),
+            _ => None,
+        })
+        .collect();
+    match &answers[..] {
+        [CoordinatorMessage::JobsEnded {
+            request: 7,
+            result: Ok(ends),
+        }] => {
+            assert_eq!(ends[0].status, "succeeded");
+            assert_eq!(ends[0].result.as_deref(), Some(&b"5"[..]));
+        }
+        other => panic!("one answer: {other:?}"),
+    }
+    assert_eq!(s.workers().get(w).map(WorkerEntry::held), Some(1));
+    // A job that is not a child, and an attempt that is not running, are refused.
+    assert!(s.await_jobs(w, running, 8, vec![parent]).is_err());
+    let stranger = ChunkRef {
+        attempt: Attempt(9),
+        ..running
+    };
+    assert!(s.await_jobs(w, stranger, 9, vec![child]).is_err());
 }
