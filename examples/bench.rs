@@ -525,32 +525,15 @@ fn w6(cluster: &Cluster, seed: u64) -> Run {
 /// times longer than its record, the balanced run against an equal-count static split of the
 /// same items (one batch per worker, as a CI matrix cuts them).
 fn w7(cluster: &Cluster, seed: u64) -> Run {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut ms: Vec<u64> = (0..40)
-        .map(|_| match rng.gen_range(0..8) {
-            0 => rng.gen_range(800..=1600),
-            _ => rng.gen_range(50..=400),
-        })
-        .collect();
+    use muster_suite::balance::{
+        exec_job, ideal_ms, one_middling_item_ten_times_longer, uneven_items,
+    };
+    let ms = uneven_items(seed);
     let key = format!("w7-{seed}-{}", std::process::id());
     let api = cluster.api();
     let run = |ms: &[u64], chunks: Option<u64>| -> (f64, f64, bool) {
-        let items: Vec<String> = ms
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("item{i:02}:{}.{:03}", m / 1000, m % 1000))
-            .collect();
-        // Each item sleeps its seconds; the JUnit report times it, as a test runner's would.
-        let script = r#"out=$1; shift; echo '<testsuite>' > "$out"
-            for t; do sleep "${t#*:}"; echo "<testcase name=\"$t\" time=\"${t#*:}\"/>" >> "$out"; done
-            echo '</testsuite>' >> "$out""#;
-        let mut body = json!({"kind": "exec", "program": "sh", "timings_key": key,
-            "args": ["-c", script, "sh", "{junit}", "{items}"], "input": items});
-        if let Some(n) = chunks {
-            body["chunks"] = json!(n);
-        }
-        let total: u64 = ms.iter().sum();
-        let ideal = (total as f64 / 4.0).max(ms.iter().copied().max().unwrap_or(0) as f64) / 1000.0;
+        let body = exec_job(ms, &key, chunks);
+        let ideal = ideal_ms(ms, 4) / 1000.0;
         wait_for_idle();
         let start = Instant::now();
         let result = api.result(&api.submit(&body));
@@ -573,10 +556,7 @@ fn w7(cluster: &Cluster, seed: u64) -> Run {
     let (first, _, ok1) = run(&ms, None);
     let (second, _, ok2) = run(&ms, None);
     // A middling item now takes ten times what its record says.
-    let mut sorted = ms.clone();
-    sorted.sort_unstable();
-    let middling = ms.iter().position(|m| *m == sorted[20]).unwrap_or(0);
-    ms[middling] *= 10;
+    let ms = one_middling_item_ten_times_longer(&ms);
     let (wrong, _, ok3) = run(&ms, None);
     let (static_split, _, ok4) = run(&ms, Some(4));
     Run {

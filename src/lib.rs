@@ -4,6 +4,7 @@
 //! Every wait here is bounded and waits for an event (a log line, a status change) rather than
 //! sleeping for a fixed time.
 
+pub mod balance;
 pub mod raw_worker;
 
 use std::ffi::OsStr;

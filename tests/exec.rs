@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+use muster_suite::balance::{
+    exec_job, ideal_ms, item_index, one_middling_item_ten_times_longer, uneven_items,
+};
 use muster_suite::{bin, Coordinator, CLIENT_TOKEN, WORKER_TOKEN};
 use serde_json::json;
 
@@ -1014,25 +1017,6 @@ fn muster_watch_follows_a_job_to_its_end_and_exits_with_its_fate() {
     );
 }
 
-/// Issue #14's balance workload, seeded: 40 items of uneven durations in milliseconds (most
-/// 50-400, one in eight 800-1600).
-fn uneven_items(seed: u64) -> Vec<u64> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    (0..40)
-        .map(|_| match rng.gen_range(0..8) {
-            0 => rng.gen_range(800..=1600),
-            _ => rng.gen_range(50..=400),
-        })
-        .collect()
-}
-
-/// max(total / slots, longest item), in milliseconds: no schedule of `ms` on `slots` can be
-/// shorter.
-fn ideal_ms(ms: &[u64], slots: usize) -> f64 {
-    (ms.iter().sum::<u64>() as f64 / slots as f64).max(ms.iter().copied().max().unwrap_or(0) as f64)
-}
-
 /// A program's start-up cost per batch, as the balance figures count it.
 const STARTUP_MS: u64 = 10;
 
@@ -1111,24 +1095,10 @@ fn forty_uneven_items_on_four_workers_are_balanced_by_their_timings_even_when_on
         })
         .collect();
     let api = c.api();
-    // Each item `NAME:SECONDS` sleeps its seconds; the JUnit report times it, as a test
-    // runner's would.
-    let script = r#"out=$1; shift; echo '<testsuite>' > "$out"
-        for t; do sleep "${t#*:}"; echo "<testcase name=\"$t\" time=\"${t#*:}\"/>" >> "$out"; done
-        echo '</testsuite>' >> "$out""#;
     // One run of the items lasting `ms`: each batch's items' durations in queue order, and the
     // run's time on the clock.
     let run = |ms: &[u64], chunks: Option<u64>| -> (Vec<Vec<u64>>, f64) {
-        let items: Vec<String> = ms
-            .iter()
-            .enumerate()
-            .map(|(i, m)| format!("item{i:02}:{}.{:03}", m / 1000, m % 1000))
-            .collect();
-        let mut body = json!({"kind": "exec", "program": "sh", "timings_key": "balance",
-            "args": ["-c", script, "sh", "{junit}", "{items}"], "input": items});
-        if let Some(n) = chunks {
-            body["chunks"] = json!(n);
-        }
+        let body = exec_job(ms, "balance", chunks);
         let start = std::time::Instant::now();
         let result = api.result(&api.submit(&body));
         let clock_ms = start.elapsed().as_secs_f64() * 1000.0;
@@ -1142,10 +1112,7 @@ fn forty_uneven_items_on_four_workers_are_balanced_by_their_timings_even_when_on
                     .as_array()
                     .expect("a batch's items")
                     .iter()
-                    .map(|item| {
-                        let i: usize = item.as_str().unwrap()[4..6].parse().unwrap();
-                        ms[i]
-                    })
+                    .map(|item| ms[item.as_str().and_then(item_index).expect("an item")])
                     .collect()
             })
             .collect();
@@ -1200,17 +1167,4 @@ fn balanced_cut(estimates: &[u64], durations: &[u64]) -> Vec<Vec<u64>> {
                 .collect()
         })
         .collect()
-}
-
-/// `ms` with its middling item (the 21st shortest) ten times longer.
-fn one_middling_item_ten_times_longer(ms: &[u64]) -> Vec<u64> {
-    let mut sorted = ms.to_vec();
-    sorted.sort_unstable();
-    let middling = ms
-        .iter()
-        .position(|m| *m == sorted[ms.len() / 2])
-        .unwrap_or(0);
-    let mut wrong = ms.to_vec();
-    wrong[middling] *= 10;
-    wrong
 }

@@ -328,10 +328,7 @@ impl Tasks {
     where
         F: Fn(&TaskContext, &[u8]) -> Result<Bytes, TaskError> + Send + Sync + 'static,
     {
-        let task: TaskFn = Arc::new(move |ctx, input| match Packed::read(input) {
-            Some(run) => f(ctx, &run.to_json_payload()),
-            None => f(ctx, input),
-        });
+        let task: TaskFn = Arc::new(move |ctx, input| f(ctx, &as_json(input)));
         self.by_name.insert(name.to_owned(), task);
         self.by_name_async.remove(name);
         self.bounded.remove(name);
@@ -370,11 +367,7 @@ impl Tasks {
         let body: AsyncTaskFn = Arc::new(move |ctx, input: Bytes| {
             let (f, task) = (f.clone(), task.clone());
             Box::pin(async move {
-                let input = match Packed::read(&input) {
-                    Some(run) => run.to_json_payload(),
-                    None => input.to_vec(),
-                };
-                let input: I = serde_json::from_slice(&input).map_err(|e| {
+                let input: I = serde_json::from_slice(&as_json(&input)).map_err(|e| {
                     TaskError::permanent(format!("chunk does not fit task `{task}`: {e}"))
                 })?;
                 let output = f(ctx, input).await?;
@@ -415,6 +408,15 @@ impl Tasks {
             .collect();
         names.sort();
         names
+    }
+}
+
+/// A chunk's input as JSON: a packed integer chunk (a built-in kind's, sent to a task
+/// registered under its name) as the array it stands for, anything else as it is.
+fn as_json(input: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match Packed::read(input) {
+        Some(run) => std::borrow::Cow::Owned(run.to_json_payload()),
+        None => std::borrow::Cow::Borrowed(input),
     }
 }
 
