@@ -286,14 +286,16 @@ pub fn batch_count(total_ms: u64, startup_ms: u64, slots: u64, items: usize) -> 
 }
 
 /// Cuts `items` into batches for a queue that `slots` slots take from, by their estimated
-/// durations (items never seen count at the median of those seen): items longest first, each
-/// batch about a quarter of what is left shared among the slots, so that batches shrink toward
-/// the end, down to about half of an `n`th of the total, and never below twice the program's
-/// start-up cost `startup_ms` (a batch shorter than that spends a third of its time starting).
-/// A known start-up cost also sets `n`, by [`batch_count`]. The longest items start first, and what
-/// runs last is short: no late item, even one whose estimate was wrong, becomes a long tail
-/// while the other slots idle. `None` when no item has an estimate (the caller keeps its equal
-/// counts).
+/// durations (items never seen count at the median of those seen), and orders the queue.
+///
+/// The cut: items longest first, each batch about a quarter of what is left shared among the
+/// slots, so that batches shrink toward the end, down to about half of an `n`th of the total,
+/// and never below twice the program's start-up cost `startup_ms` (a batch shorter than that
+/// spends a third of its time starting). A known start-up cost also sets `n`, by
+/// [`batch_count`].
+///
+/// The order: see [`lane_order`]. `None` when no item has an estimate (the caller keeps its
+/// equal counts).
 pub fn balanced_batches(
     items: &[String],
     estimate: impl Fn(&str) -> Option<u64>,
@@ -329,23 +331,90 @@ pub fn balanced_batches(
     let mut batch_ms = 0;
     for (ms, i) in order {
         if !batch.is_empty() && batch_ms + ms > (left / share).max(smallest) {
-            batches.push(std::mem::take(&mut batch));
+            batches.push((batch_ms, std::mem::take(&mut batch)));
             left -= batch_ms;
             batch_ms = 0;
         }
         batch.push(items[i].clone());
         batch_ms += ms;
     }
-    batches.push(batch);
-    Some(batches)
+    batches.push((batch_ms, batch));
+    Some(lane_order(batches, slots, startup_ms.unwrap_or(0)))
+}
+
+/// A batch of items with its estimated duration, in milliseconds.
+pub type Estimated = (u64, Vec<String>);
+
+/// How many of a lane's shortest batches close it, longest of them first.
+const LANE_CLOSERS: usize = 2;
+
+/// Orders `batches` (each with its estimate) for a queue that `slots` slots take from, so that
+/// the run is as short as the estimates allow when they are right, and an item whose estimate
+/// is wrong still starts early.
+///
+/// The batches are dealt longest first, each to the lane (slot) that the plan has free soonest,
+/// every batch also costing `startup_ms`: the lanes of a longest-first schedule, which end
+/// together. Each lane then runs its batches shortest first, but for its [`LANE_CLOSERS`]
+/// shortest, which close it: a lane's length does not depend on its order, but shortest first
+/// starts most of its items early, and short batches at the end absorb what the estimates
+/// missed. The queue holds the batches by their start in that plan, so slots taking from it
+/// in turn follow the plan while the estimates hold, and share out the rest when one does not.
+///
+/// Against a longest-first queue, where a middling item starts only once every longer one has,
+/// this starts middling items (the many whose estimate may be off) in the first part of the
+/// run, while the longest still end by the planned makespan.
+pub fn lane_order(
+    mut batches: Vec<Estimated>,
+    slots: usize,
+    startup_ms: u64,
+) -> Vec<Vec<String>> {
+    batches.sort_by_key(|b| std::cmp::Reverse(b.0));
+    let slots = slots.clamp(1, batches.len().max(1));
+    let mut lanes: Vec<(u64, Vec<Estimated>)> = vec![(0, Vec::new()); slots];
+    for batch in batches {
+        let lane = lanes
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least one lane");
+        lane.0 += batch.0 + startup_ms;
+        lane.1.push(batch);
+    }
+    let mut planned: Vec<(u64, usize, Vec<String>)> = Vec::new();
+    for (index, (_, mut lane)) in lanes.into_iter().enumerate() {
+        // Dealt longest first: reversed, shortest first; then the shortest few move to the end.
+        lane.reverse();
+        let closers = LANE_CLOSERS.min(lane.len());
+        lane.rotate_left(closers);
+        let at = lane.len() - closers;
+        lane[at..].reverse();
+        let mut start = 0;
+        for (ms, batch) in lane {
+            planned.push((start, index, batch));
+            start += ms + startup_ms;
+        }
+    }
+    planned.sort_by_key(|(start, lane, _)| (*start, *lane));
+    planned.into_iter().map(|(_, _, batch)| batch).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Each batch's items' total, in milliseconds, for items named by their duration.
+    fn batch_ms(batches: &[Vec<String>]) -> Vec<u64> {
+        batches
+            .iter()
+            .map(|b| {
+                b.iter()
+                    .map(|i| i.parse::<u64>().expect("a duration"))
+                    .sum()
+            })
+            .collect()
+    }
+
     #[test]
-    fn batches_hold_the_longest_items_first_and_shrink_toward_the_end() {
+    fn batches_shrink_from_the_longest_items_and_each_item_is_cut_once() {
         let items: Vec<String> = ["a", "b", "c", "d", "e", "f"]
             .iter()
             .map(|s| s.to_string())
@@ -359,24 +428,29 @@ mod tests {
             _ => Some(10),
         };
         // 250 ms in all (`e` at the median, 30) on one slot: half of what is left a batch, down
-        // to a quarter of the total (n = 2); the longest go first.
+        // to a quarter of the total (n = 2). One lane: shortest first but for the two shortest,
+        // which close it.
         let batches = balanced_batches(&items, ms, 1, 2, None).unwrap();
         assert_eq!(
             batches,
-            [vec!["a"], vec!["b"], vec!["c", "d"], vec!["e", "f"]]
+            [vec!["b"], vec!["a"], vec!["c", "d"], vec!["e", "f"]]
         );
         assert_eq!(balanced_batches(&items, |_| None, 1, 2, None), None);
-        // Many equal items on two slots: batches shrink toward the end.
+        // Many equal items on two slots: the cut shrinks from a quarter of a slot's share.
         let many: Vec<String> = (0..64).map(|i| i.to_string()).collect();
-        let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, None)
-            .unwrap()
-            .iter()
-            .map(Vec::len)
-            .collect();
-        assert_eq!(sizes.iter().sum::<usize>(), 64);
-        assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{sizes:?}");
+        let batches = balanced_batches(&many, |_| Some(10), 2, 16, None).unwrap();
+        let mut cut: Vec<String> = batches.iter().flatten().cloned().collect();
+        cut.sort_by_key(|i| i.parse::<u32>().ok());
+        assert_eq!(cut, many);
+        let mut sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        sizes.sort_unstable_by(|a, b| b.cmp(a));
         assert_eq!(sizes[0], 8, "{sizes:?}");
         assert!(sizes.iter().rev().take(4).all(|&n| n <= 2), "{sizes:?}");
+        // Each slot's queue closes on short batches.
+        assert!(
+            batches.iter().rev().take(4).all(|b| b.len() <= 2),
+            "{batches:?}"
+        );
         // A costly start keeps every batch at least twice as long as it.
         let sizes: Vec<usize> = balanced_batches(&many, |_| Some(10), 2, 16, Some(40))
             .unwrap()
@@ -384,6 +458,33 @@ mod tests {
             .map(Vec::len)
             .collect();
         assert!(sizes.iter().all(|&n| n >= 8), "{sizes:?}");
+    }
+
+    #[test]
+    fn lanes_end_together_and_start_their_middling_batches_early() {
+        // Items named by their duration; two slots; no start-up cost.
+        let ms = [800, 700, 400, 300, 300, 200, 100, 100, 60, 40];
+        let batches: Vec<(u64, Vec<String>)> =
+            ms.iter().map(|m| (*m, vec![m.to_string()])).collect();
+        let queue = lane_order(batches, 2, 0);
+        // Longest first, to the lane free soonest (the first on a tie): [800, 300, 300, 100]
+        // and [700, 400, 200, 100, 60, 40], 1500 each. Each lane shortest first but for its two
+        // shortest: [300, 800, 300, 100] and [100, 200, 400, 700, 60, 40]; the queue by
+        // planned start.
+        assert_eq!(
+            batch_ms(&queue),
+            [300, 100, 200, 800, 400, 700, 300, 100, 60, 40]
+        );
+        // Taken in turn by two slots, the queue keeps the plan's lanes and length.
+        let mut free_at = [0u64; 2];
+        for ms in batch_ms(&queue) {
+            let slot = if free_at[0] <= free_at[1] { 0 } else { 1 };
+            free_at[slot] += ms;
+        }
+        assert_eq!(free_at, [1500, 1500]);
+        // More slots than batches: one lane each, longest first.
+        let few = vec![(5, vec!["5".to_string()]), (9, vec!["9".to_string()])];
+        assert_eq!(batch_ms(&lane_order(few, 8, 0)), [9, 5]);
     }
 
     #[test]
