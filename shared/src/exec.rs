@@ -363,11 +363,7 @@ const LANE_CLOSERS: usize = 2;
 /// Against a longest-first queue, where a middling item starts only once every longer one has,
 /// this starts middling items (the many whose estimate may be off) in the first part of the
 /// run, while the longest still end by the planned makespan.
-pub fn lane_order(
-    mut batches: Vec<Estimated>,
-    slots: usize,
-    startup_ms: u64,
-) -> Vec<Vec<String>> {
+pub fn lane_order(mut batches: Vec<Estimated>, slots: usize, startup_ms: u64) -> Vec<Vec<String>> {
     batches.sort_by_key(|b| std::cmp::Reverse(b.0));
     let slots = slots.clamp(1, batches.len().max(1));
     let mut lanes: Vec<(u64, Vec<Estimated>)> = vec![(0, Vec::new()); slots];
