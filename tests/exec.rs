@@ -441,6 +441,62 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
     );
 }
 
+#[test]
+fn a_killed_guard_ends_its_batch_as_retryable_and_the_next_attempt_starts_a_new_guard() {
+    let c = Coordinator::start(&[]);
+    let worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
+    let api = c.api();
+    let dir = tempfile::tempdir().unwrap();
+    let (mark, pids) = (dir.path().join("ran"), dir.path().join("pids"));
+    let script = format!(
+        "if [ -e {m} ]; then echo rerun; exit 0; fi; touch {m}; sleep 317 & echo $! > {p}; echo $$ >> {p}; wait",
+        m = mark.display(),
+        p = pids.display()
+    );
+    let id = api.submit(&json!({
+        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
+    }));
+    let started = wait_for_pids(&pids);
+    let guard = parent(started[1]).expect("the program's guard");
+    assert_eq!(
+        parent(guard),
+        Some(worker.pid()),
+        "the guard is the worker's"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(guard as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    // The worker ends the group it lost track of, and runs the batch again under a new guard.
+    let killed = std::time::Instant::now();
+    for pid in &started {
+        while alive(*pid) {
+            assert!(
+                killed.elapsed() < std::time::Duration::from_secs(2),
+                "process {pid} outlived its killed guard by 2 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let result = api.result(&id);
+    assert_eq!(result[0]["exit_code"], json!(0), "{result}");
+    assert!(
+        result[0]["output"].as_str().unwrap_or("").contains("rerun"),
+        "{result}"
+    );
+    assert_eq!(result[0]["results"][0]["attempts"], json!(2), "{result}");
+    let status = api.status(&id);
+    let error = &status["retries"][0]["attempts"][0]["error"];
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("lost track of `sh`"),
+        "{status}"
+    );
+}
+
 /// The grandchild's and the program's pids, once the program has written them to `path`.
 fn wait_for_pids(path: &std::path::Path) -> Vec<u32> {
     let deadline = std::time::Instant::now() + muster_suite::WAIT;

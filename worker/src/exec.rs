@@ -8,11 +8,12 @@
 //!   `--exec-env`; nothing else of the worker's (its token included) reaches the program.
 //! - **Directory.** `--exec-dir` (a checkout), else the attempt's scratch directory, which is
 //!   removed afterwards either way.
-//! - **Process group.** The program runs in a process group of its own, under
-//!   `muster-exec-guard` (see [`crate::exec_guard`]); when it ends, or the attempt is cancelled (a
-//!   cancel, a chunk timeout, a drain), the whole group is ended: SIGTERM, then SIGKILL after a
-//!   grace period, so no grandchild outlives the batch. The guard ends the group when the worker
-//!   dies, even by SIGKILL. A program ended by a signal reports exit code 128 + its number.
+//! - **Process group.** The program runs in a process group of its own, started by the worker's
+//!   long-lived `muster-exec-guard` (see [`crate::exec_guard`]); when it ends, or the attempt is
+//!   cancelled (a cancel, a chunk timeout, a drain), the whole group is ended: SIGTERM, then
+//!   SIGKILL after a grace period, so no grandchild outlives the batch. The guard ends every group
+//!   it started when the worker dies, even by SIGKILL. A program ended by a signal reports exit
+//!   code 128 + its number.
 //! - **Output.** Standard output and error are read as they come; the first and the last half of
 //!   the cap are kept and the middle is counted, so a program that prints without end costs the
 //!   worker at most the cap. Whole lines also go to the coordinator as they come (for clients
@@ -21,15 +22,15 @@
 use std::collections::VecDeque;
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use muster_shared::exec::{task_name, ExecBatch, ExecReport, MAX_JUNIT_BYTES};
 use muster_shared::task::TaskError;
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 
+use crate::exec_guard::{self, Spawn, StartError, Started};
 use crate::tasks::{OutputSink, TaskContext, Tasks};
 
 /// Environment variables every program gets, as the worker has them.
@@ -69,6 +70,9 @@ impl Default for ExecSettings {
 impl Tasks {
     /// Registers the task `exec:PROGRAM` for every program `settings` allows.
     pub fn with_exec(mut self, settings: &ExecSettings) -> Self {
+        if !settings.allow.is_empty() {
+            exec_guard::warm();
+        }
         for program in &settings.allow {
             let program = program.clone();
             let settings = settings.clone();
@@ -188,35 +192,6 @@ fn drain(mut source: impl Read, capture: Arc<Mutex<Capture>>, cap: usize, mut li
     }
 }
 
-/// `muster-exec-guard` beside this executable (or one directory up, where examples live), if it
-/// is installed; without it a program would outlive a worker that is killed, and the worker says
-/// so once.
-fn guard_path() -> Option<&'static PathBuf> {
-    static GUARD: OnceLock<Option<PathBuf>> = OnceLock::new();
-    GUARD
-        .get_or_init(|| {
-            let exe = std::env::current_exe().ok()?;
-            let dir = exe.parent()?;
-            let found = [Some(dir), dir.parent()]
-                .into_iter()
-                .flatten()
-                .map(|d| d.join("muster-exec-guard"))
-                .find(|p| p.is_file());
-            if found.is_none() {
-                tracing::warn!(
-                    "muster-exec-guard is not installed beside the worker: an exec program would outlive a worker that is killed"
-                );
-            }
-            found
-        })
-        .as_ref()
-}
-
-/// Signals the process group `group`; one already gone is fine.
-fn signal_group(group: Pid, signal: Signal) {
-    let _ = kill_process_group(group, signal);
-}
-
 /// Runs one batch of `program`; a program that ran and failed is a report, not an error.
 fn run(
     ctx: &TaskContext,
@@ -234,94 +209,74 @@ fn run(
         .prefix("muster-exec-")
         .tempdir()
         .map_err(|e| TaskError::retryable(format!("cannot make a scratch directory: {e}")))?;
-    // Through the guard when it is installed: then the program's group ends with this worker
-    // even when it is killed (the guard's standard input is the lifeline).
-    let guard = guard_path();
-    let mut command = match guard {
-        Some(guard) => {
-            let mut command = Command::new(guard);
-            command.arg(program).stdin(Stdio::piped());
-            command
-        }
-        None => {
-            let mut command = Command::new(program);
-            command.stdin(Stdio::null());
-            command
-        }
-    };
     let junit_path = scratch.path().join("junit.xml");
-    command
-        .args(batch.argv(&junit_path.to_string_lossy()))
-        .env_clear()
-        .current_dir(settings.dir.as_deref().unwrap_or(scratch.path()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for name in BASE_ENV
-        .iter()
-        .copied()
-        .chain(settings.env.iter().map(String::as_str))
-    {
-        if let Some(value) = std::env::var_os(name) {
-            command.env(name, value);
-        }
-    }
-    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    let spawn = Spawn {
+        program: program.into(),
+        args: batch
+            .argv(&junit_path.to_string_lossy())
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+        env: BASE_ENV
+            .iter()
+            .copied()
+            .chain(settings.env.iter().map(String::as_str))
+            .filter_map(|name| Some((name.into(), std::env::var_os(name)?)))
+            .collect(),
+        dir: settings
+            .dir
+            .clone()
+            .unwrap_or_else(|| scratch.path().to_path_buf()),
+    };
+    let pipes = |what: &str| {
+        std::io::pipe()
+            .map_err(|e| TaskError::retryable(format!("cannot make a pipe for {what}: {e}")))
+    };
+    let (out_read, out_write) = pipes("standard output")?;
+    let (err_read, err_write) = pipes("standard error")?;
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .map_err(|e| TaskError::permanent(format!("cannot start `{program}`: {e}")))?;
-    let group = Pid::from_child(&child);
-    // Held until the batch is over: its end closing tells the guard the worker is gone.
-    let _lifeline = child.stdin.take();
+    let Started { pid: group, ended } =
+        exec_guard::start(&spawn, out_write.into(), err_write.into()).map_err(|e| match e {
+            StartError::Program(e) => {
+                TaskError::permanent(format!("cannot start `{program}`: {e}"))
+            }
+            StartError::Guard(e) => TaskError::retryable(e),
+        })?;
     let capture = Arc::new(Mutex::new(Capture::default()));
     let cap = settings.output_cap;
     let budget = Arc::new(AtomicUsize::new(cap));
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-    ]
-    .into_iter()
-    .flatten()
-    .map(|source| {
-        let capture = capture.clone();
-        let live = ctx.output().map(|sink| Live {
-            sink,
-            budget: budget.clone(),
-            pending: Vec::new(),
-        });
-        std::thread::spawn(move || drain(source, capture, cap, live))
-    })
-    .collect();
+    let readers: Vec<_> = [out_read, err_read]
+        .into_iter()
+        .map(|source| {
+            let capture = capture.clone();
+            let live = ctx.output().map(|sink| Live {
+                sink,
+                budget: budget.clone(),
+                pending: Vec::new(),
+            });
+            std::thread::spawn(move || drain(source, capture, cap, live))
+        })
+        .collect();
     let mut stopping: Option<Instant> = None;
-    let (ended_tx, ended) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = ended_tx.send(child.wait());
-    });
     let status = loop {
         match ended.recv_timeout(POLL) {
-            Ok(status) => break status.ok(),
+            Ok(status) => break Some(status),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
         match stopping {
             None if ctx.is_cancelled() => {
-                signal_group(group, Signal::TERM);
+                exec_guard::signal(group, Signal::TERM);
                 stopping = Some(Instant::now());
             }
             Some(at) if at.elapsed() >= settings.grace => {
-                signal_group(group, Signal::KILL);
+                exec_guard::signal(group, Signal::KILL);
             }
             _ => {}
         }
     };
     // Whatever the program left running in its group goes with it, so the pipes close too.
-    signal_group(group, Signal::KILL);
+    exec_guard::signal(group, Signal::KILL);
     for reader in readers {
         let _ = reader.join();
     }
