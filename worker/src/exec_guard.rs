@@ -1,8 +1,8 @@
 //! The guard between a worker and its `exec` programs: `muster-exec-guard`, one per worker.
 //!
 //! A program a worker starts must not outlive the worker, even one killed by SIGKILL, and neither
-//! may what the program starts. So the worker does not start programs itself: at its first batch
-//! it starts the guard, in a process group of its own, with one end of a Unix socket pair as the
+//! may what the program starts. So the worker does not start programs itself: when it starts (with
+//! programs allowed) it starts the guard, in a process group of its own, with one end of a Unix socket pair as the
 //! guard's standard input, and keeps the other end. Over that socket the worker asks the guard to
 //! start each batch's program (argv, environment, directory, and the write ends of the output
 //! pipes, passed as file descriptors); the guard starts it as the leader of a new process group,
