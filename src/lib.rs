@@ -434,6 +434,30 @@ impl Coordinator {
     }
 }
 
+/// The lines of `GET /v1/jobs/{id}/partials?from=N` on the coordinator at `url`, read in a
+/// thread as they come, until the stream ends.
+pub fn partials_feed(url: &str, id: &str, from: u64) -> std::sync::mpsc::Receiver<Value> {
+    let response = ureq::AgentBuilder::new()
+        .timeout(WAIT)
+        .build()
+        .get(&format!("{url}/v1/jobs/{id}/partials?from={from}"))
+        .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"))
+        .call()
+        .expect("the partials stream");
+    assert_eq!(response.content_type(), "application/x-ndjson");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response.into_reader()).lines() {
+            let Ok(line) = line else { return };
+            let value = serde_json::from_str(&line).expect("a JSON line");
+            if tx.send(value).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// The URL a `muster serve` or `muster up` process announced.
 pub fn listening_url(proc: &Proc) -> String {
     let line = proc.wait_for("muster listening on ");

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use muster_suite::{bin, custom_worker_bin, wait_role, Api, Coordinator, Postgres, CLIENT_TOKEN};
+use muster_suite::{
+    bin, custom_worker_bin, partials_feed, wait_role, Api, Coordinator, Postgres, CLIENT_TOKEN,
+};
 use serde_json::{json, Value};
 
 fn coordinator(pg: &Postgres) -> Coordinator {
@@ -76,6 +78,16 @@ fn the_standby_takes_over_within_five_seconds_and_finishes_the_job() {
     let api = a.api();
     let chunks: Vec<Value> = (0..60).map(|i| json!({"ms": 100, "value": i})).collect();
     let id = api.submit(&json!({"task": "nap", "chunks": chunks, "reduce": "sum"}));
+    // Beside it, a job whose chunks succeed out of their order and whose last one naps for a
+    // minute: its streamed partials keep their numbers on the next leader.
+    let scattered: Vec<Value> = (0..30u64)
+        .map(|i| json!({"ms": if i == 29 { 60_000 } else { 5 + (i * 37) % 60 }, "value": i}))
+        .collect();
+    let streamed = api.submit(&json!({"task": "nap", "chunks": scattered, "reduce": "sum"}));
+    let feed = partials_feed(&a.url, &streamed, 0);
+    let before: Vec<Value> = (0..29)
+        .map(|_| feed.recv_timeout(muster_suite::WAIT).expect("a partial"))
+        .collect();
     api.wait_status(&id, |s| s["chunks"]["succeeded"].as_u64() >= Some(12));
 
     a.proc.signal("KILL");
@@ -102,6 +114,15 @@ fn the_standby_takes_over_within_five_seconds_and_finishes_the_job() {
         (0..60).sum::<u64>().to_string()
     );
     assert_eq!(b.api().status(&id)["chunks"]["succeeded"], 60);
+    let feed = partials_feed(&b.url, &streamed, 0);
+    let after: Vec<Value> = (0..29)
+        .map(|_| feed.recv_timeout(muster_suite::WAIT).expect("a partial"))
+        .collect();
+    assert_eq!(after, before);
+    let cancel = b
+        .api()
+        .call("DELETE", &format!("/v1/jobs/{streamed}"), None, &[]);
+    assert_eq!(cancel.status, 200);
 }
 
 #[test]

@@ -1,33 +1,13 @@
 //! `GET /v1/jobs/{id}/partials`: a running job's partial results, streamed as chunks succeed.
 
-use std::io::{BufRead, BufReader};
 use std::sync::mpsc::Receiver;
 
-use muster_suite::{Coordinator, CLIENT_TOKEN, WAIT};
+use muster_suite::{partials_feed, Coordinator, WAIT};
 use serde_json::{json, Value};
 
-/// The lines of `GET /v1/jobs/{id}/partials?from=N`, read in a thread as they come, until the
-/// stream ends.
+/// The lines of `GET /v1/jobs/{id}/partials?from=N` on `c`.
 fn partials(c: &Coordinator, id: &str, from: u64) -> Receiver<Value> {
-    let response = ureq::AgentBuilder::new()
-        .timeout(WAIT)
-        .build()
-        .get(&format!("{}/v1/jobs/{id}/partials?from={from}", c.url))
-        .set("Authorization", &format!("Bearer {CLIENT_TOKEN}"))
-        .call()
-        .expect("the partials stream");
-    assert_eq!(response.content_type(), "application/x-ndjson");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(response.into_reader()).lines() {
-            let Ok(line) = line else { return };
-            let value = serde_json::from_str(&line).expect("a JSON line");
-            if tx.send(value).is_err() {
-                return;
-            }
-        }
-    });
-    rx
+    partials_feed(&c.url, id, from)
 }
 
 /// `n` chunks of the example worker's `nap` task, chunk i worth i; the last one naps `last_ms`.
@@ -101,4 +81,51 @@ fn partials_stream_while_the_job_runs_resume_from_a_number_and_end_with_the_job(
 
     let missing = api.get("/v1/jobs/01a24e4c-2a88-73f4-9e3d-e45585f8c833/partials");
     assert_eq!(missing.status, 404);
+}
+
+#[test]
+fn partial_numbers_survive_a_coordinator_restart() {
+    let mut c = Coordinator::start(&[]);
+    let workers = [c.custom_worker("c1", 2), c.custom_worker("c2", 2)];
+    let api = c.api();
+    // Naps of scattered lengths, so chunks succeed out of their order; the last one naps for a
+    // minute, so the job still runs when the coordinator is killed.
+    let chunks: Vec<Value> = (0..40u64)
+        .map(|i| json!({"ms": if i == 39 { 60_000 } else { 5 + (i * 37) % 60 }, "value": i}))
+        .collect();
+    let id = api.submit(&json!({"task": "nap", "chunks": chunks, "reduce": "sum"}));
+    let stream = partials(&c, &id, 0);
+    let before: Vec<Value> = (0..39)
+        .map(|_| stream.recv_timeout(WAIT).expect("a partial"))
+        .collect();
+    let order: Vec<u64> = before
+        .iter()
+        .map(|l| l["chunk"].as_u64().unwrap())
+        .collect();
+    assert_ne!(
+        order,
+        (0..39).collect::<Vec<_>>(),
+        "the chunks succeeded in their own order: nothing to renumber"
+    );
+
+    c.restart(&[]);
+    for w in &workers {
+        w.wait_for_nth("registered with coordinator", 2);
+    }
+    // From the start and from the middle, the same numbers name the same chunks.
+    let again = partials(&c, &id, 0);
+    let after: Vec<Value> = (0..39)
+        .map(|_| again.recv_timeout(WAIT).expect("a partial"))
+        .collect();
+    assert_eq!(after, before);
+    let middle = partials(&c, &id, 20);
+    let resumed: Vec<Value> = (0..19)
+        .map(|_| middle.recv_timeout(WAIT).expect("a partial"))
+        .collect();
+    assert_eq!(resumed, before[20..]);
+    assert_eq!(
+        api.call("DELETE", &format!("/v1/jobs/{id}"), None, &[])
+            .status,
+        200
+    );
 }

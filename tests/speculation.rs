@@ -19,29 +19,45 @@ fn slow_worker(c: &Coordinator) -> Proc {
     proc
 }
 
-/// 40 chunks of a 100 ms nap, chunk i worth i.
-fn naps(speculation: bool) -> Value {
-    let chunks: Vec<Value> = (0..40).map(|i| json!({"ms": 100, "value": i})).collect();
-    json!({"task": "nap", "chunks": chunks, "reduce": "sum", "speculation": speculation})
+/// Chunks in the job.
+const CHUNKS: u64 = 100;
+
+/// `CHUNKS` chunks of a 100 ms nap, chunk i worth i, on workers with `labels`.
+fn naps(speculation: bool, labels: Value) -> Value {
+    let chunks: Vec<Value> = (0..CHUNKS)
+        .map(|i| json!({"ms": 100, "value": i}))
+        .collect();
+    json!({"task": "nap", "chunks": chunks, "reduce": "sum", "speculation": speculation, "labels": labels})
 }
 
 #[test]
 fn a_slow_workers_stragglers_are_backed_up_and_every_chunk_counts_once() {
-    let c = Coordinator::start(&[]);
+    let mut c = Coordinator::start(&[]);
     let _fast: Vec<Proc> = (1..=3)
-        .map(|i| c.worker_with(custom_worker_bin(), &format!("fast{i}"), 1, &[]))
+        .map(|i| {
+            let name = format!("fast{i}");
+            c.worker_with(custom_worker_bin(), &name, 1, &["--label", "speed=fast"])
+        })
         .collect();
     let _slow = slow_worker(&c);
     let api = c.api();
-    let run = |speculation: bool| {
+    let run = |speculation: bool, labels: Value| {
         let start = Instant::now();
-        let id = api.submit(&naps(speculation));
-        assert_eq!(api.result(&id), json!((0..40).sum::<u64>()));
+        let id = api.submit(&naps(speculation, labels));
+        assert_eq!(api.result(&id), json!((0..CHUNKS).sum::<u64>()));
         (start.elapsed(), api.status(&id))
     };
-    let (with, status) = run(true);
-    let (without, plain) = run(false);
-    eprintln!("40 chunks on 3 fast workers and a 10x slower one: {with:?} with speculation, {without:?} without");
+    // The same job on the fast workers alone, the mark the issue sets (1.3 x); times are printed,
+    // not asserted: the machine is shared.
+    let (alone, _) = run(true, json!({"speed": "fast"}));
+    let (with, status) = run(true, json!({}));
+    let (without, plain) = run(false, json!({}));
+    eprintln!(
+        "{CHUNKS} chunks of 100 ms: {alone:?} on the 3 fast workers alone; with a 10x slower fourth, \
+         {with:?} with speculation ({:.2} x), {without:?} without ({:.2} x)",
+        with.as_secs_f64() / alone.as_secs_f64(),
+        without.as_secs_f64() / alone.as_secs_f64()
+    );
     // Backups started and won, and the attempts they beat end superseded, on the slow worker.
     assert!(
         status["backups"]["won"].as_u64().unwrap_or(0) >= 1,
@@ -65,4 +81,8 @@ fn a_slow_workers_stragglers_are_backed_up_and_every_chunk_counts_once() {
         metrics.contains(&format!("muster_backups_won_total {won}")),
         "{metrics}"
     );
+    // The job's counts are kept with its attempts: a restart shows the same.
+    c.restart(&[]);
+    let restored = c.api().status(status["id"].as_str().unwrap());
+    assert_eq!(restored["backups"], status["backups"], "{restored}");
 }

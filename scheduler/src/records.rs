@@ -137,6 +137,13 @@ pub struct AttemptRecord {
     /// Why it failed, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<FailReason>,
+    /// A speculative backup of the attempt then running the chunk.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
+    /// Of the attempt whose result the chunk kept: that partial result's number in the job's
+    /// stream of partials (`GET /v1/jobs/{id}/partials`), from 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// What a job runs, independent of its progress.

@@ -346,7 +346,7 @@ pub fn balanced_batches(
 pub type Estimated = (u64, Vec<String>);
 
 /// How many of a lane's shortest batches close it, longest of them first.
-const LANE_CLOSERS: usize = 2;
+pub const LANE_CLOSERS: usize = 2;
 
 /// Orders `batches` (each with its estimate) for a queue that `slots` slots take from, so that
 /// the run is as short as the estimates allow when they are right, and an item whose estimate

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::jobs::{client_job, query, JobPath};
 use super::{mailbox, AppState};
-use crate::coordinator::{Coordinator, FollowPartials, GetProgress};
+use crate::coordinator::{Coordinator, Durable, FollowPartials, GetProgress};
 use crate::error::{ApiError, Problem};
 use crate::state::job::Partial;
 
@@ -48,9 +48,8 @@ pub(super) struct PartialsMissed {
 /// succeed on: first those that succeeded already, then each as it succeeds, until the job
 /// ends. Each line is `{"seq", "chunk", "result"}`, `seq` numbering the job's succeeded chunks
 /// in the order they succeeded, so `?from=` with the last `seq` + 1 resumes. A chunk's result is
-/// sent as soon as the coordinator accepts it, before it is stored: after a coordinator restart,
-/// chunks that were running run again (their results are the same for a deterministic task)
-/// and `seq` follows chunk order for the chunks restored. Ended jobs answer 409: their result
+/// sent once it is stored, and its `seq` is stored with it: after a coordinator restart or a
+/// failover the same `seq` names the same chunk, and `?from=` resumes where the reader was. Ended jobs answer 409: their result
 /// merges their partials. A reader more than 1,024 partials behind is let go by the coordinator
 /// and reads on from the job itself; if the job ends meanwhile, its last line says what it
 /// missed (`{"missed", "next"}`).
@@ -78,6 +77,7 @@ pub(super) async fn partials(
         id,
         next: from,
         now: followed.now.into(),
+        stored: Some(followed.stored),
         live: Some(followed.next),
         done: false,
     };
@@ -99,8 +99,11 @@ struct Reader {
     next: u64,
     /// Partials read from the job, not yet sent.
     now: VecDeque<Partial>,
-    /// Partials handed on as they come, while the coordinator keeps this reader.
-    live: Option<tokio::sync::mpsc::Receiver<Partial>>,
+    /// Resolves once `now` is stored.
+    stored: Option<Durable>,
+    /// Partials handed on as they come, each with a ticket for its write, while the coordinator
+    /// keeps this reader.
+    live: Option<tokio::sync::mpsc::Receiver<(Partial, Durable)>>,
     done: bool,
 }
 
@@ -108,6 +111,13 @@ impl Reader {
     /// The next line; `None` once the job has ended and everything was sent.
     async fn line(&mut self) -> Option<Bytes> {
         loop {
+            // Nothing goes out before it is stored; a store that fails ends the stream (the
+            // coordinator stops, and the reader resumes on the next one).
+            if let Some(stored) = self.stored.take() {
+                if stored.wait().await.is_err() {
+                    return None;
+                }
+            }
             if let Some(partial) = self.now.pop_front() {
                 if let Some(line) = self.take(partial) {
                     return Some(line);
@@ -119,7 +129,10 @@ impl Reader {
             }
             if let Some(live) = &mut self.live {
                 match live.recv().await {
-                    Some(partial) => {
+                    Some((partial, stored)) => {
+                        if stored.wait().await.is_err() {
+                            return None;
+                        }
                         if let Some(line) = self.take(partial) {
                             return Some(line);
                         }
@@ -139,6 +152,7 @@ impl Reader {
             {
                 Ok(Ok(followed)) => {
                     self.now = followed.now.into();
+                    self.stored = Some(followed.stored);
                     self.live = Some(followed.next);
                 }
                 Ok(Err(_)) | Err(_) => {

@@ -46,7 +46,7 @@ pub struct Coordinator {
     output_waiters: HashMap<JobId, Vec<oneshot::Sender<()>>>,
     /// Readers of jobs' partial results, each fed as chunks succeed until its job ends (or it
     /// falls [`PARTIALS_BUFFERED`] behind, and reads the rest again from the job).
-    partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<Partial>>>,
+    partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<(Partial, Durable)>>>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -83,9 +83,21 @@ impl Coordinator {
     /// Wakes the followers of `job`'s output.
     /// Hands a succeeded chunk's result to its job's readers; one whose buffer is full is let
     /// go (it reads on from the job itself).
-    fn hand_partial(&mut self, job: JobId, partial: Partial) {
-        if let Some(readers) = self.partial_readers.get_mut(&job) {
-            readers.retain(|reader| reader.try_send(partial.clone()).is_ok());
+    /// Hands partial results to their jobs' readers, each with a ticket for its write: a reader
+    /// sends one on once it is stored, so its number holds after a restart or a failover.
+    fn hand_partials(&mut self, partials: Vec<(JobId, Partial)>) {
+        if partials.is_empty() {
+            return;
+        }
+        // Without a ticket the store failed: this coordinator stops, and its readers with it.
+        let Ok(durable) = self.persistence.durable() else {
+            return;
+        };
+        for (job, partial) in partials {
+            if let Some(readers) = self.partial_readers.get_mut(&job) {
+                readers
+                    .retain(|reader| reader.try_send((partial.clone(), durable.clone())).is_ok());
+            }
         }
     }
 
@@ -101,6 +113,7 @@ impl Coordinator {
         self.state.dispatch();
         let mut outgoing: HashMap<WorkerId, Vec<CoordinatorMessage>> = HashMap::new();
         let mut finished = Vec::new();
+        let mut partials = Vec::new();
         for effect in self.state.take_effects() {
             match effect {
                 Effect::Assign { worker, assignment } => outgoing
@@ -115,7 +128,7 @@ impl Coordinator {
                     .or_default()
                     .push(CoordinatorMessage::Cancel(chunk)),
                 Effect::JobDone(id) => finished.push(id),
-                Effect::Partial { job, partial } => self.hand_partial(job, partial),
+                Effect::Partial { job, partial } => partials.push((job, partial)),
                 Effect::Reduce {
                     job,
                     reducer,
@@ -126,6 +139,7 @@ impl Coordinator {
         // The writes go to the store's writer first: a commit takes longer than a chunk's round
         // trip to a worker, and answers wait for it.
         self.persist();
+        self.hand_partials(partials);
         for (worker, messages) in outgoing {
             if let Some((_, session)) = self.sessions.get(&worker) {
                 session.do_send(Deliver(messages));
@@ -606,8 +620,10 @@ pub struct FollowPartials {
 pub struct FollowedPartials {
     /// The partials there are now.
     pub now: Vec<Partial>,
-    /// Those to come.
-    pub next: tokio::sync::mpsc::Receiver<Partial>,
+    /// Resolves once those are stored.
+    pub stored: Durable,
+    /// Those to come, each with a ticket for its write.
+    pub next: tokio::sync::mpsc::Receiver<(Partial, Durable)>,
 }
 
 impl Handler<FollowPartials> for Coordinator {
@@ -638,9 +654,10 @@ impl Handler<FollowPartials> for Coordinator {
                 "the coordinator is stopping: follow the job on the next leader".into(),
             ));
         }
+        let stored = self.persistence.durable()?;
         let (tx, next) = tokio::sync::mpsc::channel(PARTIALS_BUFFERED);
         self.partial_readers.entry(msg.id).or_default().push(tx);
-        Ok(FollowedPartials { now, next })
+        Ok(FollowedPartials { now, stored, next })
     }
 }
 

@@ -202,6 +202,8 @@ mod tests {
             started_at: Utc::now(),
             finished_at: ended.then(Utc::now),
             error: error.then_some(crate::records::FailReason::ChunkTimeout),
+            backup: false,
+            seq: None,
         }
     }
 

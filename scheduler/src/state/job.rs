@@ -151,6 +151,8 @@ impl Chunk {
             started_at: Utc::now(),
             finished_at: None,
             error: None,
+            backup: false,
+            seq: None,
         });
         attempt
     }
@@ -400,10 +402,24 @@ impl Job {
                 })
                 .count() as u32;
         }
-        let succeeded_order = (0..chunks.len())
+        // Partials in the order they were numbered when they came (chunk order for those stored
+        // before partials were numbered).
+        let mut succeeded_order: Vec<ChunkIndex> = (0..chunks.len())
             .filter(|&i| matches!(chunks[i].state, ChunkState::Succeeded { .. }))
             .map(|i| ChunkIndex(i as u32))
             .collect();
+        succeeded_order.sort_by_key(|i| {
+            let seq = chunks[i.get()].attempts.iter().rev().find_map(|r| r.seq);
+            (seq.unwrap_or(u64::MAX), *i)
+        });
+        // Backups started, and those that won: each win superseded the attempt it backed up.
+        let records = || chunks.iter().flat_map(|c| &c.attempts);
+        let backups = BackupCounts {
+            started: records().filter(|r| r.backup).count() as u32,
+            won: records()
+                .filter(|r| !r.backup && matches!(r.error, Some(FailReason::Superseded)))
+                .count() as u32,
+        };
         let job = Self {
             id: stored.id,
             meta: stored.meta,
@@ -415,7 +431,7 @@ impl Job {
             kept_retries: Vec::new(),
             succeeded_order,
             partials_followed: false,
-            backups: BackupCounts::default(),
+            backups,
             run_ms: Vec::new(),
             created_at: stored.created_at,
             started_at,
@@ -520,6 +536,9 @@ impl Job {
             return None;
         }
         let attempt = chunk.open_attempt(worker, worker_name);
+        if let Some(record) = chunk.attempts.last_mut() {
+            record.backup = true;
+        }
         chunk.backup = Some((worker, attempt));
         self.attempts += 1;
         self.backups.started += 1;
@@ -562,10 +581,7 @@ impl Job {
         self.chunks[index.get()].backup = None;
         self.close_record(index, primary.1, Some(FailReason::Superseded));
         self.retried.insert(index);
-        self.end_attempt(index, attempt, None);
-        self.chunks[index.get()].state = ChunkState::Succeeded { result };
-        self.counts.succeeded += 1;
-        self.succeeded_order.push(index);
+        self.succeed(index, attempt, result);
         self.backups.won += 1;
         Ok((self.counts.succeeded == self.counts.total, primary))
     }
@@ -668,11 +684,28 @@ impl Job {
         result: Bytes,
     ) -> Result<bool, IllegalMove> {
         self.running(index, attempt)?;
+        self.succeed(index, attempt, result);
+        Ok(self.counts.succeeded == self.counts.total)
+    }
+
+    /// `attempt` of `index` ends with `result`, which the chunk keeps as the next partial of the
+    /// job's stream (its number kept in the attempt's record, so that a restart numbers the
+    /// partials alike).
+    fn succeed(&mut self, index: ChunkIndex, attempt: Attempt, result: Bytes) {
         self.end_attempt(index, attempt, None);
-        self.chunks[index.get()].state = ChunkState::Succeeded { result };
+        let seq = self.succeeded_order.len() as u64;
+        let chunk = &mut self.chunks[index.get()];
+        if let Some(record) = chunk
+            .attempts
+            .iter_mut()
+            .rev()
+            .find(|r| r.attempt == attempt)
+        {
+            record.seq = Some(seq);
+        }
+        chunk.state = ChunkState::Succeeded { result };
         self.counts.succeeded += 1;
         self.succeeded_order.push(index);
-        Ok(self.counts.succeeded == self.counts.total)
     }
 
     /// Running `attempt` → Pending (retry at `ready_at`) or → Failed, by the retry policy:

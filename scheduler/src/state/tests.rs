@@ -604,6 +604,8 @@ mod restore_tests {
                     started_at: Utc::now(),
                     finished_at: Some(Utc::now()),
                     error: None,
+                    backup: false,
+                    seq: None,
                 }],
             })
             .collect();

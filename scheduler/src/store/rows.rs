@@ -147,7 +147,8 @@ pub(super) fn meta(s: &str) -> Result<JobMeta, StoreError> {
 const COMPACT_ATTEMPT: &str = "a1 ";
 
 /// An attempt record as stored: `a1 ATTEMPT WORKER STARTED FINISHED NAME_LEN:NAME` then the error
-/// as JSON, if any (ids as 32 hex digits, times as nanoseconds since the epoch, `-` when not
+/// as JSON, if any (`ATTEMPT` is the number, then `b` for a backup and `#SEQ` for the partial's
+/// number, when they apply) (ids as 32 hex digits, times as nanoseconds since the epoch, `-` when not
 /// finished). One is written as each attempt starts and ends, so this runs twice per chunk:
 /// several times cheaper than the JSON the first files used (still read, see [`attempt`]).
 pub(super) fn encode_attempt(record: &AttemptRecord) -> Result<String, StoreError> {
@@ -164,6 +165,13 @@ pub(super) fn encode_attempt(record: &AttemptRecord) -> Result<String, StoreErro
     let mut number = itoa::Buffer::new();
     out.push_str(COMPACT_ATTEMPT);
     out.push_str(number.format(record.attempt.0));
+    if record.backup {
+        out.push('b');
+    }
+    if let Some(seq) = record.seq {
+        out.push('#');
+        out.push_str(number.format(seq));
+    }
     out.push(' ');
     out.push_str(
         record
@@ -197,7 +205,16 @@ pub(super) fn attempt(s: &str) -> Result<AttemptRecord, StoreError> {
     let bad = |what: &str| corrupt("attempt", format!("{what} in `{s}`"));
     let mut fields = compact.splitn(5, ' ');
     let mut next = |what: &str| fields.next().ok_or_else(|| bad(what));
-    let attempt = next("attempt")?.parse().map_err(|_| bad("attempt"))?;
+    let token = next("attempt")?;
+    let (attempt, seq) = match token.split_once('#') {
+        Some((attempt, seq)) => (attempt, Some(seq.parse().map_err(|_| bad("seq"))?)),
+        None => (token, None),
+    };
+    let (attempt, backup) = match attempt.strip_suffix('b') {
+        Some(attempt) => (attempt, true),
+        None => (attempt, false),
+    };
+    let attempt = attempt.parse().map_err(|_| bad("attempt"))?;
     let worker = next("worker")?
         .parse::<uuid::Uuid>()
         .map_err(|_| bad("worker"))?;
@@ -229,6 +246,8 @@ pub(super) fn attempt(s: &str) -> Result<AttemptRecord, StoreError> {
         started_at,
         finished_at,
         error,
+        backup,
+        seq,
     })
 }
 
@@ -278,6 +297,8 @@ mod tests {
             started_at: Utc::now(),
             finished_at: finished.then(Utc::now),
             error,
+            backup: false,
+            seq: None,
         }
     }
 
@@ -296,6 +317,19 @@ mod tests {
                 Some(FailReason::TaskError("bad {input} \"x\"".into())),
             ),
             record("w 2", true, Some(FailReason::WorkerLost)),
+            AttemptRecord {
+                backup: true,
+                ..record("backup", false, None)
+            },
+            AttemptRecord {
+                seq: Some(41),
+                ..record("kept", true, None)
+            },
+            AttemptRecord {
+                backup: true,
+                seq: Some(0),
+                ..record("backup kept", true, None)
+            },
         ];
         for r in &records {
             let compact = encode_attempt(r).unwrap();
@@ -316,6 +350,9 @@ mod tests {
             &good[..good.len() - 3],
             &good.replace(" 6:", " 60:"),
             &good.replace(" 6:", " 6"),
+            &good.replacen("a1 3 ", "a1 3#x ", 1),
+            &good.replacen("a1 3 ", "a1 3c ", 1),
+            &good.replacen("a1 3 ", "a1 3#1b ", 1),
             &format!("{good}{{not json"),
         ] {
             assert!(attempt(bad).is_err(), "{bad}");

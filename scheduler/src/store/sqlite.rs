@@ -856,6 +856,8 @@ mod tests {
             started_at: Utc::now(),
             finished_at: ended.then(Utc::now),
             error: None,
+            backup: false,
+            seq: None,
         })
         .unwrap()
     }
