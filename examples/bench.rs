@@ -57,6 +57,8 @@ struct Run {
 struct Cluster {
     coordinator: Coordinator,
     workers: Vec<Proc>,
+    /// Workers started so far, for fresh names.
+    started: usize,
 }
 
 impl Cluster {
@@ -71,6 +73,7 @@ impl Cluster {
         let mut cluster = Self {
             coordinator,
             workers: Vec::new(),
+            started: 0,
         };
         cluster.add_worker();
         cluster.add_worker();
@@ -78,7 +81,10 @@ impl Cluster {
     }
 
     fn add_worker(&mut self) {
-        let name = format!("bench-{}", self.workers.len() + 1);
+        // A fresh name for each: W4's replacements under one name would gather that name the
+        // strikes of the workers killed before them, and get it quarantined.
+        self.started += 1;
+        let name = format!("bench-{}", self.started);
         // `sleep` for W6's exec batches, `sh` for W7's.
         let w = self.coordinator.worker_with(
             bin("muster-worker"),

@@ -263,25 +263,171 @@ const PARALLEL_MERGE: usize = 1 << 18;
 /// Values taken from each run to choose where the threads' shares of the output begin.
 const SAMPLES_PER_RUN: usize = 64;
 
+/// A partial result as a run of 64-bit integers (packed, or a JSON array), if it is one.
+fn int_run(partial: &[u8]) -> Option<Vec<i64>> {
+    match Packed::read(partial) {
+        Some(run) => Some(run.values()),
+        None => crate::ints::parse_ints(partial),
+    }
+}
+
+/// Shares of the output a merge of `total` integers is cut into, one per core when it is large.
+fn shares_for(total: usize) -> usize {
+    if total >= PARALLEL_MERGE {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    }
+}
+
+/// A `merge_sorted` of integer runs done as the runs arrive rather than all at the end: each
+/// partial handed to [`SortedFold::push`] is parsed and merged into one run on a thread of the
+/// fold's own while the job's other chunks still run, so that at the end
+/// ([`SortedFold::finish`]) what is left is one merge of that run with the last partials, and
+/// the printing. Equal integers are indistinguishable, so the order in which runs are folded
+/// does not change the result. A partial that is not a run of integers stops the fold: the
+/// partials are then merged whole, as [`Reducer::reduce`] does.
+#[derive(Debug)]
+pub struct SortedFold {
+    shared: std::sync::Arc<FoldShared>,
+}
+
+#[derive(Debug, Default)]
+struct FoldShared {
+    state: std::sync::Mutex<FoldState>,
+    idle: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct FoldState {
+    descending: bool,
+    /// The runs folded so far, merged.
+    merged: Vec<i64>,
+    /// How many partials `merged` holds.
+    folded: usize,
+    /// Partials not folded yet.
+    queued: Vec<Bytes>,
+    /// A thread is folding.
+    busy: bool,
+    /// No more folding: the end came, or a partial was not a run of integers.
+    stopped: bool,
+    /// A partial was not a run of integers.
+    not_ints: bool,
+}
+
+impl SortedFold {
+    /// A fold for runs sorted smallest first, or largest first when `descending`.
+    pub fn new(descending: bool) -> Self {
+        let shared = FoldShared::default();
+        shared.lock().descending = descending;
+        Self {
+            shared: std::sync::Arc::new(shared),
+        }
+    }
+
+    /// Takes one chunk's partial result, to be folded in on the fold's thread.
+    pub fn push(&self, partial: Bytes) {
+        let mut state = self.shared.lock();
+        if state.stopped {
+            return;
+        }
+        state.queued.push(partial);
+        if !state.busy {
+            state.busy = true;
+            let shared = self.shared.clone();
+            std::thread::spawn(move || shared.fold());
+        }
+    }
+
+    /// The merged result of `count` partials as JSON text, once the fold's thread is done;
+    /// `None` when the fold cannot give it (a partial was not a run of integers, or fewer than
+    /// `count` were pushed): then merge the partials whole.
+    pub fn finish(self, count: usize) -> Option<String> {
+        let (merged, queued, descending) = {
+            let mut state = self.shared.lock();
+            state.stopped = true;
+            while state.busy {
+                state = self
+                    .shared
+                    .idle
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+            if state.not_ints || state.folded + state.queued.len() != count {
+                return None;
+            }
+            (
+                std::mem::take(&mut state.merged),
+                std::mem::take(&mut state.queued),
+                state.descending,
+            )
+        };
+        let mut runs = vec![merged];
+        for partial in &queued {
+            runs.push(int_run(partial)?);
+        }
+        let total = runs.iter().map(Vec::len).sum();
+        merge_in_shares(runs, descending, shares_for(total))
+    }
+}
+
+impl Drop for SortedFold {
+    /// A fold dropped before its end (its job failed or was cancelled) stops after the merge in
+    /// hand.
+    fn drop(&mut self) {
+        self.shared.lock().stopped = true;
+    }
+}
+
+impl FoldShared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FoldState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds what is queued until nothing is, or the fold is stopped.
+    fn fold(&self) {
+        loop {
+            let (batch, merged, descending) = {
+                let mut state = self.lock();
+                if state.stopped || state.queued.is_empty() {
+                    state.busy = false;
+                    self.idle.notify_all();
+                    return;
+                }
+                (
+                    std::mem::take(&mut state.queued),
+                    std::mem::take(&mut state.merged),
+                    state.descending,
+                )
+            };
+            let runs: Option<Vec<Vec<i64>>> = batch.iter().map(|p| int_run(p)).collect();
+            match runs {
+                Some(runs) => {
+                    let mut all: Vec<&[i64]> = vec![&merged];
+                    all.extend(runs.iter().map(Vec::as_slice));
+                    let folded = merge_runs(all, descending);
+                    let mut state = self.lock();
+                    state.merged = folded;
+                    state.folded += batch.len();
+                }
+                None => {
+                    let mut state = self.lock();
+                    state.not_ints = true;
+                    state.stopped = true;
+                }
+            }
+        }
+    }
+}
+
 /// Fast path of `merge_sorted` when every partial is a run of 64-bit integers (packed, or a JSON
 /// array). Equal integers are indistinguishable, so any merge order is stable: large inputs are
 /// split by value into one share per core (every run cut at the same values), and each share is
 /// merged and printed on a thread of its own. `None` when some partial is anything else.
 fn merge_sorted_ints(partials: &[Bytes], descending: bool) -> Option<String> {
-    let runs: Vec<Vec<i64>> = partials
-        .iter()
-        .map(|p| match Packed::read(p) {
-            Some(run) => Some(run.values()),
-            None => crate::ints::parse_ints(p),
-        })
-        .collect::<Option<_>>()?;
+    let runs: Vec<Vec<i64>> = partials.iter().map(|p| int_run(p)).collect::<Option<_>>()?;
     let total: usize = runs.iter().map(Vec::len).sum();
-    let shares = if total >= PARALLEL_MERGE {
-        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
-    } else {
-        1
-    };
-    merge_in_shares(runs, descending, shares)
+    merge_in_shares(runs, descending, shares_for(total))
 }
 
 /// Merges sorted runs in `shares` shares of the output, each on a thread, into a JSON array.
@@ -502,6 +648,54 @@ mod tests {
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    #[test]
+    fn a_sorted_fold_gives_what_the_whole_merge_gives_or_nothing() {
+        let mut seed = 11u64;
+        let mut next = move |range: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % range
+        };
+        for descending in [false, true] {
+            let partials: Vec<Bytes> = (0..9)
+                .map(|i| {
+                    let len = [0, 1, 40_000, 3, 90_000][i % 5];
+                    let mut run: Vec<i64> = (0..len).map(|_| next(5000) as i64 - 2500).collect();
+                    run.sort_unstable();
+                    if descending {
+                        run.reverse();
+                    }
+                    if i % 2 == 0 {
+                        crate::packed::pack(&run, descending)
+                    } else {
+                        Bytes::from(serde_json::to_vec(&run).unwrap())
+                    }
+                })
+                .collect();
+            let whole = Reducer::MergeSorted { descending }
+                .reduce(&partials)
+                .unwrap();
+            // Pushed in another order than the chunks', some folded before the end and some
+            // left to it.
+            let fold = SortedFold::new(descending);
+            for p in partials.iter().rev() {
+                fold.push(p.clone());
+            }
+            assert_eq!(fold.finish(partials.len()).as_deref(), Some(&*whole));
+            // A partial missing, or one that is not a run of integers: no answer.
+            let fold = SortedFold::new(descending);
+            for p in &partials[1..] {
+                fold.push(p.clone());
+            }
+            assert_eq!(fold.finish(partials.len()), None);
+            let fold = SortedFold::new(descending);
+            fold.push(partials[2].clone());
+            fold.push(b("[1.5]"));
+            assert_eq!(fold.finish(2), None);
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use muster_shared::ids::{JobId, WorkerId};
 use muster_shared::job::JobSpec;
 use muster_shared::protocol::{CoordinatorMessage, Hello, WorkerMessage};
-use muster_shared::reduce::Reducer;
+use muster_shared::reduce::{Reducer, SortedFold};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -47,6 +47,8 @@ pub struct Coordinator {
     /// Readers of jobs' partial results, each fed as chunks succeed until its job ends (or it
     /// falls [`PARTIALS_BUFFERED`] behind, and reads the rest again from the job).
     partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<(Partial, Durable)>>>,
+    /// Merges of large sorted partial results under way, by job, while the jobs run.
+    folds: HashMap<JobId, SortedFold>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -73,6 +75,7 @@ impl Coordinator {
             waiters: HashMap::new(),
             output_waiters: HashMap::new(),
             partial_readers: HashMap::new(),
+            folds: HashMap::new(),
             heartbeat_interval,
             wake: None,
             shutting_down: false,
@@ -129,6 +132,15 @@ impl Coordinator {
                     .push(CoordinatorMessage::Cancel(chunk)),
                 Effect::JobDone(id) => finished.push(id),
                 Effect::Partial { job, partial } => partials.push((job, partial)),
+                Effect::Fold {
+                    job,
+                    descending,
+                    result,
+                } => self
+                    .folds
+                    .entry(job)
+                    .or_insert_with(|| SortedFold::new(descending))
+                    .push(result),
                 Effect::Reduce {
                     job,
                     reducer,
@@ -152,6 +164,7 @@ impl Coordinator {
             self.wake_followers(id);
             // Its readers get what was handed to them, then the end.
             self.partial_readers.remove(&id);
+            self.folds.remove(&id);
             let Some(waiters) = self.waiters.remove(&id) else {
                 continue;
             };
@@ -271,9 +284,10 @@ impl Coordinator {
         self.persistence.flush();
     }
 
-    /// Merges a job's partial results on the blocking pool and ends the job when done. If the
-    /// coordinator stops first, the merge is lost with it, and a restart merges the stored
-    /// partial results again.
+    /// Merges a job's partial results on the blocking pool and ends the job when done: what its
+    /// fold merged already and the rest, when it has one that holds every partial, else all of
+    /// them. If the coordinator stops first, the merge is lost with it, and a restart merges the
+    /// stored partial results again.
     fn reduce_off_thread(
         &mut self,
         job: JobId,
@@ -281,8 +295,12 @@ impl Coordinator {
         partials: Vec<Bytes>,
         ctx: &mut Context<Self>,
     ) {
+        let fold = self.folds.remove(&job);
         let merge = actix_rt::task::spawn_blocking(move || {
-            reducer.reduce(&partials).map_err(|e| e.to_string())
+            match fold.and_then(|f| f.finish(partials.len())) {
+                Some(merged) => Ok(merged),
+                None => reducer.reduce(&partials).map_err(|e| e.to_string()),
+            }
         });
         ctx.spawn(merge.into_actor(self).map(move |merged, act, ctx| {
             let outcome = merged.unwrap_or_else(|e| Err(format!("the merge stopped: {e}")));

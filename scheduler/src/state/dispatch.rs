@@ -422,6 +422,15 @@ impl ClusterState {
                 partial,
             });
         }
+        if let Reducer::MergeSorted { descending } = job.meta.reducer {
+            if result.len() >= FOLD_AT_BYTES {
+                self.effects.push(Effect::Fold {
+                    job: chunk.job,
+                    descending,
+                    result: result.clone(),
+                });
+            }
+        }
         self.writes.push(Write::Result {
             job: chunk.job,
             chunk: chunk.chunk,

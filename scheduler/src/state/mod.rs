@@ -78,6 +78,16 @@ pub enum Effect {
         /// The chunk, its number and its result.
         partial: job::Partial,
     },
+    /// A large partial result of a `merge_sorted` job, to merge into the rest as it comes (see
+    /// [`muster_shared::reduce::SortedFold`]).
+    Fold {
+        /// The job.
+        job: JobId,
+        /// Its reducer's order.
+        descending: bool,
+        /// The partial result.
+        result: Bytes,
+    },
     /// Merge these partial results off the coordinator's thread, then hand the outcome to
     /// [`ClusterState::reduced`].
     Reduce {
@@ -93,6 +103,10 @@ pub enum Effect {
 /// Partial results at least this large in all are merged off the coordinator's thread, so that
 /// a large merge does not hold up every other job; smaller ones are merged at once.
 pub const REDUCE_OFF_THREAD_BYTES: usize = 1 << 20;
+
+/// Partial results of `merge_sorted` jobs at least this large are merged into the job's other
+/// partials as they come, not only at the end.
+pub const FOLD_AT_BYTES: usize = 64 << 10;
 
 /// Policy settings: retries, and what one worker may claim.
 #[derive(Debug, Clone, Copy)]
