@@ -7,7 +7,7 @@ use muster_shared::body::parse_job;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::ints::{pack_chunks, parse_ints};
 use muster_shared::protocol::{decode, encode, Assignment, ChunkRef, CoordinatorMessage, Frame};
-use muster_shared::reduce::Reducer;
+use muster_shared::reduce::{Reducer, SortedFold};
 
 fn frame(chunks: usize, payload: &Bytes) -> Frame<CoordinatorMessage> {
     let job = JobId::new();
@@ -121,6 +121,29 @@ fn reducers(c: &mut Criterion) {
     g.bench_function("merge 16 packed sorted runs of 125k random integers", |b| {
         b.iter(|| Reducer::MergeSorted { descending: false }.reduce(black_box(&w3_runs)))
     });
+    // The same merge's end when the first 15 runs were folded while the last chunk ran: what is
+    // left once the last run arrives.
+    g.bench_function(
+        "end of a fold of 16 packed sorted runs of 125k random integers",
+        |b| {
+            b.iter_batched(
+                || {
+                    let fold = SortedFold::new(false);
+                    for run in &w3_runs[..15] {
+                        fold.push(run.clone());
+                    }
+                    // Time for the fold's thread to take them in (it is not measured).
+                    std::thread::sleep(std::time::Duration::from_millis(400));
+                    fold
+                },
+                |fold| {
+                    fold.push(w3_runs[15].clone());
+                    fold.finish(16)
+                },
+                criterion::BatchSize::PerIteration,
+            )
+        },
+    );
     // A W3 chunk as a worker gets it: 125k random integers below 2^32, packed, not sorted.
     let chunk = muster_shared::packed::pack(&random_below_2_32(&mut seed, 125_000), false);
     g.throughput(Throughput::Elements(125_000));
