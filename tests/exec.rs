@@ -387,17 +387,7 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
     ];
     let api = c.api();
     let dir = tempfile::tempdir().unwrap();
-    let (mark, pids) = (dir.path().join("ran"), dir.path().join("pids"));
-    // The first run starts a grandchild and waits; the rerun passes at once.
-    let script = format!(
-        "if [ -e {m} ]; then echo rerun; exit 0; fi; touch {m}; sleep 317 & echo $! > {p}; echo $$ >> {p}; wait",
-        m = mark.display(),
-        p = pids.display()
-    );
-    let id = api.submit(&json!({
-        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
-    }));
-    let started = wait_for_pids(&pids);
+    let (id, started) = start_rerun_job(&api, dir.path());
     // The program's parent is the guard, whose parent is the worker running the batch.
     let runner = parent(started[1])
         .and_then(parent)
@@ -407,22 +397,8 @@ fn a_killed_workers_program_and_its_grandchild_end_and_the_batch_reruns_elsewher
         .find(|w| w.pid() == runner)
         .expect("the batch runs on one of the workers");
     victim.signal("KILL");
-    let killed = std::time::Instant::now();
-    for pid in &started {
-        while alive(*pid) {
-            assert!(
-                killed.elapsed() < std::time::Duration::from_secs(2),
-                "process {pid} outlived its killed worker by 2 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-    let result = api.result(&id);
-    assert_eq!(result[0]["exit_code"], json!(0), "{result}");
-    assert!(
-        result[0]["output"].as_str().unwrap_or("").contains("rerun"),
-        "{result}"
-    );
+    gone_within_2s(&started, "its killed worker");
+    let result = rerun_result(&api, &id);
     // The result says where the item ran in the end, and that it took a second attempt.
     let item = &result[0]["results"][0];
     let survivor = if workers[0].pid() == runner {
@@ -447,16 +423,7 @@ fn a_killed_guard_ends_its_batch_as_retryable_and_the_next_attempt_starts_a_new_
     let worker = c.worker_with(bin("muster-worker"), "w1", 1, &["--allow-exec", "sh"]);
     let api = c.api();
     let dir = tempfile::tempdir().unwrap();
-    let (mark, pids) = (dir.path().join("ran"), dir.path().join("pids"));
-    let script = format!(
-        "if [ -e {m} ]; then echo rerun; exit 0; fi; touch {m}; sleep 317 & echo $! > {p}; echo $$ >> {p}; wait",
-        m = mark.display(),
-        p = pids.display()
-    );
-    let id = api.submit(&json!({
-        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
-    }));
-    let started = wait_for_pids(&pids);
+    let (id, started) = start_rerun_job(&api, dir.path());
     let guard = parent(started[1]).expect("the program's guard");
     assert_eq!(
         parent(guard),
@@ -469,22 +436,8 @@ fn a_killed_guard_ends_its_batch_as_retryable_and_the_next_attempt_starts_a_new_
     )
     .unwrap();
     // The worker ends the group it lost track of, and runs the batch again under a new guard.
-    let killed = std::time::Instant::now();
-    for pid in &started {
-        while alive(*pid) {
-            assert!(
-                killed.elapsed() < std::time::Duration::from_secs(2),
-                "process {pid} outlived its killed guard by 2 s"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-    let result = api.result(&id);
-    assert_eq!(result[0]["exit_code"], json!(0), "{result}");
-    assert!(
-        result[0]["output"].as_str().unwrap_or("").contains("rerun"),
-        "{result}"
-    );
+    gone_within_2s(&started, "its killed guard");
+    let result = rerun_result(&api, &id);
     assert_eq!(result[0]["results"][0]["attempts"], json!(2), "{result}");
     let status = api.status(&id);
     let error = &status["retries"][0]["attempts"][0]["error"];
@@ -495,6 +448,47 @@ fn a_killed_guard_ends_its_batch_as_retryable_and_the_next_attempt_starts_a_new_
             .contains("lost track of `sh`"),
         "{status}"
     );
+}
+
+/// Submits a job of one `sh` batch whose first run (marked in `dir`) starts a grandchild, writes
+/// its pid and its own, and waits; a rerun prints `rerun` and passes at once. The job's id and,
+/// once the first run has written them, the grandchild's and the program's pids.
+fn start_rerun_job(api: &muster_suite::Api, dir: &std::path::Path) -> (String, Vec<u32>) {
+    let (mark, pids) = (dir.join("ran"), dir.join("pids"));
+    let script = format!(
+        "if [ -e {m} ]; then echo rerun; exit 0; fi; touch {m}; sleep 317 & echo $! > {p}; echo $$ >> {p}; wait",
+        m = mark.display(),
+        p = pids.display()
+    );
+    let id = api.submit(&json!({
+        "kind": "exec", "program": "sh", "args": ["-c", script, "{items}"], "input": ["x"]
+    }));
+    (id, wait_for_pids(&pids))
+}
+
+/// Waits until every one of `pids` is gone, failing past 2 s (after `what` was killed).
+fn gone_within_2s(pids: &[u32], what: &str) {
+    let killed = std::time::Instant::now();
+    for pid in pids {
+        while alive(*pid) {
+            assert!(
+                killed.elapsed() < std::time::Duration::from_secs(2),
+                "process {pid} outlived {what} by 2 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// The result of a [`start_rerun_job`] job, which passed on its rerun.
+fn rerun_result(api: &muster_suite::Api, id: &str) -> serde_json::Value {
+    let result = api.result(id);
+    assert_eq!(result[0]["exit_code"], json!(0), "{result}");
+    assert!(
+        result[0]["output"].as_str().unwrap_or("").contains("rerun"),
+        "{result}"
+    );
+    result
 }
 
 /// The grandchild's and the program's pids, once the program has written them to `path`.

@@ -34,6 +34,16 @@ fn three_workers_compute_sum_sort_and_wordcount_exactly() {
     let status = api.status(&sum);
     assert_eq!(status["status"], "succeeded");
     assert_eq!(status["chunks"]["succeeded"], 100);
+
+    // Counts of 12,000 distinct words in three chunks: each chunk's counts are large enough
+    // (over 64 KiB) to be folded in as they come.
+    let many: Vec<String> = (0..30_000).map(|i| format!("w{}", i % 12_000)).collect();
+    let counted = api.submit(&json!({"kind": "wordcount", "input": many.join(" "), "chunks": 3}));
+    let mut expected = std::collections::BTreeMap::new();
+    for word in &many {
+        *expected.entry(word.clone()).or_insert(0u64) += 1;
+    }
+    assert_eq!(api.result(&counted), json!(expected));
 }
 
 #[test]

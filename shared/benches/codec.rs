@@ -7,7 +7,7 @@ use muster_shared::body::parse_job;
 use muster_shared::ids::{Attempt, ChunkIndex, JobId, WorkerId};
 use muster_shared::ints::{pack_chunks, parse_ints};
 use muster_shared::protocol::{decode, encode, Assignment, ChunkRef, CoordinatorMessage, Frame};
-use muster_shared::reduce::{Reducer, SortedFold};
+use muster_shared::reduce::{Fold, Reducer};
 
 fn frame(chunks: usize, payload: &Bytes) -> Frame<CoordinatorMessage> {
     let job = JobId::new();
@@ -128,7 +128,8 @@ fn reducers(c: &mut Criterion) {
         |b| {
             b.iter_batched(
                 || {
-                    let fold = SortedFold::new(false);
+                    let fold = Fold::for_reducer(Reducer::MergeSorted { descending: false })
+                        .expect("merge_sorted folds");
                     for run in &w3_runs[..15] {
                         fold.push(run.clone());
                     }

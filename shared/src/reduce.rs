@@ -280,49 +280,141 @@ fn shares_for(total: usize) -> usize {
     }
 }
 
-/// A `merge_sorted` of integer runs done as the runs arrive rather than all at the end: each
-/// partial handed to [`SortedFold::push`] is parsed and merged into one run on a thread of the
-/// fold's own while the job's other chunks still run, so that at the end
-/// ([`SortedFold::finish`]) what is left is one merge of that run with the last partials, and
-/// the printing. Equal integers are indistinguishable, so the order in which runs are folded
-/// does not change the result. A partial that is not a run of integers stops the fold: the
-/// partials are then merged whole, as [`Reducer::reduce`] does.
+/// A merge done as the partial results arrive rather than all at the end, for the reducers whose
+/// merge does not depend on the order partials are taken in: `merge_sorted` of integer runs
+/// (equal integers are indistinguishable) and `count_map` (counts add). Each partial handed to
+/// [`Fold::push`] is parsed and merged in on a thread of the fold's own while the job's other
+/// chunks still run, so at the end ([`Fold::finish`]) what is left is the last partials and the
+/// printing: for sorted runs, one merge of the run folded so far with them. A partial the fold
+/// cannot take (a run of anything but integers, say) stops it: the partials are then merged
+/// whole, as [`Reducer::reduce`] does. `sum` and the others are not folded: a sum's partials are
+/// numbers, added at the end in microseconds, and in chunk order (floats round by order).
 #[derive(Debug)]
-pub struct SortedFold {
+pub struct Fold {
     shared: std::sync::Arc<FoldShared>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FoldShared {
     state: std::sync::Mutex<FoldState>,
     idle: std::sync::Condvar,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct FoldState {
-    descending: bool,
-    /// The runs folded so far, merged.
-    merged: Vec<i64>,
-    /// How many partials `merged` holds.
+    /// What was folded so far.
+    acc: Folded,
+    /// How many partials `acc` holds.
     folded: usize,
     /// Partials not folded yet.
     queued: Vec<Bytes>,
     /// A thread is folding.
     busy: bool,
-    /// No more folding: the end came, or a partial was not a run of integers.
+    /// No more folding: the end came, or a partial could not be taken.
     stopped: bool,
-    /// A partial was not a run of integers.
-    not_ints: bool,
+    /// A partial could not be taken.
+    refused: bool,
 }
 
-impl SortedFold {
-    /// A fold for runs sorted smallest first, or largest first when `descending`.
-    pub fn new(descending: bool) -> Self {
-        let shared = FoldShared::default();
-        shared.lock().descending = descending;
-        Self {
-            shared: std::sync::Arc::new(shared),
+/// What a fold holds.
+#[derive(Debug)]
+enum Folded {
+    /// Integer runs merged into one.
+    Sorted { descending: bool, merged: Vec<i64> },
+    /// Counts added up.
+    Counts {
+        top: Option<usize>,
+        counts: BTreeMap<String, u64>,
+    },
+}
+
+impl Folded {
+    /// An empty one of the same kind.
+    fn empty_like(&self) -> Self {
+        match self {
+            Folded::Sorted { descending, .. } => Folded::Sorted {
+                descending: *descending,
+                merged: Vec::new(),
+            },
+            Folded::Counts { top, .. } => Folded::Counts {
+                top: *top,
+                counts: BTreeMap::new(),
+            },
         }
+    }
+
+    /// Takes `partials` in; `None` when one of them does not fit.
+    fn take_in(self, partials: &[Bytes]) -> Option<Self> {
+        Some(match self {
+            Folded::Sorted { descending, merged } => {
+                let runs: Vec<Vec<i64>> =
+                    partials.iter().map(|p| int_run(p)).collect::<Option<_>>()?;
+                let mut all: Vec<&[i64]> = vec![&merged];
+                all.extend(runs.iter().map(Vec::as_slice));
+                Folded::Sorted {
+                    descending,
+                    merged: merge_runs(all, descending),
+                }
+            }
+            Folded::Counts { top, mut counts } => {
+                for p in partials {
+                    let part: BTreeMap<String, u64> = serde_json::from_slice(p).ok()?;
+                    for (word, n) in part {
+                        let count = counts.entry(word).or_default();
+                        *count = count.checked_add(n)?;
+                    }
+                }
+                Folded::Counts { top, counts }
+            }
+        })
+    }
+
+    /// The merged result, with the last `partials` taken in.
+    fn finish(self, partials: &[Bytes]) -> Option<String> {
+        match self {
+            Folded::Sorted { descending, merged } => {
+                let mut runs = vec![merged];
+                for partial in partials {
+                    runs.push(int_run(partial)?);
+                }
+                let total = runs.iter().map(Vec::len).sum();
+                merge_in_shares(runs, descending, shares_for(total))
+            }
+            counts @ Folded::Counts { .. } => match counts.take_in(partials)? {
+                Folded::Counts { top, counts } => Some(count_map_text(counts, top)),
+                Folded::Sorted { .. } => None,
+            },
+        }
+    }
+}
+
+impl Fold {
+    /// A fold for `reducer`'s merge, if it is one that folds.
+    pub fn for_reducer(reducer: Reducer) -> Option<Self> {
+        let acc = match reducer {
+            Reducer::MergeSorted { descending } => Folded::Sorted {
+                descending,
+                merged: Vec::new(),
+            },
+            Reducer::CountMap { top } => Folded::Counts {
+                top,
+                counts: BTreeMap::new(),
+            },
+            Reducer::Sum | Reducer::Concat | Reducer::None => return None,
+        };
+        Some(Self {
+            shared: std::sync::Arc::new(FoldShared {
+                state: std::sync::Mutex::new(FoldState {
+                    acc,
+                    folded: 0,
+                    queued: Vec::new(),
+                    busy: false,
+                    stopped: false,
+                    refused: false,
+                }),
+                idle: std::sync::Condvar::new(),
+            }),
+        })
     }
 
     /// Takes one chunk's partial result, to be folded in on the fold's thread.
@@ -340,10 +432,10 @@ impl SortedFold {
     }
 
     /// The merged result of `count` partials as JSON text, once the fold's thread is done;
-    /// `None` when the fold cannot give it (a partial was not a run of integers, or fewer than
-    /// `count` were pushed): then merge the partials whole.
+    /// `None` when the fold cannot give it (a partial could not be taken, or fewer than `count`
+    /// were pushed): then merge the partials whole.
     pub fn finish(self, count: usize) -> Option<String> {
-        let (merged, queued, descending) = {
+        let (acc, queued) = {
             let mut state = self.shared.lock();
             state.stopped = true;
             while state.busy {
@@ -353,25 +445,20 @@ impl SortedFold {
                     .wait(state)
                     .unwrap_or_else(|p| p.into_inner());
             }
-            if state.not_ints || state.folded + state.queued.len() != count {
+            if state.refused || state.folded + state.queued.len() != count {
                 return None;
             }
+            let empty = state.acc.empty_like();
             (
-                std::mem::take(&mut state.merged),
+                std::mem::replace(&mut state.acc, empty),
                 std::mem::take(&mut state.queued),
-                state.descending,
             )
         };
-        let mut runs = vec![merged];
-        for partial in &queued {
-            runs.push(int_run(partial)?);
-        }
-        let total = runs.iter().map(Vec::len).sum();
-        merge_in_shares(runs, descending, shares_for(total))
+        acc.finish(&queued)
     }
 }
 
-impl Drop for SortedFold {
+impl Drop for Fold {
     /// A fold dropped before its end (its job failed or was cancelled) stops after the merge in
     /// hand.
     fn drop(&mut self) {
@@ -387,32 +474,28 @@ impl FoldShared {
     /// Folds what is queued until nothing is, or the fold is stopped.
     fn fold(&self) {
         loop {
-            let (batch, merged, descending) = {
+            let (batch, acc) = {
                 let mut state = self.lock();
                 if state.stopped || state.queued.is_empty() {
                     state.busy = false;
                     self.idle.notify_all();
                     return;
                 }
+                let empty = state.acc.empty_like();
                 (
                     std::mem::take(&mut state.queued),
-                    std::mem::take(&mut state.merged),
-                    state.descending,
+                    std::mem::replace(&mut state.acc, empty),
                 )
             };
-            let runs: Option<Vec<Vec<i64>>> = batch.iter().map(|p| int_run(p)).collect();
-            match runs {
-                Some(runs) => {
-                    let mut all: Vec<&[i64]> = vec![&merged];
-                    all.extend(runs.iter().map(Vec::as_slice));
-                    let folded = merge_runs(all, descending);
-                    let mut state = self.lock();
-                    state.merged = folded;
+            let taken = acc.take_in(&batch);
+            let mut state = self.lock();
+            match taken {
+                Some(acc) => {
+                    state.acc = acc;
                     state.folded += batch.len();
                 }
                 None => {
-                    let mut state = self.lock();
-                    state.not_ints = true;
+                    state.refused = true;
                     state.stopped = true;
                 }
             }
@@ -650,15 +733,19 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
-    #[test]
-    fn a_sorted_fold_gives_what_the_whole_merge_gives_or_nothing() {
-        let mut seed = 11u64;
-        let mut next = move |range: u64| {
+    /// Seeded numbers below the range asked for (a linear congruential generator).
+    fn seeded(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |range: u64| {
             seed = seed
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) % range
-        };
+        }
+    }
+
+    #[test]
+    fn a_sorted_fold_gives_what_the_whole_merge_gives_or_nothing() {
+        let mut next = seeded(11);
         for descending in [false, true] {
             let partials: Vec<Bytes> = (0..9)
                 .map(|i| {
@@ -680,22 +767,48 @@ mod tests {
                 .unwrap();
             // Pushed in another order than the chunks', some folded before the end and some
             // left to it.
-            let fold = SortedFold::new(descending);
+            let fold = Fold::for_reducer(Reducer::MergeSorted { descending }).unwrap();
             for p in partials.iter().rev() {
                 fold.push(p.clone());
             }
             assert_eq!(fold.finish(partials.len()).as_deref(), Some(&*whole));
             // A partial missing, or one that is not a run of integers: no answer.
-            let fold = SortedFold::new(descending);
+            let fold = Fold::for_reducer(Reducer::MergeSorted { descending }).unwrap();
             for p in &partials[1..] {
                 fold.push(p.clone());
             }
             assert_eq!(fold.finish(partials.len()), None);
-            let fold = SortedFold::new(descending);
+            let fold = Fold::for_reducer(Reducer::MergeSorted { descending }).unwrap();
             fold.push(partials[2].clone());
             fold.push(b("[1.5]"));
             assert_eq!(fold.finish(2), None);
         }
+    }
+
+    #[test]
+    fn a_count_fold_gives_what_the_whole_merge_gives() {
+        let partials: Vec<Bytes> = (0..12)
+            .map(|i| {
+                let counts: BTreeMap<String, u64> = (0..200)
+                    .map(|w| (format!("w{}", (w * 7 + i) % 150), (w % 5 + i) as u64))
+                    .collect();
+                Bytes::from(serde_json::to_vec(&counts).unwrap())
+            })
+            .collect();
+        for top in [None, Some(10)] {
+            let reducer = Reducer::CountMap { top };
+            let whole = reducer.reduce(&partials).unwrap();
+            let fold = Fold::for_reducer(reducer).unwrap();
+            for p in partials.iter().rev() {
+                fold.push(p.clone());
+            }
+            assert_eq!(fold.finish(partials.len()).as_deref(), Some(&*whole));
+        }
+        // Not an object of counts: no answer.
+        let fold = Fold::for_reducer(Reducer::CountMap { top: None }).unwrap();
+        fold.push(b("[1]"));
+        assert_eq!(fold.finish(1), None);
+        assert!(Fold::for_reducer(Reducer::Sum).is_none());
     }
 
     #[test]
@@ -707,13 +820,7 @@ mod tests {
 
     #[test]
     fn large_integer_merges_split_across_threads_lose_and_duplicate_nothing() {
-        let mut seed = 7u64;
-        let mut next = move |range: u64| {
-            seed = seed
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % range
-        };
+        let mut next = seeded(7);
         for descending in [false, true] {
             // Few distinct values (many equal across the cut points), an empty run, one run
             // far larger than the rest.

@@ -14,7 +14,7 @@ use actix::prelude::*;
 use muster_shared::ids::{JobId, WorkerId};
 use muster_shared::job::JobSpec;
 use muster_shared::protocol::{CoordinatorMessage, Hello, WorkerMessage};
-use muster_shared::reduce::{Reducer, SortedFold};
+use muster_shared::reduce::{Fold, Reducer};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -48,7 +48,7 @@ pub struct Coordinator {
     /// falls [`PARTIALS_BUFFERED`] behind, and reads the rest again from the job).
     partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<(Partial, Durable)>>>,
     /// Merges of large sorted partial results under way, by job, while the jobs run.
-    folds: HashMap<JobId, SortedFold>,
+    folds: HashMap<JobId, Fold>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
     wake: Option<(Instant, SpawnHandle)>,
@@ -134,13 +134,19 @@ impl Coordinator {
                 Effect::Partial { job, partial } => partials.push((job, partial)),
                 Effect::Fold {
                     job,
-                    descending,
+                    reducer,
                     result,
-                } => self
-                    .folds
-                    .entry(job)
-                    .or_insert_with(|| SortedFold::new(descending))
-                    .push(result),
+                } => {
+                    let fold = match self.folds.entry(job) {
+                        std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            Fold::for_reducer(reducer).map(|f| e.insert(f))
+                        }
+                    };
+                    if let Some(fold) = fold {
+                        fold.push(result);
+                    }
+                }
                 Effect::Reduce {
                     job,
                     reducer,

@@ -422,14 +422,17 @@ impl ClusterState {
                 partial,
             });
         }
-        if let Reducer::MergeSorted { descending } = job.meta.reducer {
-            if result.len() >= FOLD_AT_BYTES {
-                self.effects.push(Effect::Fold {
-                    job: chunk.job,
-                    descending,
-                    result: result.clone(),
-                });
-            }
+        let reducer = job.meta.reducer;
+        if matches!(
+            reducer,
+            Reducer::MergeSorted { .. } | Reducer::CountMap { .. }
+        ) && result.len() >= FOLD_AT_BYTES
+        {
+            self.effects.push(Effect::Fold {
+                job: chunk.job,
+                reducer,
+                result: result.clone(),
+            });
         }
         self.writes.push(Write::Result {
             job: chunk.job,

@@ -136,6 +136,13 @@ impl Chunk {
         self.attempts.iter().rev().find(|r| r.attempt == attempt)
     }
 
+    fn record_mut(&mut self, attempt: Attempt) -> Option<&mut AttemptRecord> {
+        self.attempts
+            .iter_mut()
+            .rev()
+            .find(|r| r.attempt == attempt)
+    }
+
     /// The attempt number the next run gets.
     pub fn next_attempt(&self) -> Attempt {
         Attempt(self.attempts.len() as u32 + 1)
@@ -495,13 +502,7 @@ impl Job {
 
     /// Closes the record of `attempt`, with its error if it failed.
     fn close_record(&mut self, index: ChunkIndex, attempt: Attempt, error: Option<FailReason>) {
-        let chunk = &mut self.chunks[index.get()];
-        if let Some(record) = chunk
-            .attempts
-            .iter_mut()
-            .rev()
-            .find(|r| r.attempt == attempt)
-        {
+        if let Some(record) = self.chunks[index.get()].record_mut(attempt) {
             record.finished_at = Some(Utc::now());
             if let Some(ms) = record
                 .finished_at
@@ -695,12 +696,7 @@ impl Job {
         self.end_attempt(index, attempt, None);
         let seq = self.succeeded_order.len() as u64;
         let chunk = &mut self.chunks[index.get()];
-        if let Some(record) = chunk
-            .attempts
-            .iter_mut()
-            .rev()
-            .find(|r| r.attempt == attempt)
-        {
+        if let Some(record) = chunk.record_mut(attempt) {
             record.seq = Some(seq);
         }
         chunk.state = ChunkState::Succeeded { result };

@@ -78,13 +78,13 @@ pub enum Effect {
         /// The chunk, its number and its result.
         partial: job::Partial,
     },
-    /// A large partial result of a `merge_sorted` job, to merge into the rest as it comes (see
-    /// [`muster_shared::reduce::SortedFold`]).
+    /// A large partial result of a `merge_sorted` or `count_map` job, to merge into the rest as
+    /// it comes (see [`muster_shared::reduce::Fold`]).
     Fold {
         /// The job.
         job: JobId,
-        /// Its reducer's order.
-        descending: bool,
+        /// Its reducer.
+        reducer: Reducer,
         /// The partial result.
         result: Bytes,
     },
@@ -104,8 +104,8 @@ pub enum Effect {
 /// a large merge does not hold up every other job; smaller ones are merged at once.
 pub const REDUCE_OFF_THREAD_BYTES: usize = 1 << 20;
 
-/// Partial results of `merge_sorted` jobs at least this large are merged into the job's other
-/// partials as they come, not only at the end.
+/// Partial results of `merge_sorted` and `count_map` jobs at least this large are merged into
+/// the job's other partials as they come, not only at the end.
 pub const FOLD_AT_BYTES: usize = 64 << 10;
 
 /// Policy settings: retries, and what one worker may claim.
