@@ -4,13 +4,14 @@
 use std::process::Command;
 use std::time::Instant;
 
-use muster_suite::{custom_worker_bin, Coordinator, Proc, WORKER_TOKEN};
+use muster_suite::{custom_worker_bin, wait_role, Coordinator, Postgres, Proc, WORKER_TOKEN};
 use serde_json::{json, Value};
 
-/// A custom worker whose naps take ten times as long.
-fn slow_worker(c: &Coordinator) -> Proc {
+/// A custom worker whose naps take ten times as long, with `extra` arguments.
+fn slow_worker(c: &Coordinator, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(custom_worker_bin());
     cmd.args(["--scheduler", &c.url, "--name", "slow", "--slots", "1"])
+        .args(extra)
         .env("MUSTER_WORKER_TOKEN", WORKER_TOKEN)
         .env("NAP_SLOWDOWN", "10")
         .env_remove("MUSTER_SCHEDULER");
@@ -39,7 +40,7 @@ fn a_slow_workers_stragglers_are_backed_up_and_every_chunk_counts_once() {
             c.worker_with(custom_worker_bin(), &name, 1, &["--label", "speed=fast"])
         })
         .collect();
-    let _slow = slow_worker(&c);
+    let _slow = slow_worker(&c, &[]);
     let api = c.api();
     let run = |speculation: bool, labels: Value| {
         let start = Instant::now();
@@ -85,4 +86,31 @@ fn a_slow_workers_stragglers_are_backed_up_and_every_chunk_counts_once() {
     c.restart(&[]);
     let restored = c.api().status(status["id"].as_str().unwrap());
     assert_eq!(restored["backups"], status["backups"], "{restored}");
+}
+
+#[test]
+fn a_jobs_backup_counts_survive_a_failover_on_postgres() {
+    let pg = Postgres::start();
+    let store = ["--store", &pg.url(), "--lease", "1"];
+    let a = Coordinator::start(&store);
+    wait_role(&a.url, "leader");
+    let b = Coordinator::start(&store);
+    wait_role(&b.url, "standby");
+    let both = ["--scheduler", &b.url, "--reconnect-max", "0.3"];
+    let _fast: Vec<Proc> = (1..=3)
+        .map(|i| a.worker_with(custom_worker_bin(), &format!("fast{i}"), 1, &both))
+        .collect();
+    let _slow = slow_worker(&a, &both);
+    let api = a.api();
+    let id = api.submit(&naps(true, json!({})));
+    assert_eq!(api.result(&id), json!((0..CHUNKS).sum::<u64>()));
+    let before = api.status(&id);
+    assert!(
+        before["backups"]["won"].as_u64().unwrap_or(0) >= 1,
+        "{before}"
+    );
+    a.proc.signal("KILL");
+    wait_role(&b.url, "leader");
+    let after = b.api().status(&id);
+    assert_eq!(after["backups"], before["backups"], "{after}");
 }
