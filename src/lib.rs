@@ -797,6 +797,18 @@ impl Connection {
     }
 }
 
+/// Two coordinators on `pg` with a 1 s lease: the first once it leads, the second once it
+/// stands by.
+pub fn leader_and_standby(pg: &Postgres) -> (Coordinator, Coordinator) {
+    let url = pg.url();
+    let store = ["--store", url.as_str(), "--lease", "1"];
+    let leader = Coordinator::start(&store);
+    wait_role(&leader.url, "leader");
+    let standby = Coordinator::start(&store);
+    wait_role(&standby.url, "standby");
+    (leader, standby)
+}
+
 /// Polls `GET /healthz` until the coordinator reports `role`; returns how long that took.
 pub fn wait_role(url: &str, role: &str) -> Duration {
     let start = Instant::now();

@@ -4,7 +4,9 @@
 use std::process::Command;
 use std::time::Instant;
 
-use muster_suite::{custom_worker_bin, wait_role, Coordinator, Postgres, Proc, WORKER_TOKEN};
+use muster_suite::{
+    custom_worker_bin, leader_and_standby, wait_role, Coordinator, Postgres, Proc, WORKER_TOKEN,
+};
 use serde_json::{json, Value};
 
 /// A custom worker whose naps take ten times as long, with `extra` arguments.
@@ -91,11 +93,7 @@ fn a_slow_workers_stragglers_are_backed_up_and_every_chunk_counts_once() {
 #[test]
 fn a_jobs_backup_counts_survive_a_failover_on_postgres() {
     let pg = Postgres::start();
-    let store = ["--store", &pg.url(), "--lease", "1"];
-    let a = Coordinator::start(&store);
-    wait_role(&a.url, "leader");
-    let b = Coordinator::start(&store);
-    wait_role(&b.url, "standby");
+    let (a, b) = leader_and_standby(&pg);
     let both = ["--scheduler", &b.url, "--reconnect-max", "0.3"];
     let _fast: Vec<Proc> = (1..=3)
         .map(|i| a.worker_with(custom_worker_bin(), &format!("fast{i}"), 1, &both))

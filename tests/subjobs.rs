@@ -2,7 +2,8 @@
 //! and find them again when they are retried.
 
 use muster_suite::{
-    bin, custom_worker_bin, wait_role, Api, Coordinator, Postgres, Proc, WORKER_TOKEN,
+    bin, custom_worker_bin, leader_and_standby, wait_role, Api, Coordinator, Postgres, Proc,
+    WORKER_TOKEN,
 };
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -291,11 +292,7 @@ fn a_plain_task_waits_on_its_blocking_thread_with_its_one_slot_free_for_its_chil
 #[test]
 fn sub_jobs_and_their_parent_links_survive_a_failover_on_postgres() {
     let pg = Postgres::start();
-    let store = ["--store", &pg.url(), "--lease", "1"];
-    let a = Coordinator::start(&store);
-    wait_role(&a.url, "leader");
-    let b = Coordinator::start(&store);
-    wait_role(&b.url, "standby");
+    let (a, b) = leader_and_standby(&pg);
     let _w = a.worker_with(
         custom_worker_bin(),
         "w1",
