@@ -74,6 +74,12 @@ impl Reducer {
         })
     }
 
+    /// True for the reducers whose merge does not depend on the order partials are taken in,
+    /// which a [`Fold`] does as they arrive.
+    pub fn folds(self) -> bool {
+        matches!(self, Reducer::MergeSorted { .. } | Reducer::CountMap { .. })
+    }
+
     /// The name used in job bodies.
     pub fn name(&self) -> &'static str {
         match self {
@@ -400,7 +406,7 @@ impl Fold {
                 top,
                 counts: BTreeMap::new(),
             },
-            Reducer::Sum | Reducer::Concat | Reducer::None => return None,
+            _ => return None,
         };
         Some(Self {
             shared: std::sync::Arc::new(FoldShared {

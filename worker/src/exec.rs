@@ -30,7 +30,7 @@ use muster_shared::exec::{task_name, ExecBatch, ExecReport, MAX_JUNIT_BYTES};
 use muster_shared::task::TaskError;
 use rustix::process::Signal;
 
-use crate::exec_guard::{self, Spawn, StartError, Started};
+use crate::exec_guard::{self, Spawn, StartError};
 use crate::tasks::{OutputSink, TaskContext, Tasks};
 
 /// Environment variables every program gets, as the worker has them.
@@ -235,13 +235,14 @@ fn run(
     let (out_read, out_write) = pipes("standard output")?;
     let (err_read, err_write) = pipes("standard error")?;
     let started = Instant::now();
-    let Started { pid: group, ended } =
+    let started_program =
         exec_guard::start(&spawn, out_write.into(), err_write.into()).map_err(|e| match e {
             StartError::Program(e) => {
                 TaskError::permanent(format!("cannot start `{program}`: {e}"))
             }
             StartError::Guard(e) => TaskError::retryable(e),
         })?;
+    let group = started_program.pid;
     let capture = Arc::new(Mutex::new(Capture::default()));
     let cap = settings.output_cap;
     let budget = Arc::new(AtomicUsize::new(cap));
@@ -259,7 +260,7 @@ fn run(
         .collect();
     let mut stopping: Option<Instant> = None;
     let status = loop {
-        match ended.recv_timeout(POLL) {
+        match started_program.ended_within(POLL) {
             Ok(status) => break Some(status),
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break None,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

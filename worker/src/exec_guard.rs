@@ -29,7 +29,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -280,9 +280,21 @@ pub(crate) fn signal(pid: i32, signal: Signal) {
 pub(crate) struct Started {
     /// It leads a process group of this id.
     pub pid: i32,
-    /// Its exit status, once it has ended (and its group with it); closed without one when track
-    /// of it was lost.
-    pub ended: Receiver<ExitStatus>,
+    /// What is said of it after its start: its end (and its group's) comes as
+    /// [`Reply::Exited`]; closed without one when track of it was lost.
+    replies: Receiver<Reply>,
+}
+
+impl Started {
+    /// Its exit status once it has ended, waiting up to `timeout`; `Disconnected` when track of
+    /// it was lost.
+    pub fn ended_within(&self, timeout: Duration) -> Result<ExitStatus, RecvTimeoutError> {
+        loop {
+            if let Reply::Exited { status, .. } = self.replies.recv_timeout(timeout)? {
+                return Ok(ExitStatus::from_raw(status));
+            }
+        }
+    }
 }
 
 /// Why a program did not start.
@@ -391,17 +403,7 @@ impl Guard {
             )));
         }
         match replies.recv() {
-            Ok(Reply::Started { pid, .. }) => {
-                let (to, ended) = channel();
-                std::thread::spawn(move || {
-                    for reply in replies {
-                        if let Reply::Exited { status, .. } = reply {
-                            let _ = to.send(ExitStatus::from_raw(status));
-                        }
-                    }
-                });
-                Ok(Started { pid, ended })
-            }
+            Ok(Reply::Started { pid, .. }) => Ok(Started { pid, replies }),
             Ok(Reply::Failed { error, .. }) => Err(StartError::Program(error)),
             Ok(Reply::Exited { .. }) | Err(_) => Err(StartError::Guard(
                 "muster-exec-guard ended while starting the program".into(),
@@ -472,11 +474,14 @@ pub(crate) fn start(
         .spawn()
         .map_err(|e| StartError::Program(e.to_string()))?;
     let pid = child.id() as i32;
-    let (to, ended) = channel();
+    let (to, replies) = channel();
     std::thread::spawn(move || {
         if let Ok(status) = child.wait() {
-            let _ = to.send(status);
+            let _ = to.send(Reply::Exited {
+                id: 0,
+                status: status.into_raw(),
+            });
         }
     });
-    Ok(Started { pid, ended })
+    Ok(Started { pid, replies })
 }

@@ -49,8 +49,8 @@ pub(super) struct PartialsMissed {
 /// ends. Each line is `{"seq", "chunk", "result"}`, `seq` numbering the job's succeeded chunks
 /// in the order they succeeded, so `?from=` with the last `seq` + 1 resumes. A chunk's result is
 /// sent once it is stored, and its `seq` is stored with it: after a coordinator restart or a
-/// failover the same `seq` names the same chunk, and `?from=` resumes where the reader was. Ended jobs answer 409: their result
-/// merges their partials. A reader more than 1,024 partials behind is let go by the coordinator
+/// failover the same `seq` names the same chunk, and `?from=` resumes where the reader was.
+/// Ended jobs answer 409: their result merges their partials. A reader more than 1,024 partials behind is let go by the coordinator
 /// and reads on from the job itself; if the job ends meanwhile, its last line says what it
 /// missed (`{"missed", "next"}`).
 #[utoipa::path(get, path = "/v1/jobs/{id}/partials", tag = "jobs", params(JobPath, PartialsQuery),

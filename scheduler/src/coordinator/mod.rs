@@ -47,7 +47,7 @@ pub struct Coordinator {
     /// Readers of jobs' partial results, each fed as chunks succeed until its job ends (or it
     /// falls [`PARTIALS_BUFFERED`] behind, and reads the rest again from the job).
     partial_readers: HashMap<JobId, Vec<tokio::sync::mpsc::Sender<(Partial, Durable)>>>,
-    /// Merges of large sorted partial results under way, by job, while the jobs run.
+    /// Merges of jobs' partial results under way while the jobs run (see [`Fold`]), by job.
     folds: HashMap<JobId, Fold>,
     heartbeat_interval: Duration,
     /// The armed wake-up timer, if any.
@@ -83,11 +83,9 @@ impl Coordinator {
         }
     }
 
-    /// Wakes the followers of `job`'s output.
-    /// Hands a succeeded chunk's result to its job's readers; one whose buffer is full is let
-    /// go (it reads on from the job itself).
-    /// Hands partial results to their jobs' readers, each with a ticket for its write: a reader
-    /// sends one on once it is stored, so its number holds after a restart or a failover.
+    /// Hands succeeded chunks' results to their jobs' readers, each with a ticket for its write:
+    /// a reader sends one on once it is stored, so its number holds after a restart or a
+    /// failover. A reader whose buffer is full is let go (it reads on from the job itself).
     fn hand_partials(&mut self, partials: Vec<(JobId, Partial)>) {
         if partials.is_empty() {
             return;
@@ -104,6 +102,7 @@ impl Coordinator {
         }
     }
 
+    /// Wakes the followers of `job`'s output.
     fn wake_followers(&mut self, job: JobId) {
         for follower in self.output_waiters.remove(&job).into_iter().flatten() {
             let _ = follower.send(());

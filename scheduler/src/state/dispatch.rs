@@ -423,11 +423,7 @@ impl ClusterState {
             });
         }
         let reducer = job.meta.reducer;
-        if matches!(
-            reducer,
-            Reducer::MergeSorted { .. } | Reducer::CountMap { .. }
-        ) && result.len() >= FOLD_AT_BYTES
-        {
+        if reducer.folds() && result.len() >= FOLD_AT_BYTES {
             self.effects.push(Effect::Fold {
                 job: chunk.job,
                 reducer,

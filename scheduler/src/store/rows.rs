@@ -147,8 +147,8 @@ pub(super) fn meta(s: &str) -> Result<JobMeta, StoreError> {
 const COMPACT_ATTEMPT: &str = "a1 ";
 
 /// An attempt record as stored: `a1 ATTEMPT WORKER STARTED FINISHED NAME_LEN:NAME` then the error
-/// as JSON, if any (`ATTEMPT` is the number, then `b` for a backup and `#SEQ` for the partial's
-/// number, when they apply) (ids as 32 hex digits, times as nanoseconds since the epoch, `-` when not
+/// as JSON, if any. `ATTEMPT` is the number, then `b` for a backup and `#SEQ` for the partial's
+/// number when they apply; ids are 32 hex digits, times nanoseconds since the epoch (`-` when not
 /// finished). One is written as each attempt starts and ends, so this runs twice per chunk:
 /// several times cheaper than the JSON the first files used (still read, see [`attempt`]).
 pub(super) fn encode_attempt(record: &AttemptRecord) -> Result<String, StoreError> {
